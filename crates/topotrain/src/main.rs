@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod prep;
 
 #[derive(Parser)]
@@ -19,12 +20,16 @@ enum Command {
     /// Convert a dataset (ImageNet, an image folder, Fashion-MNIST) into topotrain's memory-mapped format.
     #[command(subcommand)]
     Prep(prep::PrepCommand),
+    /// Micro-benchmarks printing JSON (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Prep(cmd) => prep::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
