@@ -159,37 +159,31 @@ pub(crate) fn axpy<T: Real>(a: T, x: &[T], y: &mut [T]) {
     }
 }
 
-/// `(<x, y>, <x, x>, <y, y>)`, with several partial sums so that the compiler
-/// can vectorise the loop.
+/// `(<x, y>, <x, x>, <y, y>)`. Three separate reductions, each over eight
+/// partial sums: the form the compiler turns into packed SIMD.
 #[inline]
 pub(crate) fn dot3<T: Real>(x: &[T], y: &[T]) -> (T, T, T) {
+    (dot(x, y), dot(x, x), dot(y, y))
+}
+
+/// `<x, y>` with eight partial sums.
+#[inline]
+pub(crate) fn dot<T: Real>(x: &[T], y: &[T]) -> T {
     const LANES: usize = 8;
-    let mut xy = [T::zero(); LANES];
-    let mut xx = [T::zero(); LANES];
-    let mut yy = [T::zero(); LANES];
-    let chunks = x.len() / LANES * LANES;
-    for (xc, yc) in x[..chunks]
-        .chunks_exact(LANES)
-        .zip(y[..chunks].chunks_exact(LANES))
-    {
+    let mut partial = [T::zero(); LANES];
+    let x_chunks = x.chunks_exact(LANES);
+    let y_chunks = y.chunks_exact(LANES);
+    let tail = x_chunks
+        .remainder()
+        .iter()
+        .zip(y_chunks.remainder())
+        .fold(T::zero(), |sum, (&a, &b)| sum + a * b);
+    for (xc, yc) in x_chunks.zip(y_chunks) {
         for lane in 0..LANES {
-            xy[lane] = xy[lane] + xc[lane] * yc[lane];
-            xx[lane] = xx[lane] + xc[lane] * xc[lane];
-            yy[lane] = yy[lane] + yc[lane] * yc[lane];
+            partial[lane] = partial[lane] + xc[lane] * yc[lane];
         }
     }
-    let (mut sxy, mut sxx, mut syy) = (T::zero(), T::zero(), T::zero());
-    for lane in 0..LANES {
-        sxy = sxy + xy[lane];
-        sxx = sxx + xx[lane];
-        syy = syy + yy[lane];
-    }
-    for (&a, &b) in x[chunks..].iter().zip(&y[chunks..]) {
-        sxy = sxy + a * b;
-        sxx = sxx + a * a;
-        syy = syy + b * b;
-    }
-    (sxy, sxx, syy)
+    partial.iter().fold(tail, |sum, &p| sum + p)
 }
 
 #[cfg(test)]

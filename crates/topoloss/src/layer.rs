@@ -100,16 +100,37 @@ impl LayerTopoLoss {
                 let sheet = transpose(values, self.out_units, self.unit_len);
                 sheet_loss(&self.blur, &sheet, self.out_units, tau, None)
             }
-            SheetSource::Bias => whole_sheet_loss(&self.blur, values, tau, None),
+            SheetSource::Bias => whole_sheet_loss(&self.blur, values, tau, &mut []),
         })
     }
 
-    /// Loss at `tau`, adding its gradient into `grad` (same layout as `values`).
+    /// Loss at `tau`, writing its gradient into `grad` (same layout as
+    /// `values`; the previous contents are replaced).
     pub fn loss_and_grad<T: Real>(
         &self,
         values: &[T],
         tau: f64,
         grad: &mut [T],
+    ) -> Result<f64, TopoError> {
+        self.loss_with_grad(values, tau, grad, GradWrite::Overwrite)
+    }
+
+    /// Loss at `tau`, adding its gradient to `grad` (same layout as `values`).
+    pub fn loss_and_add_grad<T: Real>(
+        &self,
+        values: &[T],
+        tau: f64,
+        grad: &mut [T],
+    ) -> Result<f64, TopoError> {
+        self.loss_with_grad(values, tau, grad, GradWrite::Accumulate)
+    }
+
+    fn loss_with_grad<T: Real>(
+        &self,
+        values: &[T],
+        tau: f64,
+        grad: &mut [T],
+        write: GradWrite,
     ) -> Result<f64, TopoError> {
         self.check_len(values)?;
         if grad.len() != values.len() {
@@ -119,8 +140,13 @@ impl LayerTopoLoss {
                 got: grad.len(),
             });
         }
+        if write == GradWrite::Overwrite && self.source != SheetSource::Weight {
+            grad.iter_mut().for_each(|g| *g = T::zero());
+        }
         Ok(match self.source {
-            SheetSource::Weight => sheet_loss(&self.blur, values, self.unit_len, tau, Some(grad)),
+            SheetSource::Weight => {
+                sheet_loss(&self.blur, values, self.unit_len, tau, Some((grad, write)))
+            }
             SheetSource::Input => {
                 let sheet = transpose(values, self.out_units, self.unit_len);
                 let mut sheet_grad = vec![T::zero(); sheet.len()];
@@ -129,13 +155,13 @@ impl LayerTopoLoss {
                     &sheet,
                     self.out_units,
                     tau,
-                    Some(&mut sheet_grad),
+                    Some((&mut sheet_grad, GradWrite::Overwrite)),
                 );
                 let back = transpose(&sheet_grad, self.unit_len, self.out_units);
                 grad.iter_mut().zip(back).for_each(|(g, b)| *g = *g + b);
                 loss
             }
-            SheetSource::Bias => whole_sheet_loss(&self.blur, values, tau, Some(grad)),
+            SheetSource::Bias => whole_sheet_loss(&self.blur, values, tau, grad),
         })
     }
 
@@ -177,8 +203,7 @@ struct CosineTerms<T> {
     grad_b_from_b: T,
 }
 
-fn cosine_terms<T: Real>(w: &[T], b: &[T]) -> CosineTerms<T> {
-    let (wb, ww, bb) = dot3(w, b);
+fn cosine_terms<T: Real>((wb, ww, bb): (T, T, T)) -> CosineTerms<T> {
     let eps = T::from(COSINE_EPS).unwrap_or_else(T::epsilon);
     let (norm_w, norm_b) = (ww.sqrt(), bb.sqrt());
     let inv_norms = T::one() / (norm_w.max(eps) * norm_b.max(eps));
@@ -196,99 +221,186 @@ fn cosine_terms<T: Real>(w: &[T], b: &[T]) -> CosineTerms<T> {
     }
 }
 
-/// The paper's TopoLoss of a sheet `[h, w, e]`, optionally adding its gradient.
+/// Whether a gradient replaces the buffer's contents or is added to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GradWrite {
+    Overwrite,
+    Accumulate,
+}
+
+/// Scratch vectors of one worker, reused across sheet rows.
+struct RowScratch<T> {
+    /// The reduced sheet's rows mixed by the up-sampling along the height:
+    /// the row of the sheet before up-sampling along the width.
+    mixed: Vec<T>,
+    /// One blurred unit vector, then its `G_b`.
+    blurred: Vec<T>,
+    /// `G_b` of the row, mapped by the width up-sampling's adjoint.
+    folded_row: Vec<T>,
+}
+
+impl<T: Real> RowScratch<T> {
+    fn new(reduced_w: usize, e: usize, with_grad: bool) -> Self {
+        RowScratch {
+            mixed: vec![T::zero(); reduced_w * e],
+            blurred: vec![T::zero(); e],
+            folded_row: vec![T::zero(); if with_grad { reduced_w * e } else { 0 }],
+        }
+    }
+}
+
+/// `out = sum_j c_j * rows[j]` over the (at most two) up-sampling entries.
+#[inline]
+fn mix_into<T: Real>(entries: &[(usize, f64)], rows: &[T], e: usize, out: &mut [T]) {
+    let coef = |c: f64| T::from(c).unwrap_or_else(T::zero);
+    match entries {
+        [(j1, c1)] => {
+            let (c1, v1) = (coef(*c1), &rows[j1 * e..][..e]);
+            out.iter_mut().zip(v1).for_each(|(o, &v)| *o = c1 * v);
+        }
+        [(j1, c1), (j2, c2)] => {
+            let (c1, v1) = (coef(*c1), &rows[j1 * e..][..e]);
+            let (c2, v2) = (coef(*c2), &rows[j2 * e..][..e]);
+            for ((o, &a), &b) in out.iter_mut().zip(v1).zip(v2) {
+                *o = c1 * a + c2 * b;
+            }
+        }
+        _ => {
+            out.iter_mut().for_each(|o| *o = T::zero());
+            for &(j, c) in entries {
+                axpy(coef(c), &rows[j * e..][..e], out);
+            }
+        }
+    }
+}
+
+/// The paper's TopoLoss of a sheet `[h, w, e]`, optionally with its gradient.
 fn sheet_loss<T: Real>(
     blur: &SheetBlur,
     sheet: &[T],
     e: usize,
     tau: f64,
-    grad: Option<&mut [T]>,
+    grad: Option<(&mut [T], GradWrite)>,
 ) -> f64 {
     let shape = blur.shape;
     let units = shape.units();
     let reduced = blur.down(sheet, e);
     let (reduced_h, reduced_w) = blur.reduced_shape();
+    let reduced_row_len = reduced_w * e;
     let up_h = &blur.along_height.up;
     let up_w = &blur.along_width.up;
     let coef = T::from(-tau / units as f64).unwrap_or_else(T::zero);
-    let want_grad = grad.is_some();
+    let write = grad.as_ref().map(|(_, write)| *write);
 
-    // One sheet row at a time: sum of cosines, and (for the gradient) G_b
-    // already mapped by the up-sampling's adjoint into the reduced sheet.
-    let process_row = |a: usize, mut grad_row: Option<&mut [T]>, folded: &mut Vec<T>| -> f64 {
-        let mut blurred = vec![T::zero(); e];
-        let mut grad_b = vec![T::zero(); if want_grad { e } else { 0 }];
+    // One sheet row: the sum of its cosines; with a gradient buffer also G_w
+    // written there and G_b folded into `folded` by the up-sampling's adjoint.
+    let process_row = |a: usize,
+                       grad_row: Option<&mut [T]>,
+                       scratch: &mut RowScratch<T>,
+                       folded: &mut [T]|
+     -> f64 {
+        let RowScratch {
+            mixed,
+            blurred,
+            folded_row,
+        } = scratch;
+        mix_into(&up_h.rows[a], &reduced, reduced_row_len, mixed);
+        folded_row.iter_mut().for_each(|x| *x = T::zero());
         let mut cos_sum = 0.0;
+        let mut grad_row = grad_row;
         for c in 0..shape.width {
-            blurred.iter_mut().for_each(|x| *x = T::zero());
-            for &(i, weight_h) in &up_h.rows[a] {
-                for &(j, weight_w) in &up_w.rows[c] {
-                    let start = (i * reduced_w + j) * e;
-                    let scale = T::from(weight_h * weight_w).unwrap_or_else(T::zero);
-                    axpy(scale, &reduced[start..start + e], &mut blurred);
+            let unit = &sheet[(a * shape.width + c) * e..][..e];
+            mix_into(&up_w.rows[c], mixed, e, blurred);
+            let terms = cosine_terms(dot3(unit, blurred));
+            cos_sum += terms.cos;
+            let Some(grad_row) = grad_row.as_deref_mut() else {
+                continue;
+            };
+            let grad_unit = &mut grad_row[c * e..][..e];
+            let (bw, ww) = (coef * terms.grad_w_from_b, coef * terms.grad_w_from_w);
+            let (wb, bb) = (terms.grad_b_from_w, terms.grad_b_from_b);
+            // G_w goes to the gradient; G_b replaces the blurred vector.
+            let units_iter = grad_unit.iter_mut().zip(unit).zip(blurred.iter_mut());
+            if write == Some(GradWrite::Overwrite) {
+                for ((g, &w), b) in units_iter {
+                    *g = bw * *b - ww * w;
+                    *b = wb * w - bb * *b;
+                }
+            } else {
+                for ((g, &w), b) in units_iter {
+                    *g = *g + (bw * *b - ww * w);
+                    *b = wb * w - bb * *b;
                 }
             }
-            let unit = &sheet[(a * shape.width + c) * e..][..e];
-            let terms = cosine_terms(unit, &blurred);
-            cos_sum += terms.cos;
-            if let Some(grad_row) = grad_row.as_deref_mut() {
-                let grad_unit = &mut grad_row[c * e..(c + 1) * e];
-                for k in 0..e {
-                    grad_unit[k] = grad_unit[k]
-                        + coef * (terms.grad_w_from_b * blurred[k] - terms.grad_w_from_w * unit[k]);
-                    grad_b[k] = terms.grad_b_from_w * unit[k] - terms.grad_b_from_b * blurred[k];
-                }
-                for &(i, weight_h) in &up_h.rows[a] {
-                    for &(j, weight_w) in &up_w.rows[c] {
-                        let start = (i * reduced_w + j) * e;
-                        let scale = T::from(weight_h * weight_w).unwrap_or_else(T::zero);
-                        axpy(scale, &grad_b, &mut folded[start..start + e]);
-                    }
-                }
+            for &(j, weight) in &up_w.rows[c] {
+                let weight = T::from(weight).unwrap_or_else(T::zero);
+                axpy(weight, blurred, &mut folded_row[j * e..][..e]);
+            }
+        }
+        if grad_row.is_some() {
+            for &(i, weight) in &up_h.rows[a] {
+                let weight = T::from(weight).unwrap_or_else(T::zero);
+                axpy(
+                    weight,
+                    folded_row,
+                    &mut folded[i * reduced_row_len..][..reduced_row_len],
+                );
             }
         }
         cos_sum
     };
 
-    let folded_len = if want_grad {
-        reduced_h * reduced_w * e
-    } else {
-        0
-    };
+    let with_grad = grad.is_some();
+    let new_scratch = || RowScratch::new(reduced_w, e, with_grad);
     let row_len = shape.width * e;
     let parallel = sheet.len() >= PARALLEL_THRESHOLD;
     let cos_sum = match grad {
-        Some(grad) => {
-            let fold_rows = |(mut folded, cos_sum): (Vec<T>, f64),
-                             (a, grad_row): (usize, &mut [T])| {
-                let row_sum = process_row(a, Some(grad_row), &mut folded);
-                (folded, cos_sum + row_sum)
-            };
-            let (folded, cos_sum) = if parallel {
-                grad.par_chunks_mut(row_len)
-                    .enumerate()
-                    .fold(|| (vec![T::zero(); folded_len], 0.0), fold_rows)
-                    .reduce(|| (vec![T::zero(); folded_len], 0.0), add_partials)
+        Some((grad, _)) => {
+            let folded_len = reduced_h * reduced_row_len;
+            // Each task owns a block of rows and one `folded` buffer; one task
+            // per thread keeps those buffers (and their sum) few.
+            let tasks = if parallel {
+                rayon::current_num_threads().clamp(1, shape.height)
             } else {
-                grad.chunks_mut(row_len)
-                    .enumerate()
-                    .fold((vec![T::zero(); folded_len], 0.0), fold_rows)
+                1
             };
-            // Spread B^T's remaining factor, the down-sampling's adjoint, over the sheet.
+            let rows_per_task = shape.height.div_ceil(tasks);
+            let run_block = |(block, grad_block): (usize, &mut [T])| {
+                let mut folded = vec![T::zero(); folded_len];
+                let mut scratch = new_scratch();
+                let mut cos_sum = 0.0;
+                for (offset, grad_row) in grad_block.chunks_mut(row_len).enumerate() {
+                    let a = block * rows_per_task + offset;
+                    cos_sum += process_row(a, Some(grad_row), &mut scratch, &mut folded);
+                }
+                (folded, cos_sum)
+            };
+            let block_len = rows_per_task * row_len;
+            let (folded, cos_sum) = if tasks > 1 {
+                grad.par_chunks_mut(block_len)
+                    .enumerate()
+                    .map(run_block)
+                    .reduce_with(add_partials)
+                    .unwrap_or_default()
+            } else {
+                run_block((0, grad))
+            };
+            // The rest of B^T, the down-sampling's adjoint, spreads the folded
+            // G_b back over the sheet.
             blur.add_down_transpose(&folded, e, coef, grad);
             cos_sum
         }
+        None if parallel => (0..shape.height)
+            .into_par_iter()
+            .map_init(new_scratch, |scratch, a| {
+                process_row(a, None, scratch, &mut [])
+            })
+            .sum(),
         None => {
-            if parallel {
-                (0..shape.height)
-                    .into_par_iter()
-                    .map(|a| process_row(a, None, &mut Vec::new()))
-                    .sum()
-            } else {
-                (0..shape.height)
-                    .map(|a| process_row(a, None, &mut Vec::new()))
-                    .sum()
-            }
+            let mut scratch = new_scratch();
+            (0..shape.height)
+                .map(|a| process_row(a, None, &mut scratch, &mut []))
+                .sum()
         }
     };
     tau * (1.0 - cos_sum / units as f64)
@@ -301,15 +413,11 @@ fn add_partials<T: Real>(left: (Vec<T>, f64), right: (Vec<T>, f64)) -> (Vec<T>, 
 }
 
 /// The bias variant: one cosine between the whole sheet of scalars and its blur.
-fn whole_sheet_loss<T: Real>(
-    blur: &SheetBlur,
-    values: &[T],
-    tau: f64,
-    grad: Option<&mut [T]>,
-) -> f64 {
+/// An empty `grad` asks for the loss alone; otherwise the gradient is added to it.
+fn whole_sheet_loss<T: Real>(blur: &SheetBlur, values: &[T], tau: f64, grad: &mut [T]) -> f64 {
     let blurred = blur.apply(values, 1);
-    let terms = cosine_terms(values, &blurred);
-    if let Some(grad) = grad {
+    let terms = cosine_terms(dot3(values, &blurred));
+    if !grad.is_empty() {
         let coef = T::from(-tau).unwrap_or_else(T::zero);
         let grad_b: Vec<T> = values
             .iter()
@@ -454,11 +562,11 @@ mod tests {
         )
         .unwrap();
         let values = pseudo_random(16 * 3, 4);
-        let mut once = vec![0.0; values.len()];
+        let mut once = vec![7.0; values.len()];
         layer.loss_and_grad(&values, 1.0, &mut once).unwrap();
         let mut twice = vec![0.0; values.len()];
-        layer.loss_and_grad(&values, 1.0, &mut twice).unwrap();
-        layer.loss_and_grad(&values, 1.0, &mut twice).unwrap();
+        layer.loss_and_add_grad(&values, 1.0, &mut twice).unwrap();
+        layer.loss_and_add_grad(&values, 1.0, &mut twice).unwrap();
         for (a, b) in once.iter().zip(&twice) {
             assert!((2.0 * a - b).abs() < 1e-15);
         }

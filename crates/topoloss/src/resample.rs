@@ -200,7 +200,7 @@ mod tests {
         // samples source coordinates 1.0, 4.0 and 7.0.
         let blur = AxisBlur::new(10, 3.0, Interpolation::Bilinear, "height").unwrap();
         assert_eq!(blur.reduced_len, 3);
-        let sampled: Vec<_> = blur.down.rows.iter().map(|row| row.clone()).collect();
+        let sampled = blur.down.rows.clone();
         assert_eq!(
             sampled,
             vec![vec![(1, 1.0)], vec![(4, 1.0)], vec![(7, 1.0)]]

@@ -29,7 +29,7 @@ impl SheetShape {
         while (height + 1) * (height + 1) <= units {
             height += 1;
         }
-        while units % height != 0 {
+        while !units.is_multiple_of(height) {
             height -= 1;
         }
         Ok(SheetShape {
