@@ -4,13 +4,14 @@ use crate::TopoError;
 
 /// Tau as a function of the optimiser step.
 ///
-/// In a config: `{ kind = "constant", value = 10.0 }`,
+/// In a config: a plain number (`tau = 10.0`), `{ kind = "constant", value = 10.0 }`,
 /// `{ kind = "linear", from = 0.0, to = 10.0, steps = 1000 }` (a warm-up when
 /// `from < to`), `{ kind = "cosine", from = 10.0, to = 1.0, steps = 5000 }`, or
 /// `{ kind = "chain", stages = [...] }` where each stage but the last runs for
 /// its `steps` and the last one holds on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "ScheduleText")]
 pub enum TauSchedule {
     Constant {
         value: f64,
@@ -107,6 +108,59 @@ impl TauSchedule {
     }
 }
 
+/// What a config may write for a schedule: a number or a tagged table.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ScheduleText {
+    Number(f64),
+    Table(TaggedSchedule),
+}
+
+/// Mirror of [`TauSchedule`] for deserialising the tagged form.
+#[derive(serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum TaggedSchedule {
+    Constant {
+        value: f64,
+        #[serde(default)]
+        steps: Option<u64>,
+    },
+    Linear {
+        from: f64,
+        to: f64,
+        steps: u64,
+    },
+    Cosine {
+        from: f64,
+        to: f64,
+        steps: u64,
+    },
+    Chain {
+        stages: Vec<TauSchedule>,
+    },
+}
+
+impl TryFrom<ScheduleText> for TauSchedule {
+    type Error = TopoError;
+    fn try_from(text: ScheduleText) -> Result<Self, Self::Error> {
+        let schedule = match text {
+            ScheduleText::Number(value) => TauSchedule::constant(value),
+            ScheduleText::Table(TaggedSchedule::Constant { value, steps }) => {
+                TauSchedule::Constant { value, steps }
+            }
+            ScheduleText::Table(TaggedSchedule::Linear { from, to, steps }) => {
+                TauSchedule::Linear { from, to, steps }
+            }
+            ScheduleText::Table(TaggedSchedule::Cosine { from, to, steps }) => {
+                TauSchedule::Cosine { from, to, steps }
+            }
+            ScheduleText::Table(TaggedSchedule::Chain { stages }) => TauSchedule::Chain { stages },
+        };
+        schedule.validate()?;
+        Ok(schedule)
+    }
+}
+
 fn progress(step: u64, steps: u64) -> f64 {
     if steps == 0 {
         1.0
@@ -159,6 +213,14 @@ mod tests {
         assert_eq!(values, vec![0.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0]);
         assert!((schedule.value(11) - 2.0).abs() < 1e-12);
         assert_eq!(schedule.value(100), 0.0);
+    }
+
+    #[test]
+    fn a_plain_number_is_a_constant_and_bad_values_fail_to_parse() {
+        let schedule: TauSchedule = serde_json::from_str("10.0").unwrap();
+        assert_eq!(schedule, TauSchedule::constant(10.0));
+        assert!(serde_json::from_str::<TauSchedule>("-1.0").is_err());
+        assert!(serde_json::from_str::<TauSchedule>(r#"{"kind": "linear", "from": 0.0}"#).is_err());
     }
 
     #[test]
