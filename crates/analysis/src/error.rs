@@ -15,12 +15,6 @@ pub enum AnalysisError {
     },
     #[error("{what} is too large to index on this machine")]
     TooLarge { what: &'static str },
-    #[error("a layer with {units} units does not fit a {height} x {width} cortical sheet")]
-    SheetMismatch {
-        units: usize,
-        height: usize,
-        width: usize,
-    },
     #[error("{what} needs at least {needed}, got {got}")]
     TooFew {
         what: &'static str,

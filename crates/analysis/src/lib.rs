@@ -23,6 +23,7 @@
 
 pub mod dimensionality;
 mod error;
+mod figure;
 mod font;
 mod linalg;
 pub mod pca;
@@ -53,18 +54,6 @@ pub(crate) fn check_len(what: &'static str, values: usize, rows: usize, cols: us
             got: values,
             rows,
             cols,
-        });
-    }
-    Ok(())
-}
-
-/// Checks that `sheet` has `units` places.
-pub(crate) fn check_sheet(units: usize, sheet: SheetShape) -> Result<()> {
-    if sheet.units() != units {
-        return Err(AnalysisError::SheetMismatch {
-            units,
-            height: sheet.height,
-            width: sheet.width,
         });
     }
     Ok(())

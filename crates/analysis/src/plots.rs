@@ -1,1 +1,294 @@
+//! Line charts and labelled scatter plots: accuracy against parameters kept
+//! (pruning, down-sampling), smoothness curves, effective dimensionality
+//! against tau, and the accuracy-smoothness Pareto plot of a tau sweep.
 
+use std::path::Path;
+
+use image::RgbImage;
+use plotters::prelude::*;
+
+use crate::figure::{render, save_png, LABEL_SIZE, TICK_SIZE, TITLE_SIZE};
+use crate::{AnalysisError, Result};
+
+const WIDTH: u32 = 800;
+const HEIGHT: u32 = 560;
+
+/// One named curve.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Title and axis names of a chart.
+#[derive(Debug, Clone, Copy)]
+pub struct Labels<'a> {
+    pub title: &'a str,
+    pub x: &'a str,
+    pub y: &'a str,
+}
+
+/// One point of a scatter plot with its own text (e.g. "tau=5").
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LabelledPoint {
+    pub x: f64,
+    pub y: f64,
+    pub label: String,
+}
+
+/// Qualitative colours (Tableau 10) for up to ten series; more cycle.
+fn palette(i: usize) -> RGBColor {
+    const COLOURS: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ];
+    let (r, g, b) = COLOURS[i % COLOURS.len()];
+    RGBColor(r, g, b)
+}
+
+/// The finite data range of `values`, widened by 5% (and to a unit width when
+/// all values are equal) so points do not sit on the frame.
+fn padded_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return None;
+    }
+    let pad = if hi > lo {
+        0.05 * (hi - lo)
+    } else {
+        0.5_f64.max(0.05 * lo.abs())
+    };
+    Some((lo - pad, hi + pad))
+}
+
+/// Lines with point markers, one colour per series, legend when any series
+/// has a label.
+pub fn line_chart(labels: Labels, series: &[Series]) -> Result<RgbImage> {
+    let xs = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let ys = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    let (Some(xr), Some(yr)) = (xs, ys) else {
+        return Err(AnalysisError::NothingToPlot(
+            "no finite points in any series",
+        ));
+    };
+    render(WIDTH, HEIGHT, |area| {
+        let mut chart = ChartBuilder::on(area)
+            .caption(labels.title, ("sans-serif", TITLE_SIZE))
+            .margin(15)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
+        chart
+            .configure_mesh()
+            .x_desc(labels.x)
+            .y_desc(labels.y)
+            .label_style(("sans-serif", TICK_SIZE))
+            .axis_desc_style(("sans-serif", LABEL_SIZE))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let colour = palette(i);
+            let points: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                .label(s.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, colour.filled())),
+            )?;
+        }
+        if series.iter().any(|s| !s.label.is_empty()) {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .label_font(("sans-serif", LABEL_SIZE))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        Ok(())
+    })
+}
+
+/// [`line_chart`] written to `path` as PNG.
+pub fn line_chart_png(labels: Labels, series: &[Series], path: &Path) -> Result<()> {
+    save_png(&line_chart(labels, series)?, path)
+}
+
+/// Indices of the points no other point beats on both x and y (larger is
+/// better on both), ordered by x: the Pareto front.
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..points.len())
+        .filter(|&i| points[i].0.is_finite() && points[i].1.is_finite())
+        .collect();
+    // Sweep from the largest x down, keeping points that raise the best y.
+    order.sort_by(|&a, &b| {
+        points[b]
+            .0
+            .total_cmp(&points[a].0)
+            .then(points[b].1.total_cmp(&points[a].1))
+    });
+    let mut front = Vec::new();
+    let mut best_y = f64::NEG_INFINITY;
+    for i in order {
+        if points[i].1 > best_y {
+            best_y = points[i].1;
+            front.push(i);
+        }
+    }
+    front.reverse();
+    front
+}
+
+/// A scatter of labelled points with their Pareto front (larger x and y are
+/// better) drawn as a dashed line, like Figure 2 of the TopoNets paper.
+pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage> {
+    let xs = padded_range(points.iter().map(|p| p.x));
+    let ys = padded_range(points.iter().map(|p| p.y));
+    let (Some(xr), Some(yr)) = (xs, ys) else {
+        return Err(AnalysisError::NothingToPlot("no finite points"));
+    };
+    let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
+    let front: Vec<(f64, f64)> = pareto_front(&xy).into_iter().map(|i| xy[i]).collect();
+    render(WIDTH, HEIGHT, |area| {
+        let mut chart = ChartBuilder::on(area)
+            .caption(labels.title, ("sans-serif", TITLE_SIZE))
+            .margin(15)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
+        chart
+            .configure_mesh()
+            .x_desc(labels.x)
+            .y_desc(labels.y)
+            .label_style(("sans-serif", TICK_SIZE))
+            .axis_desc_style(("sans-serif", LABEL_SIZE))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(DashedLineSeries::new(front, 6, 4, grey.stroke_width(2)))?
+            .label("Pareto front")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey.stroke_width(2)));
+        for (i, p) in points.iter().enumerate() {
+            if !(p.x.is_finite() && p.y.is_finite()) {
+                continue;
+            }
+            let colour = palette(i);
+            chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 6, colour.filled())))?;
+            chart.draw_series(std::iter::once(Text::new(
+                p.label.clone(),
+                (p.x, p.y),
+                ("sans-serif", TICK_SIZE).into_font().color(&BLACK),
+            )))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .label_font(("sans-serif", LABEL_SIZE))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// [`pareto_plot`] written to `path` as PNG.
+pub fn pareto_plot_png(labels: Labels, points: &[LabelledPoint], path: &Path) -> Result<()> {
+    save_png(&pareto_plot(labels, points)?, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::temp_dir;
+
+    const LABELS: Labels = Labels {
+        title: "Accuracy against parameters kept",
+        x: "parameters kept (%)",
+        y: "top-1 accuracy (%)",
+    };
+
+    #[test]
+    fn pareto_front_keeps_only_undominated_points() {
+        let points = [
+            (0.1, 70.0),
+            (0.5, 68.0),
+            (0.3, 65.0),
+            (0.9, 60.0),
+            (0.9, 55.0),
+            (f64::NAN, 99.0),
+        ];
+        assert_eq!(pareto_front(&points), vec![0, 1, 3]);
+        assert!(pareto_front(&[]).is_empty());
+    }
+
+    #[test]
+    fn padded_ranges_never_collapse() {
+        assert_eq!(padded_range([1.0, 3.0].into_iter()), Some((0.9, 3.1)));
+        assert_eq!(padded_range([2.0].into_iter()), Some((1.5, 2.5)));
+        assert_eq!(padded_range([f64::NAN].into_iter()), None);
+    }
+
+    #[test]
+    fn charts_draw_their_series_in_distinct_colours() {
+        let series = vec![
+            Series {
+                label: "tau=0".into(),
+                points: vec![(100.0, 70.0), (80.0, 69.0), (50.0, 60.0), (20.0, 20.0)],
+            },
+            Series {
+                label: "tau=50".into(),
+                points: vec![(100.0, 68.0), (80.0, 68.0), (50.0, 66.0), (20.0, 50.0)],
+            },
+        ];
+        let img = line_chart(LABELS, &series).unwrap();
+        assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
+        let has = |c: RGBColor| img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count() > 50;
+        assert!(has(palette(0)) && has(palette(1)));
+        let dir = temp_dir("plots");
+        line_chart_png(LABELS, &series, &dir.join("prune.png")).unwrap();
+        let points: Vec<LabelledPoint> = [(0.0, 0.02, 70.1), (1.0, 0.3, 69.8), (50.0, 0.8, 65.0)]
+            .iter()
+            .map(|&(tau, x, y)| LabelledPoint {
+                x,
+                y,
+                label: format!("tau={tau}"),
+            })
+            .collect();
+        pareto_plot_png(LABELS, &points, &dir.join("pareto.png")).unwrap();
+        assert!(image::open(dir.join("pareto.png")).is_ok());
+    }
+
+    #[test]
+    fn empty_charts_are_errors() {
+        assert!(line_chart(LABELS, &[]).is_err());
+        let nan = Series {
+            label: String::new(),
+            points: vec![(f64::NAN, 1.0)],
+        };
+        assert!(line_chart(LABELS, &[nan]).is_err());
+        assert!(pareto_plot(LABELS, &[]).is_err());
+    }
+}
