@@ -7,7 +7,9 @@ use std::path::Path;
 use image::RgbImage;
 use plotters::prelude::*;
 
-use crate::figure::{render, save_png, LABEL_SIZE, TICK_SIZE, TITLE_SIZE};
+use plotters::coord::types::RangedCoordf64;
+
+use crate::figure::{render, save_png, Area, DrawResult, LABEL_SIZE, TICK_SIZE, TITLE_SIZE};
 use crate::{AnalysisError, Result};
 
 const WIDTH: u32 = 800;
@@ -73,6 +75,46 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     Some((lo - pad, hi + pad))
 }
 
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Titled axes over `xr x yr` with named, labelled axes and a light grid.
+fn axes<'a, 'b>(
+    area: &'a Area<'b>,
+    labels: Labels,
+    xr: (f64, f64),
+    yr: (f64, f64),
+) -> std::result::Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(labels.title, ("sans-serif", TITLE_SIZE))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
+    chart
+        .configure_mesh()
+        .x_desc(labels.x)
+        .y_desc(labels.y)
+        .label_style(("sans-serif", TICK_SIZE))
+        .axis_desc_style(("sans-serif", LABEL_SIZE))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    Ok(chart)
+}
+
+/// The legend of the labelled series, in the lower left corner (where
+/// accuracy-against-cost curves leave room).
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .label_font(("sans-serif", LABEL_SIZE))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Lines with point markers, one colour per series, legend when any series
 /// has a label.
 pub fn line_chart(labels: Labels, series: &[Series]) -> Result<RgbImage> {
@@ -84,20 +126,7 @@ pub fn line_chart(labels: Labels, series: &[Series]) -> Result<RgbImage> {
         ));
     };
     render(WIDTH, HEIGHT, |area| {
-        let mut chart = ChartBuilder::on(area)
-            .caption(labels.title, ("sans-serif", TITLE_SIZE))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
-        chart
-            .configure_mesh()
-            .x_desc(labels.x)
-            .y_desc(labels.y)
-            .label_style(("sans-serif", TICK_SIZE))
-            .axis_desc_style(("sans-serif", LABEL_SIZE))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        let mut chart = axes(area, labels, xr, yr)?;
         for (i, s) in series.iter().enumerate() {
             let colour = palette(i);
             let points: Vec<(f64, f64)> = s
@@ -119,13 +148,7 @@ pub fn line_chart(labels: Labels, series: &[Series]) -> Result<RgbImage> {
             )?;
         }
         if series.iter().any(|s| !s.label.is_empty()) {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .label_font(("sans-serif", LABEL_SIZE))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            legend(&mut chart)?;
         }
         Ok(())
     })
@@ -172,20 +195,7 @@ pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage>
     let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
     let front: Vec<(f64, f64)> = pareto_front(&xy).into_iter().map(|i| xy[i]).collect();
     render(WIDTH, HEIGHT, |area| {
-        let mut chart = ChartBuilder::on(area)
-            .caption(labels.title, ("sans-serif", TITLE_SIZE))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
-        chart
-            .configure_mesh()
-            .x_desc(labels.x)
-            .y_desc(labels.y)
-            .label_style(("sans-serif", TICK_SIZE))
-            .axis_desc_style(("sans-serif", LABEL_SIZE))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        let mut chart = axes(area, labels, xr, yr)?;
         let grey = RGBColor(120, 120, 120);
         chart
             .draw_series(DashedLineSeries::new(front, 6, 4, grey.stroke_width(2)))?
@@ -203,13 +213,7 @@ pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage>
                 ("sans-serif", TICK_SIZE).into_font().color(&BLACK),
             )))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .label_font(("sans-serif", LABEL_SIZE))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart)?;
         Ok(())
     })
 }
