@@ -187,7 +187,8 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
 /// A scatter of labelled points with their Pareto front (larger x and y are
 /// better) drawn as a dashed line, like Figure 2 of the TopoNets paper.
 pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage> {
-    let xs = padded_range(points.iter().map(|p| p.x));
+    // Extra room on the right for the labels of the rightmost points.
+    let xs = padded_range(points.iter().map(|p| p.x)).map(|(lo, hi)| (lo, hi + 0.1 * (hi - lo)));
     let ys = padded_range(points.iter().map(|p| p.y));
     let (Some(xr), Some(yr)) = (xs, ys) else {
         return Err(AnalysisError::NothingToPlot("no finite points"));
@@ -206,12 +207,16 @@ pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage>
                 continue;
             }
             let colour = palette(i);
-            chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 6, colour.filled())))?;
-            chart.draw_series(std::iter::once(Text::new(
-                p.label.clone(),
-                (p.x, p.y),
-                ("sans-serif", TICK_SIZE).into_font().color(&BLACK),
-            )))?;
+            // Marker with its label beside it, offset in pixels so the
+            // text never covers the point.
+            let marker = EmptyElement::at((p.x, p.y))
+                + Circle::new((0, 0), 6, colour.filled())
+                + Text::new(
+                    p.label.clone(),
+                    (9, -7),
+                    ("sans-serif", TICK_SIZE).into_font(),
+                );
+            chart.draw_series(std::iter::once(marker))?;
         }
         legend(&mut chart)?;
         Ok(())
