@@ -189,18 +189,7 @@ pub(crate) fn dot<T: Real>(x: &[T], y: &[T]) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-            })
-            .collect()
-    }
+    use crate::test_util::pseudo_random;
 
     fn dense_blur(blur: &SheetBlur, sheet: &[f64], e: usize) -> Vec<f64> {
         let (h, w) = (blur.shape.height, blur.shape.width);

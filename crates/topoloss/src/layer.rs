@@ -436,17 +436,19 @@ fn whole_sheet_loss<T: Real>(blur: &SheetBlur, values: &[T], tau: f64, grad: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::pseudo_random;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-            })
-            .collect()
+    /// A 4 x 4 sheet of 3-vectors, factor 2.
+    fn small_weight_layer() -> LayerTopoLoss {
+        LayerTopoLoss::new(
+            16,
+            3,
+            SheetSource::Weight,
+            2.0,
+            2.0,
+            Interpolation::Bilinear,
+        )
+        .unwrap()
     }
 
     /// Central finite differences of the loss, for checking gradients.
@@ -533,15 +535,7 @@ mod tests {
 
     #[test]
     fn a_zero_unit_gives_finite_values() {
-        let layer = LayerTopoLoss::new(
-            16,
-            3,
-            SheetSource::Weight,
-            2.0,
-            2.0,
-            Interpolation::Bilinear,
-        )
-        .unwrap();
+        let layer = small_weight_layer();
         let mut values = pseudo_random(16 * 3, 9);
         values[..3].iter_mut().for_each(|v| *v = 0.0);
         let mut grad = vec![0.0; values.len()];
@@ -552,15 +546,7 @@ mod tests {
 
     #[test]
     fn gradients_accumulate_into_the_buffer() {
-        let layer = LayerTopoLoss::new(
-            16,
-            3,
-            SheetSource::Weight,
-            2.0,
-            2.0,
-            Interpolation::Bilinear,
-        )
-        .unwrap();
+        let layer = small_weight_layer();
         let values = pseudo_random(16 * 3, 4);
         let mut once = vec![7.0; values.len()];
         layer.loss_and_grad(&values, 1.0, &mut once).unwrap();
@@ -574,15 +560,7 @@ mod tests {
 
     #[test]
     fn wrong_buffer_lengths_are_errors() {
-        let layer = LayerTopoLoss::new(
-            16,
-            3,
-            SheetSource::Weight,
-            2.0,
-            2.0,
-            Interpolation::Bilinear,
-        )
-        .unwrap();
+        let layer = small_weight_layer();
         assert!(layer.loss(&[0.0f64; 10], 1.0).is_err());
         let mut grad = vec![0.0f64; 5];
         assert!(layer.loss_and_grad(&[0.0f64; 48], 1.0, &mut grad).is_err());

@@ -17,11 +17,13 @@ mod layer;
 mod resample;
 mod schedule;
 mod sheet;
+#[cfg(test)]
+mod test_util;
 
 pub use blur::SheetBlur;
 pub use layer::{LayerTopoLoss, SheetSource};
 pub use resample::{AxisBlur, Interpolation, SparseRows};
-pub use schedule::TauSchedule;
+pub use schedule::{deserialize_optional_tau, deserialize_tau, TauSchedule};
 pub use sheet::SheetShape;
 
 /// Floating-point types the loss is computed in (f32 for training, f64 for

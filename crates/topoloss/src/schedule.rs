@@ -11,7 +11,6 @@ use crate::TopoError;
 /// its `steps` and the last one holds on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-#[serde(try_from = "ScheduleText")]
 pub enum TauSchedule {
     Constant {
         value: f64,
@@ -113,52 +112,39 @@ impl TauSchedule {
 #[serde(untagged)]
 enum ScheduleText {
     Number(f64),
-    Table(TaggedSchedule),
+    Table(TauSchedule),
 }
 
-/// Mirror of [`TauSchedule`] for deserialising the tagged form.
-#[derive(serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-enum TaggedSchedule {
-    Constant {
-        value: f64,
-        #[serde(default)]
-        steps: Option<u64>,
-    },
-    Linear {
-        from: f64,
-        to: f64,
-        steps: u64,
-    },
-    Cosine {
-        from: f64,
-        to: f64,
-        steps: u64,
-    },
-    Chain {
-        stages: Vec<TauSchedule>,
-    },
-}
-
-impl TryFrom<ScheduleText> for TauSchedule {
-    type Error = TopoError;
-    fn try_from(text: ScheduleText) -> Result<Self, Self::Error> {
-        let schedule = match text {
+impl ScheduleText {
+    fn into_schedule(self) -> Result<TauSchedule, TopoError> {
+        let schedule = match self {
             ScheduleText::Number(value) => TauSchedule::constant(value),
-            ScheduleText::Table(TaggedSchedule::Constant { value, steps }) => {
-                TauSchedule::Constant { value, steps }
-            }
-            ScheduleText::Table(TaggedSchedule::Linear { from, to, steps }) => {
-                TauSchedule::Linear { from, to, steps }
-            }
-            ScheduleText::Table(TaggedSchedule::Cosine { from, to, steps }) => {
-                TauSchedule::Cosine { from, to, steps }
-            }
-            ScheduleText::Table(TaggedSchedule::Chain { stages }) => TauSchedule::Chain { stages },
+            ScheduleText::Table(schedule) => schedule,
         };
         schedule.validate()?;
         Ok(schedule)
     }
+}
+
+/// `#[serde(deserialize_with = ...)]` for a config's tau: a number or a
+/// schedule table, validated.
+pub fn deserialize_tau<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<TauSchedule, D::Error> {
+    use serde::de::Error;
+    let text: ScheduleText = serde::Deserialize::deserialize(deserializer)?;
+    text.into_schedule().map_err(D::Error::custom)
+}
+
+/// Like [`deserialize_tau`], for an optional tau.
+pub fn deserialize_optional_tau<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TauSchedule>, D::Error> {
+    use serde::de::Error;
+    let text: Option<ScheduleText> = serde::Deserialize::deserialize(deserializer)?;
+    text.map(ScheduleText::into_schedule)
+        .transpose()
+        .map_err(D::Error::custom)
 }
 
 fn progress(step: u64, steps: u64) -> f64 {
@@ -215,12 +201,26 @@ mod tests {
         assert_eq!(schedule.value(100), 0.0);
     }
 
+    #[derive(Debug, serde::Deserialize)]
+    struct Config {
+        #[serde(deserialize_with = "deserialize_tau")]
+        tau: TauSchedule,
+    }
+
     #[test]
     fn a_plain_number_is_a_constant_and_bad_values_fail_to_parse() {
-        let schedule: TauSchedule = serde_json::from_str("10.0").unwrap();
-        assert_eq!(schedule, TauSchedule::constant(10.0));
-        assert!(serde_json::from_str::<TauSchedule>("-1.0").is_err());
-        assert!(serde_json::from_str::<TauSchedule>(r#"{"kind": "linear", "from": 0.0}"#).is_err());
+        let config: Config = serde_json::from_str(r#"{"tau": 10.0}"#).unwrap();
+        assert_eq!(config.tau, TauSchedule::constant(10.0));
+        let table: Config = serde_json::from_str(
+            r#"{"tau": {"kind": "linear", "from": 0.0, "to": 1.0, "steps": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!(table.tau.value(5), 1.0);
+        let negative = serde_json::from_str::<Config>(r#"{"tau": -1.0}"#).unwrap_err();
+        assert!(negative.to_string().contains(">= 0"), "{negative}");
+        assert!(
+            serde_json::from_str::<Config>(r#"{"tau": {"kind": "linear", "from": 0.0}}"#).is_err()
+        );
     }
 
     #[test]
