@@ -460,12 +460,28 @@ impl Drop for Loader {
 /// Result of [`measure_loader_throughput`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Throughput {
-    /// Images per second after the first (warm-up) batch.
+    /// Images per wall-clock second after the first (warm-up) batch.
     pub img_per_s: f64,
+    /// Images per second of CPU time used by the whole process (all threads):
+    /// the per-core rate, unaffected by other processes competing for the CPU.
+    /// `None` where the OS does not report it.
+    pub img_per_cpu_s: Option<f64>,
     /// Images timed.
     pub images: usize,
-    /// Seconds timed.
+    /// Wall-clock seconds timed.
     pub seconds: f64,
+}
+
+/// CPU time (user + system) used so far by this process, all threads included,
+/// from `/proc/self/stat` (Linux; 10 ms resolution).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every supported platform.
+    Some((utime + stime) / 100.0)
 }
 
 /// Runs the loader over consecutive epochs (starting at `config.epoch`) until at
@@ -477,7 +493,7 @@ pub fn measure_loader_throughput(
     min_images: usize,
 ) -> Result<Throughput> {
     let mut images = 0;
-    let mut started: Option<Instant> = None;
+    let mut started: Option<(Instant, Option<f64>)> = None;
     loop {
         let loader = Loader::new(Arc::clone(&dataset), config.clone())?;
         if loader.num_batches() == 0 {
@@ -490,13 +506,18 @@ pub fn measure_loader_throughput(
         for batch in loader {
             let batch = batch?;
             match started {
-                None => started = Some(Instant::now()),
+                None => started = Some((Instant::now(), process_cpu_seconds())),
                 Some(_) => images += batch.len,
             }
             if images >= min_images {
-                let seconds = started.expect("set on first batch").elapsed().as_secs_f64();
+                let (wall_start, cpu_start) = started.expect("set on first batch");
+                let seconds = wall_start.elapsed().as_secs_f64();
+                let cpu_seconds = cpu_start
+                    .zip(process_cpu_seconds())
+                    .map(|(start, end)| end - start);
                 return Ok(Throughput {
                     img_per_s: images as f64 / seconds,
+                    img_per_cpu_s: cpu_seconds.filter(|&s| s > 0.0).map(|s| images as f64 / s),
                     images,
                     seconds,
                 });
@@ -577,6 +598,21 @@ mod tests {
         assert_eq!(p.num_batches(), 11);
         assert_eq!(p.batch_len(10), 3);
         assert_eq!(p.sample(10, 2), (102, 102));
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let Some(before) = process_cpu_seconds() else {
+            eprintln!("skipped: /proc/self/stat is not available");
+            return;
+        };
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed().as_millis() < 300 {
+            x = std::hint::black_box(mix64(x));
+        }
+        let used = process_cpu_seconds().unwrap() - before;
+        assert!(used > 0.0, "{used}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::codec::{decode_source, encode_jpeg, Pixels};
 use crate::error::{DataError, Result};
 use crate::format::{Encoding, FORMAT_VERSION};
+use crate::loader::process_cpu_seconds;
 use crate::resample::Resampler;
 use crate::sources::{
     find_val_labels, read_idx, scan_flat_val, scan_image_folder, LabeledFiles, SkippedFile,
@@ -131,12 +132,21 @@ pub struct SplitSummary {
     pub bytes: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// CPU seconds used by the process meanwhile (all threads), where known.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl SplitSummary {
     /// Files converted or skipped per second.
     pub fn files_per_second(&self) -> f64 {
         self.files_found as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Files per CPU-second: the per-core rate, unaffected by competing processes.
+    pub fn files_per_cpu_second(&self) -> Option<f64> {
+        self.cpu_seconds
+            .filter(|&s| s > 0.0)
+            .map(|s| self.files_found as f64 / s)
     }
 }
 
@@ -252,6 +262,7 @@ pub fn write_split(
 ) -> Result<SplitSummary> {
     options.validate()?;
     let started = Instant::now();
+    let cpu_started = process_cpu_seconds();
     let output = out.join(format!("{split}.topo"));
     let manifest = out.join(format!("{split}.manifest.json"));
     let mut writer = DatasetWriter::create(&output, 3, found.classes.clone())?;
@@ -270,6 +281,7 @@ pub fn write_split(
         warnings: Vec::new(),
         bytes: 0,
         seconds: 0.0,
+        cpu_seconds: None,
     };
     // Chunks keep memory bounded and the output order equal to the file order.
     let chunk_len = pool.current_num_threads() * 8;
@@ -312,6 +324,9 @@ pub fn write_split(
     debug_assert_eq!(summary.written + summary.skipped.len(), summary.files_found);
     let record_manifest = |summary: &mut SplitSummary| {
         summary.seconds = started.elapsed().as_secs_f64();
+        summary.cpu_seconds = cpu_started
+            .zip(process_cpu_seconds())
+            .map(|(start, end)| end - start);
         write_json(
             &manifest,
             &Manifest {
@@ -523,6 +538,7 @@ pub fn prep_fashion_mnist(src: &Path, out: &Path) -> Result<PrepSummary> {
             warnings: Vec::new(),
             bytes,
             seconds: started.elapsed().as_secs_f64(),
+            cpu_seconds: None,
         };
         let options = PrepOptions {
             max_side: None,

@@ -67,64 +67,73 @@ pub struct SourceView<'a> {
 const PRECISION_BITS: u32 = 22;
 const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Filter taps for every output coordinate along one axis.
+/// Filter taps for every output coordinate along one axis, padded with zero
+/// weights to the same count `taps` so that inner loops have a fixed length.
 #[derive(Default)]
 struct Taps {
     starts: Vec<usize>,
-    lens: Vec<usize>,
-    stride: usize,
+    taps: usize,
     weights: Vec<i32>,
     float_weights: Vec<f64>,
+    spans: Vec<(usize, usize)>,
 }
 
 impl Taps {
     fn compute(&mut self, in_size: usize, crop_start: f64, crop_len: f64, out_size: usize) {
         let scale = crop_len / out_size as f64;
         let filter_scale = scale.max(1.0);
-        let support = filter_scale; // triangle filter has support 1
-        self.stride = (2.0 * support).ceil() as usize + 2;
-        self.starts.clear();
-        self.lens.clear();
-        self.weights.clear();
-        self.weights.resize(out_size * self.stride, 0);
+        let support = filter_scale; // the triangle filter has support 1
+        self.spans.clear();
+        self.float_weights.clear();
         for out in 0..out_size {
             let center = crop_start + (out as f64 + 0.5) * scale;
             let first = ((center - support + 0.5).floor().max(0.0) as usize).min(in_size - 1);
             let end = ((center + support + 0.5).floor() as usize).clamp(first + 1, in_size);
-            let len = (end - first).min(self.stride);
-            self.float_weights.clear();
+            self.spans.push((first, end - first));
+        }
+        let taps = self.spans.iter().map(|&(_, len)| len).max().unwrap_or(1);
+        self.taps = taps;
+        self.starts.clear();
+        self.weights.clear();
+        self.weights.resize(out_size * taps, 0);
+        for out in 0..out_size {
+            let (first, len) = self.spans[out];
+            let center = crop_start + (out as f64 + 0.5) * scale;
+            // Shift the window left near the right edge so that it holds `taps` pixels.
+            let start = first.min(in_size - taps);
+            let weights = &mut self.weights[out * taps..(out + 1) * taps];
             let mut total = 0.0;
-            for k in 0..len {
-                let distance = ((first + k) as f64 - center + 0.5) / filter_scale;
+            let mut float_weights = [0.0f64; 64];
+            let use_heap = taps > float_weights.len();
+            if use_heap {
+                self.float_weights.clear();
+                self.float_weights.resize(taps, 0.0);
+            }
+            let slots: &mut [f64] = if use_heap {
+                &mut self.float_weights
+            } else {
+                &mut float_weights[..taps]
+            };
+            for pixel in first..first + len {
+                let distance = (pixel as f64 - center + 0.5) / filter_scale;
                 let weight = (1.0 - distance.abs()).max(0.0);
-                self.float_weights.push(weight);
+                slots[pixel - start] = weight;
                 total += weight;
             }
             if total <= 0.0 {
-                // Degenerate crop (outside the image): take the nearest pixel.
-                self.float_weights.iter_mut().for_each(|w| *w = 0.0);
-                self.float_weights[0] = 1.0;
+                // Degenerate crop outside the image: take the nearest pixel.
+                slots[first - start] = 1.0;
                 total = 1.0;
             }
-            let row = &mut self.weights[out * self.stride..out * self.stride + len];
-            for (fixed, weight) in row.iter_mut().zip(&self.float_weights) {
+            for (fixed, weight) in weights.iter_mut().zip(slots.iter()) {
                 *fixed = (weight / total * f64::from(1u32 << PRECISION_BITS)).round() as i32;
             }
-            self.starts.push(first);
-            self.lens.push(len);
+            self.starts.push(start);
         }
-    }
-
-    fn taps(&self, out: usize) -> (usize, &[i32]) {
-        let len = self.lens[out];
-        (
-            self.starts[out],
-            &self.weights[out * self.stride..out * self.stride + len],
-        )
     }
 }
 
-#[inline]
+#[inline(always)]
 fn to_u8(accumulator: i32) -> u8 {
     (accumulator >> PRECISION_BITS).clamp(0, 255) as u8
 }
@@ -134,8 +143,9 @@ fn to_u8(accumulator: i32) -> u8 {
 pub struct Resampler {
     horizontal: Taps,
     vertical: Taps,
-    rows: Vec<u8>,
+    planes: Vec<u8>,
     accumulator: Vec<i32>,
+    planar_out: Vec<u8>,
 }
 
 impl Resampler {
@@ -169,6 +179,27 @@ impl Resampler {
             .compute(source.width, crop.x, crop.width, spec.width);
         self.vertical
             .compute(source.height, crop.y, crop.height, spec.height);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                unsafe { self.passes_avx2(source, spec, out) };
+                return;
+            }
+        }
+        self.passes(source, spec, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn passes_avx2(&mut self, source: SourceView<'_>, spec: OutputSpec, out: &mut [u8]) {
+        self.passes(source, spec, out);
+    }
+
+    /// Horizontal pass into planar rows, then vertical pass; inlined into the
+    /// AVX2 variant so that the compiler vectorises both with wide registers.
+    #[inline(always)]
+    fn passes(&mut self, source: SourceView<'_>, spec: OutputSpec, out: &mut [u8]) {
         let first_row = self
             .vertical
             .starts
@@ -176,83 +207,137 @@ impl Resampler {
             .copied()
             .min()
             .expect("height > 0");
-        let end_row = (0..spec.height)
-            .map(|y| self.vertical.starts[y] + self.vertical.lens[y])
+        let end_row = self
+            .vertical
+            .starts
+            .iter()
+            .copied()
             .max()
-            .expect("height > 0");
-        let row_len = spec.width * channels;
-        self.rows.resize((end_row - first_row) * row_len, 0);
-        match channels {
-            1 => self.horizontal_pass::<1>(source, first_row..end_row, spec),
-            _ => self.horizontal_pass::<3>(source, first_row..end_row, spec),
+            .expect("height > 0")
+            + self.vertical.taps;
+        let rows = end_row - first_row;
+        self.planes.resize(source.channels * rows * spec.width, 0);
+        match source.channels {
+            1 => horizontal_pass::<1>(
+                &self.horizontal,
+                source,
+                first_row,
+                rows,
+                spec,
+                &mut self.planes,
+            ),
+            _ => horizontal_pass::<3>(
+                &self.horizontal,
+                source,
+                first_row,
+                rows,
+                spec,
+                &mut self.planes,
+            ),
         }
-        self.vertical_pass(first_row, row_len, channels, spec, out);
-    }
-
-    fn horizontal_pass<const C: usize>(
-        &mut self,
-        source: SourceView<'_>,
-        rows: std::ops::Range<usize>,
-        spec: OutputSpec,
-    ) {
-        let row_len = spec.width * C;
-        let source_row_len = source.width * C;
-        for (index, y) in rows.enumerate() {
-            let source_row = &source.pixels[y * source_row_len..(y + 1) * source_row_len];
-            let out_row = &mut self.rows[index * row_len..(index + 1) * row_len];
-            for x in 0..spec.width {
-                let (start, weights) = self.horizontal.taps(x);
-                let window = &source_row[start * C..(start + weights.len()) * C];
-                let mut sums = [ROUNDING; C];
-                for (k, &weight) in weights.iter().enumerate() {
-                    for c in 0..C {
-                        sums[c] += weight * i32::from(window[k * C + c]);
+        match spec.layout {
+            Layout::Planar => vertical_pass(
+                &self.vertical,
+                &self.planes,
+                first_row,
+                rows,
+                source.channels,
+                spec,
+                &mut self.accumulator,
+                out,
+            ),
+            Layout::Interleaved => {
+                self.planar_out.resize(out.len(), 0);
+                vertical_pass(
+                    &self.vertical,
+                    &self.planes,
+                    first_row,
+                    rows,
+                    source.channels,
+                    spec,
+                    &mut self.accumulator,
+                    &mut self.planar_out,
+                );
+                let plane = spec.width * spec.height;
+                for (pixel, values) in out.chunks_exact_mut(source.channels).enumerate() {
+                    for (c, value) in values.iter_mut().enumerate() {
+                        *value = self.planar_out[c * plane + pixel];
                     }
-                }
-                let out_x = if spec.flip { spec.width - 1 - x } else { x };
-                for c in 0..C {
-                    out_row[out_x * C + c] = to_u8(sums[c]);
                 }
             }
         }
     }
+}
 
-    fn vertical_pass(
-        &mut self,
-        first_row: usize,
-        row_len: usize,
-        channels: usize,
-        spec: OutputSpec,
-        out: &mut [u8],
-    ) {
-        self.accumulator.resize(row_len, 0);
-        let plane = spec.width * spec.height;
-        for y in 0..spec.height {
-            let (start, weights) = self.vertical.taps(y);
-            self.accumulator.iter_mut().for_each(|a| *a = ROUNDING);
+/// Filters `rows` source rows from `first_row` horizontally into `planes`
+/// (`C` planes of `rows x spec.width`), mirroring if asked.
+#[inline(always)]
+fn horizontal_pass<const C: usize>(
+    taps: &Taps,
+    source: SourceView<'_>,
+    first_row: usize,
+    rows: usize,
+    spec: OutputSpec,
+    planes: &mut [u8],
+) {
+    let source_row_len = source.width * C;
+    let plane_len = rows * spec.width;
+    let count = taps.taps;
+    for row in 0..rows {
+        let y = first_row + row;
+        let source_row = &source.pixels[y * source_row_len..(y + 1) * source_row_len];
+        for x in 0..spec.width {
+            let start = taps.starts[x] * C;
+            let window = &source_row[start..start + count * C];
+            let weights = &taps.weights[x * count..(x + 1) * count];
+            let mut sums = [ROUNDING; C];
+            for (pixel, &weight) in window.chunks_exact(C).zip(weights) {
+                for c in 0..C {
+                    sums[c] += weight * i32::from(pixel[c]);
+                }
+            }
+            let out_x = if spec.flip { spec.width - 1 - x } else { x };
+            for (c, &sum) in sums.iter().enumerate() {
+                planes[c * plane_len + row * spec.width + out_x] = to_u8(sum);
+            }
+        }
+    }
+}
+
+/// Filters the planar rows vertically into planar `out` (`channels` planes of
+/// `spec.height x spec.width`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn vertical_pass(
+    taps: &Taps,
+    planes: &[u8],
+    first_row: usize,
+    rows: usize,
+    channels: usize,
+    spec: OutputSpec,
+    accumulator: &mut Vec<i32>,
+    out: &mut [u8],
+) {
+    let width = spec.width;
+    accumulator.resize(width, 0);
+    for c in 0..channels {
+        let plane = &planes[c * rows * width..(c + 1) * rows * width];
+        let out_plane = &mut out[c * spec.height * width..(c + 1) * spec.height * width];
+        for (y, out_row) in out_plane.chunks_exact_mut(width).enumerate() {
+            let start = taps.starts[y] - first_row;
+            let weights = &taps.weights[y * taps.taps..(y + 1) * taps.taps];
+            accumulator.iter_mut().for_each(|a| *a = ROUNDING);
             for (k, &weight) in weights.iter().enumerate() {
-                let row_start = (start + k - first_row) * row_len;
-                let row = &self.rows[row_start..row_start + row_len];
-                for (sum, &value) in self.accumulator.iter_mut().zip(row) {
+                if weight == 0 {
+                    continue;
+                }
+                let row = &plane[(start + k) * width..(start + k + 1) * width];
+                for (sum, &value) in accumulator.iter_mut().zip(row) {
                     *sum += weight * i32::from(value);
                 }
             }
-            match spec.layout {
-                Layout::Interleaved => {
-                    let out_row = &mut out[y * row_len..(y + 1) * row_len];
-                    for (value, &sum) in out_row.iter_mut().zip(&self.accumulator) {
-                        *value = to_u8(sum);
-                    }
-                }
-                Layout::Planar => {
-                    for c in 0..channels {
-                        let out_row =
-                            &mut out[c * plane + y * spec.width..c * plane + (y + 1) * spec.width];
-                        for (x, value) in out_row.iter_mut().enumerate() {
-                            *value = to_u8(self.accumulator[x * channels + c]);
-                        }
-                    }
-                }
+            for (value, &sum) in out_row.iter_mut().zip(accumulator.iter()) {
+                *value = to_u8(sum);
             }
         }
     }

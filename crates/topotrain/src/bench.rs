@@ -2,9 +2,17 @@
 
 use clap::Subcommand;
 
+#[path = "bench_loader.rs"]
+mod bench_loader;
+
 #[derive(Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Images per second of the data loader's train pipeline on a prepped dataset.
+    Loader(bench_loader::BenchLoaderArgs),
+}
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {}
+    match command {
+        BenchCommand::Loader(args) => bench_loader::run(args),
+    }
 }

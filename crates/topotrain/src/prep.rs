@@ -1,10 +1,187 @@
 //! `topotrain prep ...`: dataset conversion (implemented in the `data-prep` crate).
 
-use clap::Subcommand;
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use data_prep::{ImagenetVal, PrepOptions, PrepSummary, Storage};
+use std::path::PathBuf;
 
 #[derive(Subcommand)]
-pub enum PrepCommand {}
+pub enum PrepCommand {
+    /// ILSVRC2012: <SRC>/train/<wnid>/*.JPEG and <SRC>/val (class folders, or flat
+    /// with LOC_val_solution.csv or the devkit ground truth). Writes train.topo,
+    /// val.topo, their manifests and classes.txt into --out.
+    Imagenet {
+        /// Folder holding train/ and val/ (or Kaggle's ILSVRC/Data/CLS-LOC/).
+        #[arg(long)]
+        src: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validation folder, if not <SRC>/val.
+        #[arg(long)]
+        val_dir: Option<PathBuf>,
+        /// Labels of a flat validation folder: LOC_val_solution.csv, or
+        /// ILSVRC2012_validation_ground_truth.txt with map_clsloc.txt beside it.
+        /// Default: looked for in, beside and above the folder.
+        #[arg(long)]
+        val_labels: Option<PathBuf>,
+        #[command(flatten)]
+        options: PrepArgs,
+    },
+    /// Any ImageFolder tree (<SRC>/<class>/**/<image>) into <OUT>/<SPLIT>.topo.
+    Folder {
+        /// Folder with one sub-folder per class.
+        #[arg(long)]
+        src: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name of the split written.
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[command(flatten)]
+        options: PrepArgs,
+    },
+    /// Fashion-MNIST IDX files (plain or .gz) into train.topo and val.topo
+    /// (28x28 greyscale, stored raw).
+    FashionMnist {
+        /// Folder with the IDX files (Debian package dataset-fashion-mnist).
+        #[arg(long, default_value = data_prep::FASHION_MNIST_DEFAULT_DIR)]
+        src: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "data/fashion-mnist")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StorageArg {
+    /// Raw pixels: fastest to load, largest.
+    Raw,
+    /// JPEG at --jpeg-quality: smallest, slowest to load.
+    Jpeg,
+    /// JPEG with probability --compress-probability, else raw (ffcv's recipe).
+    Mixed,
+}
+
+#[derive(Args)]
+pub struct PrepArgs {
+    /// Images whose longer side exceeds this are downscaled to it (0: keep sizes).
+    #[arg(long, default_value_t = data_prep::prep::DEFAULT_MAX_SIDE)]
+    max_side: u32,
+    /// How images are stored.
+    #[arg(long, value_enum, default_value_t = StorageArg::Mixed)]
+    storage: StorageArg,
+    /// Fraction of images stored as JPEG with --storage mixed.
+    #[arg(long, default_value_t = data_prep::prep::DEFAULT_COMPRESS_PROBABILITY)]
+    compress_probability: f64,
+    /// Quality (1-100) of stored JPEGs.
+    #[arg(long, default_value_t = data_prep::prep::DEFAULT_JPEG_QUALITY)]
+    jpeg_quality: u8,
+    /// Seed of the per-image compress draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fail (writing no dataset file) if any file cannot be converted.
+    #[arg(long)]
+    strict: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl PrepArgs {
+    fn options(&self) -> PrepOptions {
+        let storage = match self.storage {
+            StorageArg::Raw => Storage::Raw,
+            StorageArg::Jpeg => Storage::Jpeg,
+            StorageArg::Mixed => Storage::Mixed {
+                compress_probability: self.compress_probability,
+            },
+        };
+        PrepOptions {
+            max_side: (self.max_side > 0).then_some(self.max_side),
+            storage,
+            jpeg_quality: self.jpeg_quality,
+            seed: self.seed,
+            strict: self.strict,
+            threads: self.threads,
+            progress: !self.json,
+        }
+    }
+}
 
 pub fn run(command: PrepCommand) -> anyhow::Result<()> {
-    match command {}
+    let (summary, json) = match command {
+        PrepCommand::Imagenet {
+            src,
+            out,
+            val_dir,
+            val_labels,
+            options,
+        } => {
+            let val = ImagenetVal {
+                dir: val_dir,
+                labels: val_labels,
+            };
+            let summary = data_prep::prep_imagenet(&src, &out, &val, &options.options())
+                .with_context(|| format!("prep imagenet from {}", src.display()))?;
+            (summary, options.json)
+        }
+        PrepCommand::Folder {
+            src,
+            out,
+            split,
+            options,
+        } => {
+            let summary = data_prep::prep_image_folder(&src, &out, &split, &options.options())
+                .with_context(|| format!("prep folder {}", src.display()))?;
+            (summary, options.json)
+        }
+        PrepCommand::FashionMnist { src, out } => {
+            let summary = data_prep::prep_fashion_mnist(&src, &out)
+                .with_context(|| format!("prep fashion-mnist from {}", src.display()))?;
+            (summary, false)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &PrepSummary) {
+    for split in &summary.splits {
+        for skipped in &split.skipped {
+            println!("  skipped {}: {}", skipped.path.display(), skipped.reason);
+        }
+        for warning in &split.warnings {
+            println!("  warning {}: {}", warning.path.display(), warning.reason);
+        }
+        let per_cpu = split
+            .files_per_cpu_second()
+            .map(|rate| format!(", {rate:.0}/CPU-s"))
+            .unwrap_or_default();
+        println!(
+            "{}: {} files found = {} written ({} raw, {} JPEG) + {} skipped; {} warnings; \
+             {:.1} MB in {:.1} s ({:.0} images/s{per_cpu})\n  -> {}\n  manifest {}",
+            split.split,
+            split.files_found,
+            split.written,
+            split.raw_records,
+            split.jpeg_records,
+            split.skipped.len(),
+            split.warnings.len(),
+            split.bytes as f64 / 1e6,
+            split.seconds,
+            split.files_per_second(),
+            split.output.display(),
+            split.manifest.display(),
+        );
+    }
+    println!("classes: {}", summary.classes_file.display());
 }
