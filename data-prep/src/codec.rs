@@ -247,6 +247,35 @@ pub fn decode_jpeg_record(
     Ok((width, height))
 }
 
+/// Decodes a JPEG record written by [`encode_jpeg`] at reduced scale, in the DCT
+/// domain: `1/factor` (2, 4 or 8) of `full_width` x `full_height`, rounded up.
+/// Much cheaper than a full decode followed by downscaling. Returns `(width, height)`.
+pub fn decode_jpeg_record_reduced(
+    bytes: &[u8],
+    channels: u32,
+    factor: u32,
+    full_width: u32,
+    full_height: u32,
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize), String> {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    let requested = |size: u32| u16::try_from(size.div_ceil(factor)).unwrap_or(u16::MAX);
+    let (width, height) = decoder
+        .scale(requested(full_width), requested(full_height))
+        .map_err(|e| e.to_string())?;
+    let pixels = decoder.decode().map_err(|e| e.to_string())?;
+    let (width, height) = (usize::from(width), usize::from(height));
+    if pixels.len() != width * height * channels as usize {
+        return Err(format!(
+            "reduced JPEG decode gave {} bytes for {width}x{height}x{channels}",
+            pixels.len()
+        ));
+    }
+    out.clear();
+    out.extend_from_slice(&pixels);
+    Ok((width, height))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +314,19 @@ mod tests {
         let decoded = decode_source(&bytes).unwrap();
         assert_eq!(decoded.pixels.data, out);
         assert!(decoded.warning.is_none());
+    }
+
+    #[test]
+    fn reduced_decode_halves_and_stays_close() {
+        let pixels = photo_like(64, 48);
+        let bytes = encode_jpeg(&pixels, 95).unwrap();
+        let mut half = Vec::new();
+        assert_eq!(
+            decode_jpeg_record_reduced(&bytes, 3, 2, 64, 48, &mut half).unwrap(),
+            (32, 24)
+        );
+        let reference = pixels.fit_within(32, &mut Resampler::new());
+        assert!(mean_abs_diff(&half, &reference.data) < 4.0);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Parallel, prefetching batch loader with deterministic augmentation and
 //! rank/world-size sharding.
 
+use crate::codec::decode_jpeg_record_reduced;
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::format::Encoding;
-use crate::resample::{Layout, OutputSpec, Resampler, SourceView};
+use crate::resample::{CropBox, Layout, OutputSpec, Resampler, SourceView};
 use crate::transform::{center_crop, mix64, RandomResizedCrop, SampleRng};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -83,6 +84,13 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// First batch to produce, to resume in the middle of an epoch.
     pub start_batch: usize,
+    /// Decode JPEG records at 1/2, 1/4 or 1/8 scale (in the DCT domain, with the
+    /// `jpeg-decoder` crate) when the crop is at least that many times larger than
+    /// the resolution. Off by default: on the 2-core Xeon of BENCHMARKS.md it did
+    /// not beat zune-jpeg's full decode with `--max-side 512` at res 176 (552 vs
+    /// 576 images per CPU-second); it can pay off for large stored images at low
+    /// resolutions.
+    pub dct_scaling: bool,
 }
 
 impl LoaderConfig {
@@ -100,6 +108,7 @@ impl LoaderConfig {
             drop_last: true,
             prefetch: 2,
             start_batch: 0,
+            dct_scaling: false,
         }
     }
 
@@ -319,22 +328,63 @@ fn transform_sample(
     };
     SCRATCH.with(|scratch| {
         let scratch = &mut *scratch.borrow_mut();
+        let (mut width, mut height) = (record.width as usize, record.height as usize);
+        let mut crop = crop;
         let pixels: &[u8] = match record.encoding {
             Encoding::Raw => record.bytes,
             Encoding::Jpeg => {
-                dataset.decode_into(index, &mut scratch.decoded)?;
+                let factor =
+                    reduction_factor(crop.width.min(crop.height) / config.resolution as f64);
+                if config.dct_scaling && factor > 1 {
+                    let reduced = decode_jpeg_record_reduced(
+                        record.bytes,
+                        dataset.channels() as u32,
+                        factor,
+                        record.width,
+                        record.height,
+                        &mut scratch.decoded,
+                    )
+                    .map_err(|reason| DataError::BadRecord {
+                        path: dataset.path().to_path_buf(),
+                        index,
+                        reason,
+                    })?;
+                    let (sx, sy) = (
+                        reduced.0 as f64 / width as f64,
+                        reduced.1 as f64 / height as f64,
+                    );
+                    crop = CropBox {
+                        x: crop.x * sx,
+                        y: crop.y * sy,
+                        width: crop.width * sx,
+                        height: crop.height * sy,
+                    };
+                    (width, height) = reduced;
+                } else {
+                    dataset.decode_into(index, &mut scratch.decoded)?;
+                }
                 &scratch.decoded
             }
         };
         let source = SourceView {
             pixels,
-            width: record.width as usize,
-            height: record.height as usize,
+            width,
+            height,
             channels: dataset.channels(),
         };
         scratch.resampler.resample(source, crop, spec, out);
         Ok(())
     })
+}
+
+/// Largest JPEG DCT scaling factor (1, 2, 4 or 8) not above `shrink`.
+fn reduction_factor(shrink: f64) -> u32 {
+    match shrink {
+        s if s >= 8.0 => 8,
+        s if s >= 4.0 => 4,
+        s if s >= 2.0 => 2,
+        _ => 1,
+    }
 }
 
 fn assemble_batch(
@@ -613,6 +663,14 @@ mod tests {
         }
         let used = process_cpu_seconds().unwrap() - before;
         assert!(used > 0.0, "{used}");
+    }
+
+    #[test]
+    fn reduction_factor_never_upsamples() {
+        assert_eq!(
+            [0.5, 1.9, 2.0, 3.9, 4.0, 7.9, 8.0, 30.0].map(reduction_factor),
+            [1, 1, 2, 2, 4, 4, 8, 8]
+        );
     }
 
     #[test]

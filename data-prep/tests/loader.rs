@@ -91,6 +91,49 @@ fn train_epoch_visits_every_image_once_and_ranks_split_it() {
 }
 
 #[test]
+fn dct_scaled_decoding_is_close_to_full_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("smooth")).unwrap();
+    for i in 0..4u32 {
+        let image = image::RgbImage::from_fn(240, 180, |x, y| {
+            image::Rgb([(x + i * 9) as u8, (y * 2) as u8, ((x + y) / 2) as u8])
+        });
+        image
+            .save(src.join("smooth").join(format!("{i}.png")))
+            .unwrap();
+    }
+    let options = PrepOptions {
+        max_side: None,
+        storage: Storage::Jpeg,
+        progress: false,
+        ..PrepOptions::default()
+    };
+    let summary = prep_image_folder(&src, &dir.path().join("out"), "train", &options).unwrap();
+    let dataset = Arc::new(Dataset::open(&summary.splits[0].output).unwrap());
+    // Val centre crop of 180 px to 40 px: shrink 4.5, decoded at 1/4 scale.
+    let mut config = LoaderConfig::val(4, 40);
+    config.dct_scaling = false;
+    let full = collect(&dataset, config.clone());
+    config.dct_scaling = true;
+    let reduced = collect(&dataset, config.clone());
+    assert_ne!(
+        full[0].images, reduced[0].images,
+        "the reduced path was not taken"
+    );
+    let mean_abs_diff = full[0]
+        .images
+        .iter()
+        .zip(&reduced[0].images)
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+        .sum::<f64>()
+        / full[0].images.len() as f64;
+    assert!(mean_abs_diff < 3.0, "{mean_abs_diff}");
+    config.threads = 2;
+    assert_eq!(collect(&dataset, config), reduced);
+}
+
+#[test]
 fn val_pipeline_keeps_order_and_centre_crops() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = mixed_dataset(dir.path());
