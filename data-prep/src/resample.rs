@@ -235,34 +235,30 @@ impl Resampler {
                 &mut self.planes,
             ),
         }
-        match spec.layout {
-            Layout::Planar => vertical_pass(
-                &self.vertical,
-                &self.planes,
-                first_row,
-                rows,
-                source.channels,
-                spec,
-                &mut self.accumulator,
-                out,
-            ),
-            Layout::Interleaved => {
-                self.planar_out.resize(out.len(), 0);
-                vertical_pass(
-                    &self.vertical,
-                    &self.planes,
-                    first_row,
-                    rows,
-                    source.channels,
-                    spec,
-                    &mut self.accumulator,
-                    &mut self.planar_out,
-                );
-                let plane = spec.width * spec.height;
-                for (pixel, values) in out.chunks_exact_mut(source.channels).enumerate() {
-                    for (c, value) in values.iter_mut().enumerate() {
-                        *value = self.planar_out[c * plane + pixel];
-                    }
+        let interleave = spec.layout == Layout::Interleaved;
+        if interleave {
+            self.planar_out.resize(out.len(), 0);
+        }
+        let target: &mut [u8] = if interleave {
+            &mut self.planar_out
+        } else {
+            &mut *out
+        };
+        vertical_pass(
+            &self.vertical,
+            &self.planes,
+            first_row,
+            rows,
+            source.channels,
+            spec,
+            &mut self.accumulator,
+            target,
+        );
+        if interleave {
+            let plane = spec.width * spec.height;
+            for (pixel, values) in out.chunks_exact_mut(source.channels).enumerate() {
+                for (c, value) in values.iter_mut().enumerate() {
+                    *value = self.planar_out[c * plane + pixel];
                 }
             }
         }
@@ -353,6 +349,24 @@ mod tests {
             .collect()
     }
 
+    fn view(pixels: &[u8], width: usize, height: usize, channels: usize) -> SourceView<'_> {
+        SourceView {
+            pixels,
+            width,
+            height,
+            channels,
+        }
+    }
+
+    fn output(width: usize, height: usize, flip: bool, layout: Layout) -> OutputSpec {
+        OutputSpec {
+            width,
+            height,
+            flip,
+            layout,
+        }
+    }
+
     fn run(source: SourceView<'_>, crop: CropBox, spec: OutputSpec) -> Vec<u8> {
         let mut out = vec![0; spec.width * spec.height * source.channels];
         Resampler::new().resample(source, crop, spec, &mut out);
@@ -363,18 +377,8 @@ mod tests {
     fn same_size_is_exact_copy_and_planar_transposes() {
         let (w, h) = (7, 5);
         let pixels = gradient(w, h, 3);
-        let source = SourceView {
-            pixels: &pixels,
-            width: w,
-            height: h,
-            channels: 3,
-        };
-        let spec = OutputSpec {
-            width: w,
-            height: h,
-            flip: false,
-            layout: Layout::Interleaved,
-        };
+        let source = view(&pixels, w, h, 3);
+        let spec = output(w, h, false, Layout::Interleaved);
         assert_eq!(run(source, CropBox::full(w as u32, h as u32), spec), pixels);
         let planar = run(
             source,
@@ -397,18 +401,8 @@ mod tests {
     fn flip_mirrors_columns() {
         let (w, h) = (6, 4);
         let pixels = gradient(w, h, 1);
-        let source = SourceView {
-            pixels: &pixels,
-            width: w,
-            height: h,
-            channels: 1,
-        };
-        let spec = OutputSpec {
-            width: w,
-            height: h,
-            flip: true,
-            layout: Layout::Planar,
-        };
+        let source = view(&pixels, w, h, 1);
+        let spec = output(w, h, true, Layout::Planar);
         let out = run(source, CropBox::full(w as u32, h as u32), spec);
         for y in 0..h {
             for x in 0..w {
@@ -421,24 +415,14 @@ mod tests {
     fn integer_crop_at_same_scale_extracts_the_window() {
         let (w, h) = (10, 8);
         let pixels = gradient(w, h, 3);
-        let source = SourceView {
-            pixels: &pixels,
-            width: w,
-            height: h,
-            channels: 3,
-        };
+        let source = view(&pixels, w, h, 3);
         let crop = CropBox {
             x: 3.0,
             y: 2.0,
             width: 4.0,
             height: 5.0,
         };
-        let spec = OutputSpec {
-            width: 4,
-            height: 5,
-            flip: false,
-            layout: Layout::Interleaved,
-        };
+        let spec = output(4, 5, false, Layout::Interleaved);
         let out = run(source, crop, spec);
         for y in 0..5 {
             for x in 0..4 {
@@ -459,18 +443,8 @@ mod tests {
         let pixels: Vec<u8> = (0..w * h)
             .map(|i| if i % 2 == 0 { 0 } else { 200 })
             .collect();
-        let source = SourceView {
-            pixels: &pixels,
-            width: w,
-            height: h,
-            channels: 1,
-        };
-        let spec = OutputSpec {
-            width: 8,
-            height: 2,
-            flip: false,
-            layout: Layout::Planar,
-        };
+        let source = view(&pixels, w, h, 1);
+        let spec = output(8, 2, false, Layout::Planar);
         let out = run(source, CropBox::full(w as u32, h as u32), spec);
         for y in 0..2 {
             // Interior columns; the edges see fewer taps.
@@ -482,18 +456,8 @@ mod tests {
             );
         }
         let constant = vec![77u8; 9 * 5 * 3];
-        let source = SourceView {
-            pixels: &constant,
-            width: 9,
-            height: 5,
-            channels: 3,
-        };
-        let spec = OutputSpec {
-            width: 23,
-            height: 3,
-            flip: true,
-            layout: Layout::Planar,
-        };
+        let source = view(&constant, 9, 5, 3);
+        let spec = output(23, 3, true, Layout::Planar);
         assert!(run(
             source,
             CropBox {
