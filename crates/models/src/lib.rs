@@ -1,1 +1,36 @@
-//! Models.
+//! Vision models for topotrain: ResNet-18/50 and ViT-B/32 in Burn, with
+//! torchvision's module names so PyTorch checkpoints load key for key.
+//!
+//! - [`resnet`], [`vit`], [`blurpool`]: the networks ([`Model`] holds either).
+//! - [`checkpoint`]: load PyTorch `.pt` and safetensors state dicts, infer the
+//!   architecture from tensor names and shapes, save our own checkpoints
+//!   (safetensors in torchvision layout).
+//! - [`hooks`]: the Conv2d/Linear layers TopoLoss can act on
+//!   ([`Topographic`], [`TopoCandidate`]), pattern selection and the
+//!   mapping of gradients back to Burn's parameter shapes.
+//! - [`taps`]: capturing intermediate module outputs by name.
+
+pub mod blurpool;
+pub mod checkpoint;
+mod error;
+pub mod hooks;
+pub mod model;
+pub mod resnet;
+pub mod taps;
+pub mod vit;
+
+pub use checkpoint::{
+    infer_architecture, inspect_checkpoint, load_checkpoint, load_weights, save_checkpoint,
+    CheckpointFormat, CheckpointInfo,
+};
+pub use error::ModelError;
+pub use hooks::{
+    select, LayerKind, LayerPattern, ModuleInfo, NativeGradient, TopoCandidate, Topographic,
+};
+pub use model::{Architecture, Model, ARCHITECTURE_NAMES};
+pub use resnet::{ResNet, ResNetConfig};
+pub use taps::{Activation, Taps};
+pub use vit::{VisionTransformer, VitConfig};
+
+/// The CPU backend used by tests and CPU runs.
+pub type CpuBackend = burn::backend::Flex;

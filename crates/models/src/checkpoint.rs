@@ -1,0 +1,555 @@
+//! Checkpoint IO: PyTorch `.pt`/`.pth` state dicts, safetensors state dicts,
+//! and our own checkpoints.
+//!
+//! Our checkpoints are safetensors files in torchvision's layout (PyTorch
+//! key names, Linear weights `[out, in]`), so one loader serves PyTorch
+//! exports and our own files, and PyTorch can read ours with
+//! `model.load_state_dict(safetensors.torch.load_file(f), strict=False)`
+//! (`strict=False` because we do not store `num_batches_tracked`). They also
+//! carry the architecture as JSON metadata (`topotrain.architecture`), which
+//! matters for ViTs, whose head count no tensor shape reveals.
+//!
+//! The architecture of a file without that metadata is inferred from its
+//! tensor names and shapes, see [`infer_architecture`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn_store::pytorch::PytorchReader;
+use burn_store::{
+    ApplyResult, BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
+use regex::Regex;
+
+use crate::model::{Architecture, Model};
+use crate::resnet::{ResNetConfig, STAGES};
+use crate::vit::VitConfig;
+use crate::ModelError;
+
+/// Safetensors metadata key holding the architecture as JSON.
+pub const ARCHITECTURE_METADATA_KEY: &str = "topotrain.architecture";
+
+/// torchvision key fragments that Burn spells differently (regex, replacement).
+/// Burn struct fields cannot be named `0`, and Burn's `Vec` indexes layers
+/// by number where torchvision's `OrderedDict` uses `encoder_layer_N`.
+const TORCH_TO_BURN: [(&str, &str); 5] = [
+    (r"\.downsample\.0\.", ".downsample.conv."),
+    (r"\.downsample\.1\.", ".downsample.bn."),
+    (
+        r"^encoder\.layers\.encoder_layer_(\d+)\.",
+        "encoder.layers.${1}.",
+    ),
+    (r"\.mlp\.0\.", ".mlp.linear_1."),
+    (r"\.mlp\.3\.", ".mlp.linear_2."),
+];
+
+/// The inverse of [`TORCH_TO_BURN`], for saving.
+const BURN_TO_TORCH: [(&str, &str); 5] = [
+    (r"\.downsample\.conv\.", ".downsample.0."),
+    (r"\.downsample\.bn\.", ".downsample.1."),
+    (
+        r"^encoder\.layers\.(\d+)\.",
+        "encoder.layers.encoder_layer_${1}.",
+    ),
+    (r"\.mlp\.linear_1\.", ".mlp.0."),
+    (r"\.mlp\.linear_2\.", ".mlp.3."),
+];
+
+/// PyTorch buffers that have no counterpart in Burn and are safe to ignore.
+const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
+
+/// Container formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// A pickled PyTorch state dict (`torch.save`).
+    PyTorch,
+    /// A safetensors state dict (ours or PyTorch's).
+    Safetensors,
+}
+
+impl CheckpointFormat {
+    /// `.safetensors` files are safetensors; everything else is tried as PyTorch.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => Self::Safetensors,
+            _ => Self::PyTorch,
+        }
+    }
+}
+
+/// What a checkpoint holds, without building a model.
+#[derive(Debug, Clone)]
+pub struct CheckpointInfo {
+    pub path: PathBuf,
+    pub format: CheckpointFormat,
+    /// From metadata when present, else inferred from tensor names and shapes.
+    pub architecture: Architecture,
+    /// Prefix stripped from every key (e.g. `module.` from DataParallel), if any.
+    pub key_prefix: String,
+    /// Tensor name (prefix stripped) to shape.
+    pub tensors: BTreeMap<String, Vec<usize>>,
+}
+
+/// Reads names, shapes and metadata of a checkpoint and works out its architecture.
+pub fn inspect_checkpoint(path: impl AsRef<Path>) -> Result<CheckpointInfo, ModelError> {
+    let path = path.as_ref();
+    let format = CheckpointFormat::from_path(path);
+    let (raw, metadata) = read_shapes(path, format)?;
+    let key_prefix = find_key_prefix(&raw).ok_or_else(|| ModelError::UnknownArchitecture {
+        path: path.to_path_buf(),
+        reason: format!(
+            "no `conv1.weight` (ResNet) or `conv_proj.weight` (ViT) among its {} tensors{}",
+            raw.len(),
+            sample_keys(raw.keys())
+        ),
+    })?;
+    let tensors: BTreeMap<String, Vec<usize>> = raw
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(&key_prefix).map(|k| (k.to_string(), v)))
+        .collect();
+    let architecture = match metadata {
+        Some(json) => serde_json::from_str(&json).map_err(|e| ModelError::Read {
+            path: path.to_path_buf(),
+            message: format!("metadata '{ARCHITECTURE_METADATA_KEY}' is not valid: {e}"),
+        })?,
+        None => infer_architecture(&tensors).map_err(|reason| ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            reason,
+        })?,
+    };
+    Ok(CheckpointInfo {
+        path: path.to_path_buf(),
+        format,
+        architecture,
+        key_prefix,
+        tensors,
+    })
+}
+
+/// Builds the checkpoint's architecture and loads its weights.
+pub fn load_checkpoint<B: Backend>(
+    path: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<Model<B>, ModelError> {
+    let info = inspect_checkpoint(path)?;
+    let mut model = info.architecture.init(device)?;
+    load_weights(&mut model, &info)?;
+    Ok(model)
+}
+
+/// Loads the weights of an inspected checkpoint into `model`, which must
+/// have the same architecture; every model tensor must be in the file and
+/// every file tensor (but `num_batches_tracked`) must be used.
+pub fn load_weights<B: Backend>(
+    model: &mut Model<B>,
+    info: &CheckpointInfo,
+) -> Result<(), ModelError> {
+    let path = &info.path;
+    let read_error = |message: String| ModelError::Read {
+        path: path.clone(),
+        message,
+    };
+    let mut rules: Vec<(String, String)> = Vec::new();
+    if !info.key_prefix.is_empty() {
+        rules.push((
+            format!("^{}", regex::escape(&info.key_prefix)),
+            String::new(),
+        ));
+    }
+    rules.extend(
+        TORCH_TO_BURN
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string())),
+    );
+    let remapper = KeyRemapper::from_patterns(rules).map_err(|e| read_error(e.to_string()))?;
+
+    let result = match info.format {
+        CheckpointFormat::PyTorch => {
+            let mut store = PytorchStore::from_file(path)
+                .remap(remapper)
+                .map_indices_contiguous(false)
+                .skip_enum_variants(true)
+                .allow_partial(true)
+                .validate(false);
+            apply(model, &mut store).map_err(|e| read_error(e.to_string()))?
+        }
+        CheckpointFormat::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .remap(remapper)
+                .skip_enum_variants(true)
+                .allow_partial(true)
+                .validate(false);
+            apply(model, &mut store).map_err(|e| read_error(e.to_string()))?
+        }
+    };
+    check_apply_result(&result, path, &info.architecture)
+}
+
+fn apply<B: Backend, S: burn_store::ModuleStore>(
+    model: &mut Model<B>,
+    store: &mut S,
+) -> Result<ApplyResult, S::Error> {
+    match model {
+        Model::ResNet(m) => m.load_from(store),
+        Model::Vit(m) => m.load_from(store),
+    }
+}
+
+fn check_apply_result(
+    result: &ApplyResult,
+    path: &Path,
+    architecture: &Architecture,
+) -> Result<(), ModelError> {
+    let to_torch = key_mapper(&BURN_TO_TORCH);
+    if !result.missing.is_empty() {
+        let keys: Vec<String> = result
+            .missing
+            .iter()
+            .map(|(burn_path, _)| to_torch(&strip_enum_variants(burn_path)))
+            .collect();
+        return Err(ModelError::MissingTensors {
+            path: path.to_path_buf(),
+            architecture: architecture.describe(),
+            count: keys.len(),
+            keys,
+        });
+    }
+    let mut details: Vec<String> = result
+        .errors
+        .iter()
+        .map(|e| to_torch(&e.to_string()))
+        .collect();
+    let unused: Vec<String> = result
+        .unused
+        .iter()
+        .filter(|k| !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+        .map(|k| to_torch(k))
+        .collect();
+    if !unused.is_empty() {
+        details.push(format!("unexpected tensors: {}", unused.join(", ")));
+    }
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(ModelError::Mismatch {
+            path: path.to_path_buf(),
+            architecture: architecture.describe(),
+            details,
+        })
+    }
+}
+
+/// Saves `model` as a safetensors file in torchvision layout, with its
+/// architecture as metadata. Overwrites an existing file.
+pub fn save_checkpoint<B: Backend>(
+    model: &Model<B>,
+    path: impl AsRef<Path>,
+) -> Result<(), ModelError> {
+    let path = path.as_ref();
+    let write_error = |message: String| ModelError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let architecture =
+        serde_json::to_string(&model.architecture()).map_err(|e| write_error(e.to_string()))?;
+    let remapper = KeyRemapper::from_patterns(BURN_TO_TORCH.to_vec())
+        .map_err(|e| write_error(e.to_string()))?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .remap(remapper)
+        .skip_enum_variants(true)
+        .metadata(ARCHITECTURE_METADATA_KEY, architecture)
+        .overwrite(true);
+    match model {
+        Model::ResNet(m) => m.save_into(&mut store),
+        Model::Vit(m) => m.save_into(&mut store),
+    }
+    .map_err(|e| write_error(e.to_string()))
+}
+
+/// Tensor names to shapes, plus our architecture metadata if present.
+type ShapesAndMetadata = (BTreeMap<String, Vec<usize>>, Option<String>);
+
+fn read_shapes(path: &Path, format: CheckpointFormat) -> Result<ShapesAndMetadata, ModelError> {
+    let read_error = |message: String| ModelError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    match format {
+        CheckpointFormat::PyTorch => {
+            let reader = PytorchReader::new(path).map_err(|e| read_error(e.to_string()))?;
+            let shapes = reader
+                .tensors()
+                .iter()
+                .map(|(name, snapshot)| (name.clone(), snapshot.shape.to_vec()))
+                .collect();
+            Ok((shapes, None))
+        }
+        CheckpointFormat::Safetensors => {
+            let bytes = std::fs::read(path).map_err(|e| read_error(e.to_string()))?;
+            let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+                .map_err(|e| read_error(format!("not a safetensors file: {e:?}")))?;
+            let shapes = metadata
+                .tensors()
+                .into_iter()
+                .map(|(name, info)| (name, info.shape.clone()))
+                .collect();
+            let architecture = metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(ARCHITECTURE_METADATA_KEY).cloned());
+            Ok((shapes, architecture))
+        }
+    }
+}
+
+/// The prefix before torchvision's names (`""`, `module.`, `state_dict.`...),
+/// found from the stem conv's key.
+fn find_key_prefix(tensors: &BTreeMap<String, Vec<usize>>) -> Option<String> {
+    ["conv1.weight", "conv_proj.weight"]
+        .iter()
+        .flat_map(|stem| {
+            tensors.keys().filter_map(move |key| {
+                let prefix = key.strip_suffix(stem)?;
+                (prefix.is_empty() || prefix.ends_with('.')).then(|| prefix.to_string())
+            })
+        })
+        .min_by_key(|prefix| prefix.len())
+}
+
+/// Works out the architecture from torchvision tensor names and shapes.
+///
+/// ResNet: depth from the block indices and `conv3` presence, BlurPool from
+/// `blur_filter` buffers, small stem from a 3x3 `conv1`, width and input
+/// channels from `conv1`, classes from `fc`. ViT: patch, width and channels
+/// from `conv_proj`, image size from `encoder.pos_embedding`, depth from the
+/// `encoder_layer_N` indices, MLP width and classes from their weights; the
+/// head count is torchvision's for its widths (768: 12, 1024: 16, 1280: 16)
+/// and `width / 64` otherwise.
+pub fn infer_architecture(tensors: &BTreeMap<String, Vec<usize>>) -> Result<Architecture, String> {
+    if tensors.contains_key("conv_proj.weight") {
+        infer_vit(tensors).map(Architecture::Vit)
+    } else if tensors.contains_key("conv1.weight") {
+        infer_resnet(tensors).map(Architecture::ResNet)
+    } else {
+        Err(format!(
+            "no `conv1.weight` (ResNet) or `conv_proj.weight` (ViT){}",
+            sample_keys(tensors.keys())
+        ))
+    }
+}
+
+fn shape_of<'a>(
+    tensors: &'a BTreeMap<String, Vec<usize>>,
+    key: &str,
+) -> Result<&'a [usize], String> {
+    tensors
+        .get(key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("tensor `{key}` is missing"))
+}
+
+fn rank_error(key: &str, shape: &[usize], expected: &str) -> String {
+    format!("`{key}` has shape {shape:?}, expected {expected}")
+}
+
+/// Distinct `N` in keys `<prefix>N.*`; errors unless they are `0..count`.
+fn count_indexed(tensors: &BTreeMap<String, Vec<usize>>, prefix: &str) -> Result<usize, String> {
+    let indices: BTreeSet<usize> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+        .collect();
+    let count = indices.len();
+    if indices.iter().copied().eq(0..count) {
+        Ok(count)
+    } else {
+        Err(format!(
+            "`{prefix}N` indices are not contiguous from 0: {indices:?}"
+        ))
+    }
+}
+
+fn infer_resnet(tensors: &BTreeMap<String, Vec<usize>>) -> Result<ResNetConfig, String> {
+    let stem = shape_of(tensors, "conv1.weight")?;
+    let [width, in_channels, kernel, _] = *stem else {
+        return Err(rank_error("conv1.weight", stem, "[out, in, k, k]"));
+    };
+    let small_stem = match kernel {
+        7 => false,
+        3 => true,
+        other => {
+            return Err(format!(
+                "stem conv1 is {other}x{other}; expected 7x7 or 3x3"
+            ))
+        }
+    };
+    let fc = shape_of(tensors, "fc.weight")?;
+    let [num_classes, _] = *fc else {
+        return Err(rank_error("fc.weight", fc, "[classes, features]"));
+    };
+    let mut blocks = [0; 4];
+    for (count, stage) in blocks.iter_mut().zip(STAGES) {
+        *count = count_indexed(tensors, &format!("{stage}."))?;
+        if *count == 0 {
+            return Err(format!("no blocks in `{stage}`"));
+        }
+    }
+    let bottleneck = tensors.keys().any(|k| k.starts_with("layer1.0.conv3."));
+    let blurpool = tensors.keys().any(|k| k.ends_with(".blur_filter"));
+    Ok(ResNetConfig {
+        blocks,
+        bottleneck,
+        num_classes,
+        in_channels,
+        width,
+        blurpool,
+        small_stem,
+    })
+}
+
+fn infer_vit(tensors: &BTreeMap<String, Vec<usize>>) -> Result<VitConfig, String> {
+    let proj = shape_of(tensors, "conv_proj.weight")?;
+    let [hidden_dim, in_channels, patch_size, _] = *proj else {
+        return Err(rank_error(
+            "conv_proj.weight",
+            proj,
+            "[dim, in, patch, patch]",
+        ));
+    };
+    let pos = shape_of(tensors, "encoder.pos_embedding")?;
+    let [1, seq_length, _] = *pos else {
+        return Err(rank_error("encoder.pos_embedding", pos, "[1, tokens, dim]"));
+    };
+    let grid = (seq_length.saturating_sub(1) as f64).sqrt().round() as usize;
+    if grid * grid + 1 != seq_length {
+        return Err(format!(
+            "encoder.pos_embedding has {seq_length} tokens, not a square grid plus a class token"
+        ));
+    }
+    let num_layers = count_indexed(tensors, "encoder.layers.encoder_layer_")?;
+    let first = "encoder.layers.encoder_layer_0.mlp";
+    let mlp = shape_of(tensors, &format!("{first}.0.weight"))
+        .or_else(|_| shape_of(tensors, &format!("{first}.linear_1.weight")))?;
+    let head = shape_of(tensors, "heads.head.weight")?;
+    let num_heads = match hidden_dim {
+        768 => 12,
+        1024 | 1280 => 16,
+        d if d % 64 == 0 => d / 64,
+        d => {
+            return Err(format!(
+                "cannot tell the attention head count of a {d}-wide ViT"
+            ))
+        }
+    };
+    Ok(VitConfig {
+        image_size: grid * patch_size,
+        patch_size,
+        in_channels,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        mlp_dim: mlp[0],
+        num_classes: head[0],
+    })
+}
+
+/// A closure applying regex rewrites in order to a key (or a message).
+fn key_mapper(rules: &[(&str, &str)]) -> impl Fn(&str) -> String {
+    // The patterns are constants of this module, covered by tests.
+    let compiled: Vec<(Regex, String)> = rules
+        .iter()
+        .filter_map(|(from, to)| Some((Regex::new(from).ok()?, to.to_string())))
+        .collect();
+    move |key: &str| {
+        compiled.iter().fold(key.to_string(), |acc, (re, to)| {
+            re.replace_all(&acc, to.as_str()).into_owned()
+        })
+    }
+}
+
+/// Drops Burn enum variant segments (`conv1.Blurred.conv.weight` -> `conv1.conv.weight`).
+fn strip_enum_variants(path: &str) -> String {
+    path.split('.')
+        .filter(|s| !matches!(*s, "Plain" | "Blurred"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn sample_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let sample: Vec<&str> = keys.take(5).map(String::as_str).collect();
+    if sample.is_empty() {
+        String::new()
+    } else {
+        format!(" (first keys: {})", sample.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_maps_are_inverse() {
+        let to_burn = key_mapper(&TORCH_TO_BURN);
+        let to_torch = key_mapper(&BURN_TO_TORCH);
+        for key in [
+            "layer2.0.downsample.0.conv.weight",
+            "layer2.0.downsample.1.running_mean",
+            "encoder.layers.encoder_layer_11.mlp.3.bias",
+            "encoder.layers.encoder_layer_0.mlp.0.weight",
+            "encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+            "fc.weight",
+        ] {
+            assert_eq!(to_torch(&to_burn(key)), key);
+        }
+        assert_eq!(
+            to_burn("encoder.layers.encoder_layer_3.mlp.0.weight"),
+            "encoder.layers.3.mlp.linear_1.weight"
+        );
+        assert_eq!(
+            KeyRemapper::from_patterns(TORCH_TO_BURN.to_vec()).is_ok(),
+            true
+        );
+        assert_eq!(
+            KeyRemapper::from_patterns(BURN_TO_TORCH.to_vec()).is_ok(),
+            true
+        );
+    }
+
+    #[test]
+    fn data_parallel_prefix_is_found() {
+        let tensors: BTreeMap<String, Vec<usize>> = [
+            ("module.conv1.weight".to_string(), vec![64, 3, 7, 7]),
+            (
+                "module.layer1.0.conv1.weight".to_string(),
+                vec![64, 64, 3, 3],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(find_key_prefix(&tensors).as_deref(), Some("module."));
+    }
+
+    #[test]
+    fn non_contiguous_blocks_are_rejected() {
+        let tensors: BTreeMap<String, Vec<usize>> = [
+            ("layer1.0.conv1.weight".to_string(), vec![1]),
+            ("layer1.2.conv1.weight".to_string(), vec![1]),
+        ]
+        .into_iter()
+        .collect();
+        let err = count_indexed(&tensors, "layer1.").err().unwrap();
+        assert!(err.contains("not contiguous"), "{err}");
+    }
+
+    #[test]
+    fn variants_are_stripped_from_messages() {
+        assert_eq!(
+            strip_enum_variants("layer2.0.conv1.Blurred.blur_filter"),
+            "layer2.0.conv1.blur_filter"
+        );
+    }
+}

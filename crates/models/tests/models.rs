@@ -1,0 +1,339 @@
+//! Forward shapes, checkpoint round trips, architecture inference, layer
+//! selection and gradient mapping on small networks.
+
+mod common;
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Distribution, Tensor};
+use common::{golden, max_abs_diff, scratch_dir};
+use models::{
+    inspect_checkpoint, load_checkpoint, save_checkpoint, Architecture, CpuBackend, LayerKind,
+    Model, ModelError, NativeGradient, ResNetConfig, Topographic, VitConfig,
+};
+
+fn random_images(dims: [usize; 4]) -> Tensor<CpuBackend, 4> {
+    Tensor::random(dims, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+fn tiny_vit() -> VitConfig {
+    VitConfig::new()
+        .with_image_size(16)
+        .with_patch_size(4)
+        .with_hidden_dim(24)
+        .with_num_layers(2)
+        .with_num_heads(3)
+        .with_mlp_dim(48)
+        .with_num_classes(7)
+}
+
+fn build(arch: &Architecture) -> Model<CpuBackend> {
+    arch.init(&Default::default()).unwrap()
+}
+
+#[test]
+fn resnet50_forward_shape_and_bottleneck_names() {
+    let model = build(&Architecture::ResNet(ResNetConfig::resnet50(10)));
+    let logits = model.forward(random_images([1, 3, 32, 32]));
+    assert_eq!(logits.dims(), [1, 10]);
+    let names: Vec<String> = model
+        .topo_candidates()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    // 1 stem + 16 blocks x 3 convs + 4 downsamples + fc.
+    assert_eq!(names.len(), 1 + 16 * 3 + 4 + 1);
+    assert!(names.contains(&"layer3.5.conv3".to_string()));
+}
+
+#[test]
+fn resnet50_blurpool_wraps_the_strided_3x3_conv() {
+    let config = ResNetConfig::resnet50(10)
+        .with_width(16)
+        .with_blurpool(true);
+    let model = build(&Architecture::ResNet(config));
+    let names: Vec<String> = model
+        .topo_candidates()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(names.contains(&"layer2.0.conv2.conv".to_string()));
+    assert!(names.contains(&"layer2.0.conv1".to_string()));
+    assert!(names.contains(&"layer2.0.downsample.0.conv".to_string()));
+    // layer1 keeps stride 1, so nothing there is wrapped.
+    assert!(names.contains(&"layer1.0.downsample.0".to_string()));
+}
+
+#[test]
+fn vit_b_32_forward_shape() {
+    let model = build(&Architecture::from_name("vit_b_32", 1000).unwrap());
+    let logits = model.forward(random_images([1, 3, 224, 224]));
+    assert_eq!(logits.dims(), [1, 1000]);
+}
+
+#[test]
+fn small_stem_resnet_takes_one_channel_28px_images() {
+    let config = ResNetConfig::resnet18(10)
+        .with_in_channels(1)
+        .with_small_stem(true)
+        .with_width(8);
+    let model = build(&Architecture::ResNet(config));
+    let names = vec!["layer1".to_string(), "layer4".to_string()];
+    let (logits, taps) = model
+        .forward_with_taps(random_images([2, 1, 28, 28]), &names)
+        .unwrap();
+    assert_eq!(logits.dims(), [2, 10]);
+    // No stem downsampling: layer1 keeps 28 px; three stride-2 stages give 4.
+    assert_eq!(taps[0].1.dims(), [2, 8, 28, 28]);
+    assert_eq!(taps[1].1.dims(), [2, 64, 4, 4]);
+}
+
+#[test]
+fn vit_taps_use_torchvision_names_and_the_head_equals_the_logits() {
+    let model = build(&Architecture::Vit(tiny_vit()));
+    let names: Vec<String> = [
+        "encoder.layers.encoder_layer_1.mlp.0",
+        "encoder.ln",
+        "heads.head",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (logits, taps) = model
+        .forward_with_taps(random_images([2, 3, 16, 16]), &names)
+        .unwrap();
+    assert_eq!(taps[0].1.dims(), [2, 17, 48]);
+    assert_eq!(taps[1].1.dims(), [2, 17, 24]);
+    let head = match taps[2].1.clone() {
+        models::Activation::Rank2(t) => t,
+        other => panic!("heads.head should be rank 2, got {:?}", other.dims()),
+    };
+    assert_eq!(max_abs_diff(head, logits), 0.0);
+}
+
+#[test]
+fn unknown_tap_name_lists_the_valid_ones() {
+    let model = build(&Architecture::Vit(tiny_vit()));
+    let err = model
+        .forward_with_taps(
+            random_images([1, 3, 16, 16]),
+            &["encoder.layer".to_string()],
+        )
+        .err()
+        .unwrap();
+    let message = err.to_string();
+    assert!(
+        message.contains("encoder.layer;") || message.contains("encoder.layer "),
+        "{message}"
+    );
+    assert!(
+        message.contains("encoder.layers.encoder_layer_0.ln_1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn tiny_vit_checkpoint_round_trips_with_its_head_count() {
+    let model = build(&Architecture::Vit(tiny_vit()));
+    let path = scratch_dir("vit").join("tiny_vit.safetensors");
+    save_checkpoint(&model, &path).unwrap();
+
+    let info = inspect_checkpoint(&path).unwrap();
+    // 24 wide: no tensor shape reveals 3 heads; the metadata does.
+    assert_eq!(info.architecture, Architecture::Vit(tiny_vit()));
+    assert!(info
+        .tensors
+        .contains_key("encoder.layers.encoder_layer_1.mlp.3.weight"));
+    assert!(info
+        .tensors
+        .contains_key("encoder.layers.encoder_layer_0.self_attention.in_proj_weight"));
+    // PyTorch layout: Linear weights are [out, in].
+    assert_eq!(
+        info.tensors["encoder.layers.encoder_layer_0.mlp.0.weight"],
+        [48, 24]
+    );
+    assert_eq!(info.tensors["encoder.ln.weight"], [24]);
+
+    let reloaded = load_checkpoint::<CpuBackend>(&path, &Default::default()).unwrap();
+    let x = random_images([2, 3, 16, 16]);
+    assert_eq!(
+        max_abs_diff(model.forward(x.clone()), reloaded.forward(x)),
+        0.0
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn architecture_is_inferred_from_keys_without_metadata() {
+    // Save, then keep only the tensors (no metadata), as a PyTorch export would.
+    let config = ResNetConfig::resnet50(5)
+        .with_width(8)
+        .with_in_channels(1)
+        .with_small_stem(true)
+        .with_blurpool(true);
+    let model = build(&Architecture::ResNet(config.clone()));
+    let dir = scratch_dir("infer");
+    let ours = dir.join("ours.safetensors");
+    save_checkpoint(&model, &ours).unwrap();
+    let bytes = std::fs::read(&ours).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let plain = dir.join("plain.safetensors");
+    safetensors::serialize_to_file(file.tensors(), &None, &plain).unwrap();
+
+    let info = inspect_checkpoint(&plain).unwrap();
+    assert_eq!(info.architecture, Architecture::ResNet(config));
+    assert!(info
+        .tensors
+        .contains_key("layer2.0.downsample.0.conv.weight"));
+    assert!(info.tensors.contains_key("layer2.0.conv2.blur_filter"));
+    load_checkpoint::<CpuBackend>(&plain, &Default::default()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn truncated_checkpoint_names_the_file_and_the_missing_tensors() {
+    let model = build(&Architecture::ResNet(
+        ResNetConfig::resnet18(3).with_width(4),
+    ));
+    let dir = scratch_dir("missing");
+    let ours = dir.join("ours.safetensors");
+    save_checkpoint(&model, &ours).unwrap();
+    let bytes = std::fs::read(&ours).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let without_bn = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "layer3.1.bn2.running_var");
+    let broken = dir.join("broken.safetensors");
+    safetensors::serialize_to_file(without_bn, &None, &broken).unwrap();
+
+    let err = load_checkpoint::<CpuBackend>(&broken, &Default::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, ModelError::MissingTensors { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("broken.safetensors"), "{message}");
+    assert!(message.contains("layer3.1.bn2.running_var"), "{message}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_architecture_and_unreadable_files_are_errors() {
+    let not_a_model = golden("topoloss_cases.safetensors");
+    let err = inspect_checkpoint(&not_a_model).err().unwrap();
+    assert!(
+        matches!(err, ModelError::UnknownArchitecture { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("topoloss_cases.safetensors"),
+        "{err}"
+    );
+
+    let dir = scratch_dir("garbage");
+    let garbage = dir.join("garbage.pt");
+    std::fs::write(&garbage, b"not a pickle").unwrap();
+    let err = inspect_checkpoint(&garbage).err().unwrap();
+    assert!(matches!(err, ModelError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("garbage.pt"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn selection_by_pattern_and_its_errors() {
+    let model = build(&Architecture::ResNet(
+        ResNetConfig::resnet18(10)
+            .with_width(16)
+            .with_blurpool(true),
+    ));
+    let picked: Vec<String> = model
+        .select_layers(&["layer*.*.conv*", "fc"])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    // 8 blocks x 2 convs, less the 3 BlurPool-wrapped ones (`layerN.0.conv1.conv`
+    // has a fourth segment, which `*` does not cross), plus fc.
+    assert!(picked.contains(&"layer1.0.conv1".to_string()));
+    assert!(picked.contains(&"layer4.1.conv2".to_string()));
+    assert!(!picked.iter().any(|n| n.ends_with(".conv1.conv")));
+    assert_eq!(picked.last().unwrap(), "fc");
+    assert_eq!(picked.len(), 16 - 3 + 1);
+
+    let blurred = model.select_layers(&["layer*.0.conv1.conv"]).unwrap();
+    assert_eq!(blurred.len(), 3);
+
+    let err = model.select_layers(&["layer9.*"]).err().unwrap();
+    assert!(
+        matches!(err, ModelError::PatternMatchesNothing { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("layer9.*"), "{err}");
+
+    let err = model.select_layers(&["bn1"]).err().unwrap();
+    assert!(matches!(err, ModelError::NotConvOrLinear { .. }), "{err}");
+    assert!(err.to_string().contains("bn1 (BatchNorm2d)"), "{err}");
+}
+
+#[test]
+fn candidate_weights_are_in_pytorch_layout_and_gradients_map_back() {
+    let model = build(&Architecture::Vit(tiny_vit()));
+    let candidates = model.topo_candidates();
+
+    let conv = &candidates[0];
+    assert_eq!(
+        (conv.name.as_str(), conv.kind),
+        ("conv_proj", LayerKind::Conv2d)
+    );
+    assert_eq!(conv.weight.dims(), [24, 3 * 4 * 4]);
+    assert_eq!(conv.weight_shape, [24, 3, 4, 4]);
+
+    let mlp = candidates
+        .iter()
+        .find(|c| c.name == "encoder.layers.encoder_layer_0.mlp.0")
+        .unwrap();
+    assert_eq!(mlp.kind, LayerKind::Linear);
+    assert_eq!(mlp.weight.dims(), [48, 24]);
+    assert_eq!(mlp.weight_shape, [24, 48]);
+
+    // A gradient equal to the weight must map back onto the native weight.
+    let Model::Vit(vit) = &model else {
+        unreachable!()
+    };
+    match mlp.native_gradient(mlp.weight.clone()).unwrap() {
+        NativeGradient::Linear(g) => {
+            let native = vit.encoder.layers[0].mlp.linear_1.weight.val();
+            assert_eq!(max_abs_diff(g, native), 0.0);
+        }
+        other => panic!("expected a linear gradient, got {other:?}"),
+    }
+    match conv.native_gradient(conv.weight.clone()).unwrap() {
+        NativeGradient::Conv2d(g) => assert_eq!(max_abs_diff(g, vit.conv_proj.weight.val()), 0.0),
+        other => panic!("expected a conv gradient, got {other:?}"),
+    }
+
+    let err = mlp.native_gradient(conv.weight.clone()).err().unwrap();
+    assert!(matches!(err, ModelError::GradientShape { .. }), "{err}");
+}
+
+#[test]
+fn accumulated_gradient_adds_to_the_task_gradient() {
+    type Train = burn::backend::Autodiff<CpuBackend>;
+    let config = ResNetConfig::resnet18(4)
+        .with_width(4)
+        .with_small_stem(true);
+    let model: Model<Train> = Architecture::ResNet(config)
+        .init(&Default::default())
+        .unwrap();
+    let x: Tensor<Train, 4> =
+        Tensor::random([2, 3, 8, 8], Distribution::Default, &Default::default());
+    let loss = model.forward(x).sum();
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+
+    let fc = model.select_layers(&["fc"]).unwrap().remove(0);
+    let before: Tensor<CpuBackend, 2> = grads.get(fc.param_id).unwrap();
+    let ones = Tensor::<CpuBackend, 2>::ones(fc.flat_shape(), &Default::default());
+    fc.accumulate_gradient(&mut grads, ones).unwrap();
+    let after: Tensor<CpuBackend, 2> = grads.get(fc.param_id).unwrap();
+    // Burn's Linear weight is [in, out] = [8 * width, classes].
+    assert_eq!(after.dims(), [32, 4]);
+    assert!(max_abs_diff(after - before, Tensor::ones([32, 4], &Default::default())) < 1e-6);
+}
