@@ -222,10 +222,26 @@ fn check_apply_result(
         .iter()
         .map(|e| to_torch(&e.to_string()))
         .collect();
+    // Norm layers' `weight`/`bias` are applied to Burn's `gamma`/`beta` under
+    // the adapter's alternative name, yet burn-store still lists them unused.
+    let applied: BTreeSet<String> = result
+        .applied
+        .iter()
+        .map(|p| strip_enum_variants(p))
+        .collect();
+    let applied_as_norm = |key: &str| {
+        [("weight", "gamma"), ("bias", "beta")]
+            .iter()
+            .any(|(torch, burn)| {
+                key.strip_suffix(torch)
+                    .is_some_and(|stem| applied.contains(&format!("{stem}{burn}")))
+            })
+    };
     let unused: Vec<String> = result
         .unused
         .iter()
         .filter(|k| !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+        .filter(|k| !applied_as_norm(k))
         .map(|k| to_torch(k))
         .collect();
     if !unused.is_empty() {
