@@ -128,6 +128,12 @@ pub fn run(command: PrepCommand) -> anyhow::Result<()> {
             };
             let summary = data_prep::prep_imagenet(&src, &out, &val, &options.options())
                 .with_context(|| format!("prep imagenet from {}", src.display()))?;
+            if summary.splits.len() == 1 {
+                eprintln!(
+                    "note: no val/ folder in {}; wrote the train split only",
+                    src.display()
+                );
+            }
             (summary, options.json)
         }
         PrepCommand::Folder {
