@@ -9,6 +9,8 @@
 //!   ([`Topographic`], [`TopoCandidate`]), pattern selection and the
 //!   mapping of gradients back to Burn's parameter shapes.
 //! - [`taps`]: capturing intermediate module outputs by name.
+//! - [`topography`]: TopoLoss on a model's selected layers, its gradient
+//!   added to training's gradients on the host or on the device.
 
 pub mod blurpool;
 pub mod checkpoint;
@@ -17,6 +19,7 @@ pub mod hooks;
 pub mod model;
 pub mod resnet;
 pub mod taps;
+pub mod topography;
 pub mod vit;
 
 pub use checkpoint::{

@@ -1,0 +1,711 @@
+//! TopoLoss on a Burn model: which layers, with which factor and tau, and how
+//! their loss and gradient join training.
+//!
+//! The TopoLoss of a layer depends on its weight alone, so it needs no place
+//! in the autodiff graph: [`Topography::add_to_gradients`] computes each
+//! selected layer's loss and gradient in closed form and adds the gradient
+//! to the task loss's gradients before the optimiser step. Two engines do
+//! the arithmetic:
+//! - [`TopoEngine::Host`] copies the weights to the host and runs the
+//!   `topoloss` crate's sparse kernel (the CPU backend's fast path);
+//! - [`TopoEngine::Device`] expresses the same closed form as tensor ops
+//!   (two small dense matmuls per blur), so weights never leave a GPU.
+
+use burn::module::ParamId;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use topoloss::{Interpolation, LayerTopoLoss, Reduction, SheetSource, TauSchedule, TopoError};
+
+use crate::hooks::{TopoCandidate, Topographic};
+use crate::ModelError;
+
+/// The `[topography]` section of a run's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopographyConfig {
+    /// Tau over training steps; a plain number is a constant. Selections may
+    /// override it.
+    #[serde(deserialize_with = "topoloss::deserialize_tau")]
+    pub tau: TauSchedule,
+    /// How the selected layers' losses combine: "mean" (the reference) or "sum".
+    #[serde(default)]
+    pub reduction: Reduction,
+    /// Which layers are topographic, and how.
+    pub layers: Vec<LayerSelection>,
+    /// "auto" (host on CPU backends, device on GPUs), "host" or "device".
+    #[serde(default)]
+    pub engine: TopoEngine,
+}
+
+/// One group of layers sharing a factor and (optionally) a tau.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSelection {
+    /// Dotted glob patterns over PyTorch module names, e.g. `layer*.*.conv*`.
+    pub patterns: Vec<String>,
+    /// Blur factor along both sheet axes (the paper uses 3 for ResNets).
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// Blur factor along the sheet height, overriding `factor`.
+    #[serde(default)]
+    pub factor_h: Option<f64>,
+    /// Blur factor along the sheet width, overriding `factor`.
+    #[serde(default)]
+    pub factor_w: Option<f64>,
+    /// Clamp the factor to the sheet's sides (`min(factor, h, w)`) instead of
+    /// failing on small sheets.
+    #[serde(default)]
+    pub clamp_factor: bool,
+    #[serde(default)]
+    pub interpolation: Interpolation,
+    /// "weight" (the paper), "bias" or "input".
+    #[serde(default)]
+    pub source: SheetSource,
+    /// Tau for these layers, overriding the section's.
+    #[serde(default, deserialize_with = "topoloss::deserialize_optional_tau")]
+    pub tau: Option<TauSchedule>,
+}
+
+fn default_factor() -> f64 {
+    3.0
+}
+
+impl LayerSelection {
+    /// All Conv2d/Linear layers (`**`) with one factor.
+    pub fn all_layers(factor: f64) -> Self {
+        LayerSelection {
+            patterns: vec!["**".to_string()],
+            factor,
+            factor_h: None,
+            factor_w: None,
+            clamp_factor: false,
+            interpolation: Interpolation::Bilinear,
+            source: SheetSource::Weight,
+            tau: None,
+        }
+    }
+}
+
+impl TopographyConfig {
+    /// Every layer matching `patterns`, one factor (clamped to each sheet's
+    /// sides), one constant tau: what `inspect` and the benchmarks measure.
+    pub fn uniform(patterns: &[String], factor: f64, tau: f64) -> Self {
+        let mut selection = LayerSelection::all_layers(factor);
+        selection.patterns = patterns.to_vec();
+        selection.clamp_factor = true;
+        TopographyConfig {
+            tau: TauSchedule::constant(tau),
+            reduction: Reduction::Mean,
+            layers: vec![selection],
+            engine: TopoEngine::Auto,
+        }
+    }
+}
+
+/// Where the TopoLoss arithmetic runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopoEngine {
+    /// Host for CPU devices, device for accelerators (decided by the caller).
+    #[default]
+    Auto,
+    Host,
+    Device,
+}
+
+/// Errors of building or applying a topography.
+#[derive(Debug, thiserror::Error)]
+pub enum TopographyError {
+    #[error(transparent)]
+    Selection(#[from] ModelError),
+    #[error("topography: {0}")]
+    Loss(#[from] TopoError),
+    #[error("topography: layer {layer} is selected twice (by '{first}' and '{second}'); each layer may appear in one selection only")]
+    SelectedTwice {
+        layer: String,
+        first: String,
+        second: String,
+    },
+    #[error("topography: layer {layer} has no bias, so `source = \"bias\"` cannot apply to it")]
+    NoBias { layer: String },
+    #[error("topography: cannot read the weights of layer {layer}: {message}")]
+    Data { layer: String, message: String },
+    #[error("topography: the model's layers changed since the topography was built: {0}")]
+    ModelChanged(String),
+}
+
+/// A selected layer: its TopoLoss and tau.
+#[derive(Debug, Clone)]
+pub struct TopoLayer {
+    pub name: String,
+    pub loss: LayerTopoLoss,
+    pub tau: TauSchedule,
+    pub factor_h: f64,
+    pub factor_w: f64,
+    /// Selection pattern(s) that chose it, for messages.
+    selected_by: String,
+}
+
+/// Loss values of one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopoReport {
+    /// The total TopoLoss added to training (tau applied, reduced).
+    pub total: f64,
+    /// Per layer: name, tau, and the loss at tau = 1.
+    pub layers: Vec<LayerReport>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    pub name: String,
+    pub tau: f64,
+    pub unscaled_loss: f64,
+}
+
+/// The topographic layers of one model.
+#[derive(Debug, Clone)]
+pub struct Topography {
+    pub layers: Vec<TopoLayer>,
+    pub reduction: Reduction,
+}
+
+impl Topography {
+    /// Resolves `config` against a model's candidate layers.
+    pub fn new<B: Backend>(
+        model: &impl Topographic<B>,
+        config: &TopographyConfig,
+    ) -> Result<Self, TopographyError> {
+        let mut layers: Vec<TopoLayer> = Vec::new();
+        for selection in &config.layers {
+            let patterns: Vec<&str> = selection.patterns.iter().map(String::as_str).collect();
+            let selected_by = selection.patterns.join(", ");
+            for candidate in model.select_layers(&patterns)? {
+                if let Some(earlier) = layers.iter().find(|l| l.name == candidate.name) {
+                    return Err(TopographyError::SelectedTwice {
+                        layer: candidate.name,
+                        first: earlier.selected_by.clone(),
+                        second: selected_by,
+                    });
+                }
+                layers.push(TopoLayer::new(
+                    &candidate,
+                    selection,
+                    config.tau.clone(),
+                    selected_by.clone(),
+                )?);
+            }
+        }
+        Ok(Topography {
+            layers,
+            reduction: config.reduction,
+        })
+    }
+
+    /// Names of the selected layers, in model order of selection.
+    pub fn layer_names(&self) -> Vec<&str> {
+        self.layers.iter().map(|l| l.name.as_str()).collect()
+    }
+
+    fn candidates_in_order<B: Backend>(
+        &self,
+        model: &impl Topographic<B>,
+    ) -> Result<Vec<TopoCandidate<B>>, TopographyError> {
+        let mut all = model.topo_candidates();
+        self.layers
+            .iter()
+            .map(|layer| {
+                let index = all
+                    .iter()
+                    .position(|c| c.name == layer.name)
+                    .ok_or_else(|| {
+                        TopographyError::ModelChanged(format!("no layer {}", layer.name))
+                    })?;
+                Ok(all.swap_remove(index))
+            })
+            .collect()
+    }
+
+    /// Loss values at optimiser step `step`, without gradients.
+    pub fn report<B: Backend>(
+        &self,
+        model: &impl Topographic<B>,
+        step: u64,
+    ) -> Result<TopoReport, TopographyError> {
+        let candidates = self.candidates_in_order(model)?;
+        let mut reports = Vec::with_capacity(self.layers.len());
+        for (layer, candidate) in self.layers.iter().zip(&candidates) {
+            let values = layer.host_values(candidate)?;
+            let unscaled_loss = layer.loss.loss(&values, 1.0)?;
+            reports.push(LayerReport {
+                name: layer.name.clone(),
+                tau: layer.tau.value(step),
+                unscaled_loss,
+            });
+        }
+        Ok(self.summarise(reports))
+    }
+
+    fn summarise(&self, layers: Vec<LayerReport>) -> TopoReport {
+        let weight = self.reduction.layer_weight(layers.len());
+        let total = layers.iter().map(|l| l.tau * l.unscaled_loss).sum::<f64>() * weight;
+        TopoReport { total, layers }
+    }
+
+    /// Computes the TopoLoss at step `step` and adds its gradient to `grads`
+    /// (the task loss's gradients, on the autodiff backend's inner backend).
+    pub fn add_to_gradients<B: AutodiffBackend>(
+        &self,
+        model: &impl Topographic<B>,
+        step: u64,
+        engine: TopoEngine,
+        grads: &mut GradientsParams,
+    ) -> Result<TopoReport, TopographyError> {
+        let candidates = self.candidates_in_order(model)?;
+        let layer_weight = self.reduction.layer_weight(self.layers.len());
+        let mut host_losses = Vec::with_capacity(self.layers.len());
+        let mut device_losses = Vec::with_capacity(self.layers.len());
+        for (layer, candidate) in self.layers.iter().zip(&candidates) {
+            let scaled_tau = layer.tau.value(step) * layer_weight;
+            let gradient = match engine {
+                TopoEngine::Device => {
+                    let (loss, gradient) = layer.device_loss_and_grad::<B::InnerBackend>(
+                        candidate.weight.clone().inner(),
+                        candidate.bias.clone().map(Tensor::inner),
+                        scaled_tau,
+                    )?;
+                    device_losses.push(loss);
+                    gradient
+                }
+                TopoEngine::Host | TopoEngine::Auto => {
+                    let (loss, gradient) = layer.host_loss_and_grad(candidate, scaled_tau)?;
+                    host_losses.push(loss);
+                    gradient
+                }
+            };
+            if scaled_tau != 0.0 {
+                layer.add_gradient(candidate, gradient, grads)?;
+            }
+        }
+        if !device_losses.is_empty() {
+            // One read-back for all layers keeps the device busy.
+            host_losses = Tensor::cat(device_losses, 0)
+                .into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .map_err(|e| TopographyError::Data {
+                    layer: "(all)".to_string(),
+                    message: format!("{e:?}"),
+                })?;
+        }
+        let reports = self
+            .layers
+            .iter()
+            .zip(host_losses)
+            .map(|(layer, unscaled_loss)| LayerReport {
+                name: layer.name.clone(),
+                tau: layer.tau.value(step),
+                unscaled_loss,
+            })
+            .collect();
+        Ok(self.summarise(reports))
+    }
+}
+
+/// A gradient for a weight `[out, e]` or a bias `[out]`.
+enum LayerGradient<B: Backend> {
+    Weight(Tensor<B, 2>),
+    Bias(Tensor<B, 1>),
+}
+
+impl TopoLayer {
+    fn new<B: Backend>(
+        candidate: &TopoCandidate<B>,
+        selection: &LayerSelection,
+        tau: TauSchedule,
+        selected_by: String,
+    ) -> Result<Self, TopographyError> {
+        let [out, unit_len] = candidate.flat_shape();
+        if selection.source == SheetSource::Bias && candidate.bias.is_none() {
+            return Err(TopographyError::NoBias {
+                layer: candidate.name.clone(),
+            });
+        }
+        let mut factor_h = selection.factor_h.unwrap_or(selection.factor);
+        let mut factor_w = selection.factor_w.unwrap_or(selection.factor);
+        if selection.clamp_factor {
+            // min(factor, h, w) on both axes, as `topotrain inspect` reports it.
+            let sheet_units = match selection.source {
+                SheetSource::Input => unit_len,
+                _ => out,
+            };
+            let sheet = topoloss::SheetShape::for_units(sheet_units)
+                .map_err(|e| e.in_layer(&candidate.name))?;
+            let side = sheet.height.min(sheet.width) as f64;
+            factor_h = factor_h.min(side);
+            factor_w = factor_w.min(side);
+        }
+        let loss = LayerTopoLoss::new(
+            out,
+            unit_len,
+            selection.source,
+            factor_h,
+            factor_w,
+            selection.interpolation,
+        )
+        .map_err(|e| e.in_layer(&candidate.name))?;
+        Ok(TopoLayer {
+            name: candidate.name.clone(),
+            loss,
+            tau: selection.tau.clone().unwrap_or(tau),
+            factor_h,
+            factor_w,
+            selected_by,
+        })
+    }
+
+    /// The values the loss reads (weight `[out, e]` or bias), as f32 on the host.
+    fn host_values<B: Backend>(
+        &self,
+        candidate: &TopoCandidate<B>,
+    ) -> Result<Vec<f32>, TopographyError> {
+        let data = match self.loss.source {
+            SheetSource::Bias => candidate
+                .bias
+                .clone()
+                .ok_or_else(|| TopographyError::NoBias {
+                    layer: self.name.clone(),
+                })?
+                .into_data(),
+            _ => candidate.weight.clone().into_data(),
+        };
+        data.convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| TopographyError::Data {
+                layer: self.name.clone(),
+                message: format!("{e:?}"),
+            })
+    }
+
+    fn host_loss_and_grad<B: AutodiffBackend>(
+        &self,
+        candidate: &TopoCandidate<B>,
+        tau: f64,
+    ) -> Result<(f64, LayerGradient<B::InnerBackend>), TopographyError> {
+        let values = self.host_values(candidate)?;
+        let mut grad = vec![0.0f32; values.len()];
+        // Loss at tau = 1 for the report; the gradient is linear in tau.
+        let unscaled = self.loss.loss_and_grad(&values, 1.0, &mut grad)?;
+        let tau = tau as f32;
+        grad.iter_mut().for_each(|g| *g *= tau);
+        let device = candidate.weight.clone().inner().device();
+        let gradient = match self.loss.source {
+            SheetSource::Bias => LayerGradient::Bias(Tensor::from_data(
+                TensorData::new(grad, [self.loss.out_units]),
+                &device,
+            )),
+            _ => LayerGradient::Weight(Tensor::from_data(
+                TensorData::new(grad, [self.loss.out_units, self.loss.unit_len]),
+                &device,
+            )),
+        };
+        Ok((unscaled, gradient))
+    }
+
+    /// The closed form as tensor ops on the weights' own device. Returns the
+    /// loss at tau = 1 (a one-element tensor) and the gradient at `tau`.
+    fn device_loss_and_grad<G: Backend>(
+        &self,
+        weight: Tensor<G, 2>,
+        bias: Option<Tensor<G, 1>>,
+        tau: f64,
+    ) -> Result<(Tensor<G, 1>, LayerGradient<G>), TopographyError> {
+        let out = self.loss.out_units;
+        Ok(match self.loss.source {
+            SheetSource::Weight => {
+                let (loss, grad) = self.device_sheet(weight, tau, false);
+                (loss, LayerGradient::Weight(grad))
+            }
+            SheetSource::Input => {
+                let (loss, grad) = self.device_sheet(weight.transpose(), tau, false);
+                (loss, LayerGradient::Weight(grad.transpose()))
+            }
+            SheetSource::Bias => {
+                let bias = bias.ok_or_else(|| TopographyError::NoBias {
+                    layer: self.name.clone(),
+                })?;
+                let (loss, grad) = self.device_sheet(bias.reshape([out, 1]), tau, true);
+                (loss, LayerGradient::Bias(grad.reshape([out])))
+            }
+        })
+    }
+
+    /// TopoLoss of a sheet `[units, e]` and its gradient. With `whole_sheet`
+    /// the cosine is taken over the whole sheet at once (the bias variant).
+    fn device_sheet<G: Backend>(
+        &self,
+        sheet: Tensor<G, 2>,
+        tau: f64,
+        whole_sheet: bool,
+    ) -> (Tensor<G, 1>, Tensor<G, 2>) {
+        let shape = self.loss.sheet();
+        let (h, w) = (shape.height, shape.width);
+        let [units, e] = sheet.dims();
+        let device = sheet.device();
+        let matrix = |values: Vec<f64>, n: usize| {
+            let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+            Tensor::<G, 2>::from_data(TensorData::new(values, [n, n]), &device)
+        };
+        let blur_h = matrix(self.loss.blur.along_height.dense(), h);
+        let blur_w = matrix(self.loss.blur.along_width.dense(), w);
+        // B(x) = Bh x Bw^T on the sheet axes: one matmul over rows of the
+        // sheet, one batched matmul over its columns.
+        let apply = |x: Tensor<G, 2>, mh: Tensor<G, 2>, mw: Tensor<G, 2>| {
+            let x = mh.matmul(x.reshape([h, w * e])).reshape([h, w, e]);
+            let mw = mw.unsqueeze::<3>().expand([h, w, w]);
+            mw.matmul(x).reshape([units, e])
+        };
+        let blurred = apply(sheet.clone(), blur_h.clone(), blur_w.clone());
+        let reduce = |x: Tensor<G, 2>| -> Tensor<G, 2> {
+            if whole_sheet {
+                x.sum().reshape([1, 1])
+            } else {
+                x.sum_dim(1)
+            }
+        };
+        let eps = 1e-8f32;
+        let dot_wb = reduce(sheet.clone() * blurred.clone());
+        let dot_ww = reduce(sheet.clone() * sheet.clone());
+        let dot_bb = reduce(blurred.clone() * blurred.clone());
+        let inv_norms =
+            (dot_ww.clone().sqrt().clamp_min(eps) * dot_bb.clone().sqrt().clamp_min(eps)).recip();
+        let cos = dot_wb * inv_norms.clone();
+        // A norm clamped to eps no longer depends on its vector: its term is 0.
+        let self_term = |dot: Tensor<G, 2>| {
+            let live = dot.clone().greater_elem(eps * eps).float();
+            cos.clone() / dot.clamp_min(eps * eps) * live
+        };
+        let grad_w = blurred.clone() * inv_norms.clone() - sheet.clone() * self_term(dot_ww);
+        let grad_b = sheet * inv_norms - blurred * self_term(dot_bb);
+        let spread = apply(grad_b, blur_h.transpose(), blur_w.transpose());
+        let cos_count = if whole_sheet { 1.0 } else { units as f64 };
+        let grad = (grad_w + spread) * (-tau / cos_count) as f32;
+        let loss = cos.mean().neg().add_scalar(1.0).reshape([1]);
+        (loss, grad)
+    }
+
+    fn add_gradient<B: AutodiffBackend>(
+        &self,
+        candidate: &TopoCandidate<B>,
+        gradient: LayerGradient<B::InnerBackend>,
+        grads: &mut GradientsParams,
+    ) -> Result<(), TopographyError> {
+        match gradient {
+            LayerGradient::Weight(grad) => candidate.accumulate_gradient(grads, grad)?,
+            LayerGradient::Bias(grad) => {
+                let id: ParamId =
+                    candidate
+                        .bias_param_id
+                        .ok_or_else(|| TopographyError::NoBias {
+                            layer: self.name.clone(),
+                        })?;
+                let total = match grads.remove::<B::InnerBackend, 1>(id) {
+                    Some(existing) => existing + grad,
+                    None => grad,
+                };
+                grads.register(id, total);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::LayerKind;
+    use crate::ResNetConfig;
+    use burn::backend::flex::Flex;
+    use burn::backend::Autodiff;
+
+    type Train = Autodiff<Flex>;
+
+    /// Sheets from 4 x 4 (16 units) to 8 x 16 (128 units), and fc 2 x 5.
+    fn tiny_resnet() -> crate::ResNet<Train> {
+        ResNetConfig::resnet18(10)
+            .with_width(16)
+            .with_small_stem(true)
+            .init::<Train>(&Default::default())
+            .unwrap()
+    }
+
+    fn config(tau: f64, factor: f64) -> TopographyConfig {
+        TopographyConfig::uniform(&["**".to_string()], factor, tau)
+    }
+
+    fn flat_grad(grads: &GradientsParams, candidate: &TopoCandidate<Train>) -> Vec<f32> {
+        let data = match candidate.kind {
+            LayerKind::Conv2d => grads
+                .get::<Flex, 4>(candidate.param_id)
+                .unwrap()
+                .into_data(),
+            LayerKind::Linear => grads
+                .get::<Flex, 2>(candidate.param_id)
+                .unwrap()
+                .transpose()
+                .into_data(),
+        };
+        data.into_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn host_and_device_engines_agree() {
+        let model = tiny_resnet();
+        let topography = Topography::new(&model, &config(2.0, 2.0)).unwrap();
+        assert_eq!(topography.layers.len(), 21);
+        let mut host = GradientsParams::new();
+        let mut device = GradientsParams::new();
+        let host_report = topography
+            .add_to_gradients(&model, 0, TopoEngine::Host, &mut host)
+            .unwrap();
+        let device_report = topography
+            .add_to_gradients(&model, 0, TopoEngine::Device, &mut device)
+            .unwrap();
+        assert!((host_report.total - device_report.total).abs() < 1e-5);
+        for candidate in model.topo_candidates() {
+            let (h, d) = (flat_grad(&host, &candidate), flat_grad(&device, &candidate));
+            let scale = h.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{} got no gradient", candidate.name);
+            let error = h
+                .iter()
+                .zip(&d)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                error <= 1e-4 * scale,
+                "{}: {error} vs scale {scale}",
+                candidate.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_added_gradient_is_the_layer_gradient_times_tau_over_layers() {
+        let model = tiny_resnet();
+        let topography = Topography::new(&model, &config(4.0, 2.0)).unwrap();
+        let mut grads = GradientsParams::new();
+        let report = topography
+            .add_to_gradients(&model, 0, TopoEngine::Host, &mut grads)
+            .unwrap();
+        let candidate = model
+            .topo_candidates()
+            .into_iter()
+            .find(|c| c.name == "layer2.0.conv2")
+            .unwrap();
+        let layer = &topography.layers[topography
+            .layer_names()
+            .iter()
+            .position(|n| *n == "layer2.0.conv2")
+            .unwrap()];
+        let weights = candidate
+            .weight
+            .clone()
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let mut expected = vec![0.0f32; weights.len()];
+        let loss = layer
+            .loss
+            .loss_and_grad(&weights, 4.0 / 21.0, &mut expected)
+            .unwrap();
+        let got = flat_grad(&grads, &candidate);
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+        }
+        let reported = report
+            .layers
+            .iter()
+            .find(|l| l.name == "layer2.0.conv2")
+            .unwrap();
+        assert!((reported.unscaled_loss * 4.0 / 21.0 - loss).abs() < 1e-9);
+        let mean: f64 = report
+            .layers
+            .iter()
+            .map(|l| 4.0 * l.unscaled_loss)
+            .sum::<f64>()
+            / 21.0;
+        assert!((report.total - mean).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_gradient_lowers_the_loss() {
+        // One small step against the TopoLoss gradient must reduce it.
+        let model = tiny_resnet();
+        let topography = Topography::new(&model, &config(1.0, 2.0)).unwrap();
+        let mut grads = GradientsParams::new();
+        let before = topography
+            .add_to_gradients(&model, 0, TopoEngine::Host, &mut grads)
+            .unwrap();
+        let mut optimizer = burn::optim::SgdConfig::new().init::<Train, crate::ResNet<Train>>();
+        use burn::optim::Optimizer;
+        let model = optimizer.step(1.0, model, grads);
+        let after = topography.report(&model, 0).unwrap();
+        assert!(
+            after.total < before.total,
+            "{} -> {}",
+            before.total,
+            after.total
+        );
+    }
+
+    #[test]
+    fn config_parses_from_toml_with_defaults_and_overrides() {
+        let text = r#"
+            tau = 10.0
+            [[layers]]
+            patterns = ["layer*.*.conv*"]
+            [[layers]]
+            patterns = ["conv1"]
+            factor_h = 2.0
+            tau = { kind = "linear", from = 0.0, to = 5.0, steps = 100 }
+        "#;
+        let config: TopographyConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.tau, TauSchedule::constant(10.0));
+        assert_eq!(config.layers[0].factor, 3.0);
+        assert_eq!(config.layers[1].factor_h, Some(2.0));
+        let model = tiny_resnet();
+        let topography = Topography::new(&model, &config).unwrap();
+        let conv1 = topography
+            .layers
+            .iter()
+            .find(|l| l.name == "conv1")
+            .unwrap();
+        assert_eq!((conv1.factor_h, conv1.factor_w), (2.0, 3.0));
+        assert_eq!(conv1.tau.value(50), 2.5);
+        let bad = toml::from_str::<TopographyConfig>("tau = 1.0\nlayers = []\nfactr = 2");
+        assert!(bad.unwrap_err().to_string().contains("factr"));
+    }
+
+    #[test]
+    fn selection_errors_name_the_problem() {
+        let model = tiny_resnet();
+        let mut twice = config(1.0, 2.0);
+        twice.layers.push(LayerSelection::all_layers(2.0));
+        let error = Topography::new(&model, &twice).unwrap_err().to_string();
+        assert!(error.contains("selected twice"), "{error}");
+
+        let mut too_big = config(1.0, 5.0);
+        too_big.layers[0].clamp_factor = false;
+        let error = Topography::new(&model, &too_big).unwrap_err().to_string();
+        assert!(
+            error.contains("conv1") && error.contains("larger than"),
+            "{error}"
+        );
+
+        let mut bias = config(1.0, 2.0);
+        bias.layers[0].patterns = vec!["conv1".into()];
+        bias.layers[0].source = SheetSource::Bias;
+        let error = Topography::new(&model, &bias).unwrap_err().to_string();
+        assert!(error.contains("no bias"), "{error}");
+    }
+}
