@@ -6,15 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or directory could not be read or written.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done ("cannot read", "cannot create", ...).
         action: &'static str,
         /// The file or directory concerned.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (in the message, so not also reported as a source).
+        cause: std::io::Error,
     },
     /// The file does not start with topotrain's magic bytes.
     #[error(
@@ -42,9 +41,8 @@ pub enum DataError {
     },
     /// The file is shorter (or longer) than its header says.
     #[error(
-        "{path} is truncated or was modified: its header says {expected} bytes but the file has \
-         {found}; an interrupted copy or prep leaves such files, re-run `topotrain prep` or copy \
-         it again"
+        "{path} is truncated or was modified: it should be {expected} bytes long but has {found}; \
+         an interrupted copy or prep leaves such files, re-run `topotrain prep` or copy it again"
     )]
     SizeMismatch {
         /// The file concerned.
@@ -108,12 +106,12 @@ impl DataError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        cause: std::io::Error,
     ) -> Self {
         DataError::Io {
             action,
             path: path.into(),
-            source,
+            cause,
         }
     }
 }
