@@ -110,10 +110,10 @@ impl<B: Backend> Model<B> {
         x: Tensor<B, 4>,
         names: &[String],
     ) -> Result<(Tensor<B, 2>, Vec<(String, Activation<B>)>), ModelError> {
-        match self {
-            Self::ResNet(m) => m.forward_with_taps(x, names),
-            Self::Vit(m) => m.forward_with_taps(x, names),
-        }
+        self.check_input(&x.dims())?;
+        let mut taps = Taps::for_modules(names, &self.modules())?;
+        let logits = self.forward_tapped(x, &mut taps);
+        Ok((logits, taps.into_captured()))
     }
 }
 

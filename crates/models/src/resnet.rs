@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 
 use crate::blurpool::MaybeBlurConv2d;
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
-use crate::taps::{join_name, Activation, Taps};
+use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
 /// Names of the four residual stages, as in torchvision.
@@ -405,24 +405,6 @@ impl<B: Backend> ResNet<B> {
             reason,
         })
     }
-
-    /// Logits plus the outputs of the named modules (see
-    /// [`Topographic::modules`] for the names), in forward order.
-    pub fn forward_with_taps(
-        &self,
-        x: Tensor<B, 4>,
-        names: &[String],
-    ) -> Result<(Tensor<B, 2>, Vec<(String, Activation<B>)>), ModelError> {
-        self.check_input(&x.dims())?;
-        let mut taps = Taps::wanting(names);
-        let valid: Vec<String> = self.modules().into_iter().map(|m| m.name).collect();
-        let unknown = taps.unknown_names(&valid);
-        if !unknown.is_empty() {
-            return Err(ModelError::UnknownModules { unknown, valid });
-        }
-        let logits = self.forward_tapped(x, &mut taps);
-        Ok((logits, taps.into_captured()))
-    }
 }
 
 impl<B: Backend> Topographic<B> for ResNet<B> {
@@ -525,7 +507,7 @@ mod tests {
     fn wrong_channel_count_is_an_error_not_a_panic() {
         let model = tiny(false);
         let x = Tensor::<Flex, 4>::zeros([1, 1, 8, 8], &Default::default());
-        let err = model.forward_with_taps(x, &[]).err().unwrap();
+        let err = model.check_input(&x.dims()).err().unwrap();
         assert!(err.to_string().contains("3 channels"), "{err}");
     }
 }

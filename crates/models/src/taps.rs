@@ -10,6 +10,9 @@ use std::collections::BTreeSet;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::hooks::ModuleInfo;
+use crate::ModelError;
+
 /// One captured module output; ranks differ between modules.
 #[derive(Debug, Clone)]
 pub enum Activation<B: Backend> {
@@ -71,7 +74,7 @@ impl<B: Backend> Taps<B> {
     }
 
     /// A recorder keeping the outputs of the named modules. Names are not
-    /// checked here; models check them in `forward_with_taps`.
+    /// checked; see [`Taps::for_modules`].
     pub fn wanting<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
         Self {
             wanted: names.into_iter().map(|n| n.as_ref().to_string()).collect(),
@@ -119,13 +122,22 @@ impl<B: Backend> Taps<B> {
         self.captured
     }
 
-    /// Requested names that no module answers to among `valid`.
-    pub fn unknown_names(&self, valid: &[String]) -> Vec<String> {
-        self.wanted
+    /// A recorder for `names`, each of which must be one of `modules`
+    /// (an error lists the unknown and the valid names otherwise).
+    pub fn for_modules(names: &[String], modules: &[ModuleInfo]) -> Result<Self, ModelError> {
+        let taps = Self::wanting(names);
+        let valid: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
+        let unknown: Vec<String> = taps
+            .wanted
             .iter()
             .filter(|name| !valid.contains(name))
             .cloned()
-            .collect()
+            .collect();
+        if unknown.is_empty() {
+            Ok(taps)
+        } else {
+            Err(ModelError::UnknownModules { unknown, valid })
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
-use crate::taps::{join_name, Activation, Taps};
+use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
 /// torchvision's layer norm epsilon for ViTs.
@@ -339,24 +339,6 @@ impl<B: Backend> VisionTransformer<B> {
             }),
         }
     }
-
-    /// Logits plus the outputs of the named modules (see
-    /// [`Topographic::modules`] for the names), in forward order.
-    pub fn forward_with_taps(
-        &self,
-        x: Tensor<B, 4>,
-        names: &[String],
-    ) -> Result<(Tensor<B, 2>, Vec<(String, Activation<B>)>), ModelError> {
-        self.check_input(&x.dims())?;
-        let mut taps = Taps::wanting(names);
-        let valid: Vec<String> = self.modules().into_iter().map(|m| m.name).collect();
-        let unknown = taps.unknown_names(&valid);
-        if !unknown.is_empty() {
-            return Err(ModelError::UnknownModules { unknown, valid });
-        }
-        let logits = self.forward_tapped(x, &mut taps);
-        Ok((logits, taps.into_captured()))
-    }
 }
 
 impl<B: Backend> Topographic<B> for VisionTransformer<B> {
@@ -443,7 +425,7 @@ mod tests {
     fn wrong_image_size_is_an_error_not_a_panic() {
         let model: VisionTransformer<Flex> = tiny_config().init(&Default::default()).unwrap();
         let x = Tensor::<Flex, 4>::zeros([1, 3, 24, 24], &Default::default());
-        let err = model.forward_with_taps(x, &[]).err().unwrap();
+        let err = model.check_input(&x.dims()).err().unwrap();
         assert!(err.to_string().contains("[batch, 3, 16, 16]"), "{err}");
     }
 
