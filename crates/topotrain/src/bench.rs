@@ -9,10 +9,13 @@ mod bench_loader;
 pub enum BenchCommand {
     /// Images per second of the data loader's train pipeline on a prepped dataset.
     Loader(bench_loader::BenchLoaderArgs),
+    /// TopoLoss forward+backward time over all Conv2d/Linear layers of a model.
+    Topoloss(crate::bench_topoloss::BenchTopolossArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Loader(args) => bench_loader::run(args),
+        BenchCommand::Topoloss(args) => crate::bench_topoloss::run(args),
     }
 }

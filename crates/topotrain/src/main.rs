@@ -6,10 +6,17 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_topoloss;
+mod device;
+mod inspect;
 mod prep;
 
 #[derive(Parser)]
-#[command(name = "topotrain", version, about = "Train and analyse topographic (TopoNets) vision models")]
+#[command(
+    name = "topotrain",
+    version,
+    about = "Train and analyse topographic (TopoNets) vision models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +30,8 @@ enum Command {
     /// Micro-benchmarks printing JSON (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Each topographic layer's sheet and TopoLoss (tau = 1) in a checkpoint.
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() {
@@ -30,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Prep(cmd) => prep::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Inspect(args) => inspect::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
