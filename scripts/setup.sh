@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages topotrain's data and figures need, once.
+# Fashion-MNIST (the embedded default dataset) and the DejaVu fonts used in
+# figures come from Debian; nothing is downloaded at run time.
+set -euo pipefail
+
+packages=(dataset-fashion-mnist fonts-dejavu-core)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "error: cargo not found; install the Rust toolchain (https://rustup.rs) first" >&2; exit 1; }
