@@ -6,10 +6,14 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_train;
+mod eval;
+mod fit;
 mod bench_topoloss;
 mod device;
 mod inspect;
 mod prep;
+mod sweep;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +34,12 @@ enum Command {
     /// Micro-benchmarks printing JSON (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Train a run from its TOML config (resumable).
+    Fit(fit::FitArgs),
+    /// Top-1/top-5 of a checkpoint (ours or PyTorch) on a validation set.
+    Eval(eval::EvalArgs),
+    /// One run per tau from a base config, then a results table.
+    Sweep(sweep::SweepArgs),
     /// Each topographic layer's sheet and TopoLoss (tau = 1) in a checkpoint.
     Inspect(inspect::InspectArgs),
 }
@@ -39,6 +49,9 @@ fn main() {
     let result = match cli.command {
         Command::Prep(cmd) => prep::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Fit(args) => fit::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Inspect(args) => inspect::run(args),
     };
     if let Err(error) = result {

@@ -1,0 +1,101 @@
+//! `topotrain bench train`: seconds per training step on random data.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use trainer::DeviceSpec;
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// resnet18, resnet50 or vit_b_32.
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub res: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: usize,
+    /// ResNet base width (torchvision: 64).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub small_stem: bool,
+    #[arg(long)]
+    pub blurpool: bool,
+    #[arg(long, default_value_t = 3)]
+    pub in_channels: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Print only `{"sec_per_step": ...}` and the other fields as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchTrainArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    trainer::device::set_cpu_threads(args.threads);
+    let mut architecture = models::Architecture::from_name(&args.arch, args.num_classes)?;
+    match &mut architecture {
+        models::Architecture::ResNet(c) => {
+            c.blurpool = args.blurpool;
+            c.small_stem = args.small_stem;
+            c.in_channels = args.in_channels;
+            if let Some(w) = args.width {
+                c.width = w;
+            }
+        }
+        models::Architecture::Vit(c) => {
+            c.in_channels = args.in_channels;
+            c.image_size = args.res;
+        }
+    }
+    let result = match DeviceSpec::parse(&args.device)? {
+        DeviceSpec::Cpu => trainer::bench::train_step::<trainer::CpuTrain>(
+            &architecture,
+            args.batch,
+            args.res,
+            args.warmup,
+            args.steps,
+            &Default::default(),
+        )?,
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(index) => {
+            trainer::bench::train_step::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                &architecture,
+                args.batch,
+                args.res,
+                args.warmup,
+                args.steps,
+                &burn::backend::cuda::CudaDevice::new(index),
+            )?
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => {
+            bail!("this topotrain was built without CUDA; rebuild with `--features cuda`")
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "{}: batch {} at {} px, {} threads: {:.4} s/step best, {:.4} median ({:.1} img/s)",
+            result.arch,
+            result.batch,
+            result.res,
+            result.threads,
+            result.sec_per_step,
+            result.median_sec_per_step,
+            result.images_per_sec
+        );
+    }
+    Ok(())
+}

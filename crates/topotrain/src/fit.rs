@@ -1,0 +1,91 @@
+//! `topotrain fit --config RUN.toml`: train one run (see `trainer::train`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use trainer::{DeviceSpec, FitOptions, RunConfig, Summary};
+
+#[derive(Args)]
+pub struct FitArgs {
+    /// The run's TOML config (see configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Continue the run from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// "cpu" or "cuda[:N]" (overrides training.device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Run directory (overrides output.dir).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override training.epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Constant tau for every topographic layer (overrides [topography] tau).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// CPU threads (overrides training.threads; 0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Testing: abort the process like SIGKILL after N steps.
+    #[arg(long, hide = true)]
+    pub abort_after_steps: Option<u64>,
+}
+
+pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
+    let mut config = RunConfig::load(&args.config)?;
+    if let Some(tau) = args.tau {
+        config = config.with_tau(tau)?;
+    }
+    if let Some(device) = &args.device {
+        config.training.device = device.clone();
+    }
+    if let Some(out) = &args.out {
+        config.output.dir = out.clone();
+    }
+    if let Some(epochs) = args.epochs {
+        config.training.epochs = epochs;
+    }
+    if let Some(threads) = args.threads {
+        config.training.threads = threads;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+pub fn run(args: FitArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    let options = FitOptions {
+        resume: args.resume,
+        abort_after_steps: args.abort_after_steps,
+        progress: !args.quiet,
+        accelerator: false,
+    };
+    let summary = fit_on_device(&config, options)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Trains on the config's device.
+pub fn fit_on_device(config: &RunConfig, mut options: FitOptions) -> Result<Summary> {
+    trainer::device::set_cpu_threads(config.training.threads);
+    match DeviceSpec::parse(&config.training.device)? {
+        DeviceSpec::Cpu => trainer::fit::<trainer::CpuTrain>(config, Default::default(), &options),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(index) => {
+            options.accelerator = true;
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            trainer::fit::<burn::backend::Autodiff<burn::backend::Cuda>>(config, device, &options)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => {
+            options.accelerator = true;
+            anyhow::bail!("this topotrain was built without CUDA; rebuild with `--features cuda`")
+        }
+    }
+}

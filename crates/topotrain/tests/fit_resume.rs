@@ -1,0 +1,310 @@
+//! End-to-end tests of `topotrain fit`, `eval` and `sweep` on Fashion-MNIST
+//! (read from its IDX files; `apt-get install dataset-fashion-mnist`).
+//! Runs are tiny: a width-8 ResNet-18, a few steps per epoch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+fn have_data() -> bool {
+    let ok = Path::new(FASHION)
+        .join("train-images-idx3-ubyte.gz")
+        .exists();
+    if !ok {
+        eprintln!("skipping: Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)");
+    }
+    ok
+}
+
+fn config(out: &Path, tau: f64, extra_training: &str) -> String {
+    format!(
+        r#"
+[model]
+arch = "resnet18"
+num_classes = 10
+width = 8
+small_stem = true
+in_channels = 1
+
+[data]
+format = "fashion-mnist-idx"
+train = "{FASHION}"
+val = "{FASHION}"
+mean = [72.94]
+std = [90.02]
+resolution = {{ start = 28 }}
+val_resolution = 28
+val_crop_ratio = 1.0
+
+[topography]
+tau = {tau:?}
+layers = [{{ patterns = ["layer*.**"], factor = 3.0, clamp_factor = true }}]
+
+[optimizer]
+weight_decay = 5e-4
+label_smoothing = 0.1
+
+[lr]
+peak = 0.1
+warmup_epochs = 1
+shape = "linear"
+
+[training]
+epochs = 2
+batch_size = 32
+seed = 7
+max_steps_per_epoch = 6
+max_eval_batches = 4
+eval_batch_size = 64
+checkpoint_every_steps = 2
+log_every_steps = 1
+threads = 1
+{extra_training}
+
+[output]
+dir = "{}"
+"#,
+        out.display()
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn topotrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args(args)
+        .output()
+        .expect("topotrain runs")
+}
+
+fn fit(config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["fit", "--quiet", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    topotrain(&args)
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The metrics log without wall-clock fields.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("images_per_sec");
+            v
+        })
+        .collect()
+}
+
+fn assert_same_results(a: &Path, b: &Path) {
+    let (sa, sb) = (summary(a), summary(b));
+    for key in [
+        "val_top1",
+        "val_top5",
+        "val_loss",
+        "train_loss",
+        "train_acc",
+        "mean_topo_loss",
+        "topo_layers",
+        "steps",
+    ] {
+        assert_eq!(
+            sa[key], sb[key],
+            "{key} differs: {} vs {}",
+            sa[key], sb[key]
+        );
+    }
+    assert_eq!(metrics(a), metrics(b));
+    let wa = std::fs::read(a.join("final.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("final.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ");
+}
+
+fn ok(output: &Output) {
+    assert!(
+        output.status.success(),
+        "topotrain failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
+    if !have_data() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let resumed = dir.path().join("resumed");
+    let a = write_config(dir.path(), "a.toml", &config(&straight, 1.0, ""));
+    let b = write_config(dir.path(), "b.toml", &config(&resumed, 1.0, ""));
+    ok(&fit(&a, &[]));
+
+    // Step 9 is mid-epoch 2, one step after the step-8 checkpoint.
+    let killed = fit(&b, &["--abort-after-steps", "9"]);
+    assert!(!killed.status.success(), "the run should have aborted");
+    assert!(!resumed.join("summary.json").exists());
+    let again = fit(&b, &[]);
+    assert!(
+        !again.status.success(),
+        "restarting without --resume must refuse"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    ok(&fit(&b, &["--resume"]));
+    assert_same_results(&straight, &resumed);
+}
+
+#[test]
+fn sigkill_and_resume_matches_an_uninterrupted_run() {
+    if !have_data() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let killed = dir.path().join("killed");
+    let a = write_config(dir.path(), "a.toml", &config(&straight, 2.0, ""));
+    let b = write_config(dir.path(), "b.toml", &config(&killed, 2.0, ""));
+    ok(&fit(&a, &[]));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args(["fit", "--quiet", "--config", b.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = killed.join("checkpoints").join("latest");
+    let start = Instant::now();
+    while !latest.exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(latest.exists(), "no checkpoint within 2 minutes");
+    ok(&fit(&b, &["--resume"]));
+    assert_same_results(&straight, &killed);
+}
+
+#[test]
+fn divergence_stops_with_the_step() {
+    if !have_data() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let text = config(&run, 1.0, "").replace("peak = 0.1", "peak = 1e30");
+    let path = write_config(dir.path(), "c.toml", &text);
+    let output = fit(&path, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("diverged at step"), "{stderr}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config(&dir.path().join("run"), 1.0, "").replace("batch_size = 32", "batch_size = 0");
+    let path = write_config(dir.path(), "bad.toml", &text);
+    let output = fit(&path, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("training.batch_size"),
+        "{stderr}"
+    );
+    let text = config(&dir.path().join("run"), 1.0, "").replace("seed = 7", "sede = 7");
+    let path = write_config(dir.path(), "typo.toml", &text);
+    let output = fit(&path, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("sede"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
+    if !have_data() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("sweep");
+    let path = write_config(
+        dir.path(),
+        "base.toml",
+        &config(&base, 1.0, "").replace("epochs = 2", "epochs = 1"),
+    );
+    let args = [
+        "sweep",
+        "--quiet",
+        "--config",
+        path.to_str().unwrap(),
+        "--tau",
+        "0,5",
+    ];
+    let first = topotrain(&args);
+    ok(&first);
+    let table = std::fs::read_to_string(base.join("sweep.md")).unwrap();
+    assert!(
+        table.contains("| 0 |") && table.contains("| 5 |"),
+        "{table}"
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    // Finished runs are not trained again.
+    let second = topotrain(&args);
+    ok(&second);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("finished earlier"));
+
+    // eval on the run directory and on the exported safetensors agree.
+    let run = base.join("tau_5");
+    let on_run = topotrain(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--max-batches",
+        "4",
+        "--batch",
+        "64",
+    ]);
+    ok(&on_run);
+    let weights = run.join("final.safetensors");
+    let on_weights = topotrain(&[
+        "eval",
+        "--checkpoint",
+        weights.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--max-batches",
+        "4",
+        "--batch",
+        "64",
+        "--mean",
+        "72.94",
+        "--std",
+        "90.02",
+        "--res",
+        "28",
+        "--crop-ratio",
+        "1.0",
+    ]);
+    ok(&on_weights);
+    let parse = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
+    let (x, y) = (parse(&on_run), parse(&on_weights));
+    assert_eq!(x["top1"], y["top1"]);
+    assert_eq!(x["top1"], summary(&run)["val_top1"]);
+}

@@ -1,0 +1,80 @@
+//! `topotrain bench train`: seconds per training step (forward, backward,
+//! SGD update) of a network on random data.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use models::{Architecture, Model};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBench {
+    pub arch: String,
+    pub batch: usize,
+    pub res: usize,
+    pub threads: usize,
+    pub steps: usize,
+    /// Best step time (seconds).
+    pub sec_per_step: f64,
+    /// Median step time (seconds).
+    pub median_sec_per_step: f64,
+    pub images_per_sec: f64,
+}
+
+/// Times `steps` training steps after `warmup` untimed ones.
+pub fn train_step<B: AutodiffBackend>(
+    architecture: &Architecture,
+    batch: usize,
+    res: usize,
+    warmup: usize,
+    steps: usize,
+    device: &B::Device,
+) -> Result<TrainBench> {
+    B::seed(device, 0);
+    let mut model: Model<B> = architecture.init(device)?;
+    let channels = match architecture {
+        Architecture::ResNet(c) => c.in_channels,
+        Architecture::Vit(c) => c.in_channels,
+    };
+    model.check_input(&[batch, channels, res, res])?;
+    let mut optimizer = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .init::<B, Model<B>>();
+    let loss_fn = CrossEntropyLossConfig::new().with_smoothing(Some(0.1)).init(device);
+    let classes = architecture.num_classes();
+    let x = Tensor::<B, 4>::random([batch, channels, res, res], Distribution::Normal(0.0, 1.0), device);
+    let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), device);
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(0.01, model, grads);
+        let _: f32 = loss.into_scalar().elem();
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let best = times[0];
+    Ok(TrainBench {
+        arch: architecture.describe(),
+        batch,
+        res,
+        threads: rayon::current_num_threads(),
+        steps,
+        sec_per_step: best,
+        median_sec_per_step: times[times.len() / 2],
+        images_per_sec: batch as f64 / best,
+    })
+}

@@ -1,0 +1,203 @@
+//! Run checkpoints: `<run>/checkpoints/step-NNNNNNNN/` holds the model
+//! record (`model.mpk`, full precision, BatchNorm statistics included), the
+//! optimiser record (`optim.mpk`, momentum buffers) and `state.json`
+//! (epoch, step, data position, RNG seed, metrics so far). A checkpoint is
+//! written into a temporary directory and renamed into place, then
+//! `checkpoints/latest` (itself written to a temporary file and renamed)
+//! points at it, so a run killed at any moment leaves the previous
+//! checkpoint intact.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use models::Architecture;
+use serde::{Deserialize, Serialize};
+
+/// Where training stands; everything but the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: u32,
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Next batch of that epoch (the data position).
+    pub batch: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// The data RNG: batches are a pure function of (seed, epoch, batch),
+    /// so the seed and the position above are its whole state.
+    pub seed: u64,
+    /// Running sums of the epoch in progress.
+    pub running: Running,
+    /// One entry per finished epoch.
+    pub history: Vec<EpochRecord>,
+    /// The network, so a checkpoint can be evaluated without its config.
+    pub architecture: Architecture,
+    /// Training seconds so far (excludes evaluation).
+    pub train_seconds: f64,
+}
+
+pub const STATE_FORMAT: u32 = 1;
+
+/// Sums over the steps of the epoch in progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    pub steps: u64,
+    pub images: u64,
+    pub correct: u64,
+    pub task_loss: f64,
+    pub topo_loss: f64,
+}
+
+/// Metrics of one finished epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub step: u64,
+    pub resolution: usize,
+    pub lr: f64,
+    pub tau: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub topo_loss: f64,
+    /// Unscaled (tau = 1) TopoLoss per layer at the end of the epoch.
+    pub topo_layers: BTreeMap<String, f64>,
+    pub val_top1: Option<f64>,
+    pub val_top5: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub images_per_sec: f64,
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// The latest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let dir = checkpoints_dir(run_dir);
+    let pointer = dir.join("latest");
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = fs::read_to_string(&pointer).with_context(|| format!("cannot read {}", pointer.display()))?;
+    let path = dir.join(name.trim());
+    if !path.join("state.json").exists() {
+        bail!(
+            "{} points at {}, which is not a complete checkpoint",
+            pointer.display(),
+            path.display()
+        );
+    }
+    Ok(Some(path))
+}
+
+pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
+    let path = checkpoint.join("state.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    if state.format != STATE_FORMAT {
+        bail!("{}: state format {} (expected {STATE_FORMAT})", path.display(), state.format);
+    }
+    Ok(state)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Creates a checkpoint: `write` fills the temporary directory with the
+/// tensor records, then the state is added, the directory renamed into
+/// place and `latest` moved to it. Older checkpoints beyond `keep` go.
+pub fn commit(
+    run_dir: &Path,
+    state: &TrainState,
+    keep: usize,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = checkpoints_dir(run_dir);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = format!("step-{:010}", state.step);
+    let final_path = dir.join(&name);
+    let tmp = dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    write(&tmp)?;
+    fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    for entry in fs::read_dir(&tmp)? {
+        fs::File::open(entry?.path()).and_then(|f| f.sync_all()).ok();
+    }
+    if final_path.exists() {
+        fs::remove_dir_all(&final_path)?;
+    }
+    fs::rename(&tmp, &final_path)?;
+    write_atomic(&dir.join("latest"), name.as_bytes())?;
+    prune(&dir, keep)?;
+    Ok(final_path)
+}
+
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-") || n.starts_with(".tmp-step-"))
+        .collect();
+    names.sort();
+    let complete: Vec<&String> = names.iter().filter(|n| n.starts_with("step-")).collect();
+    let drop = complete.len().saturating_sub(keep);
+    for name in complete.into_iter().take(drop) {
+        fs::remove_dir_all(dir.join(name)).ok();
+    }
+    for name in names.iter().filter(|n| n.starts_with(".tmp-")) {
+        fs::remove_dir_all(dir.join(name)).ok();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64) -> TrainState {
+        TrainState {
+            format: STATE_FORMAT,
+            epoch: 0,
+            batch: step as usize,
+            step,
+            seed: 1,
+            running: Running::default(),
+            history: vec![],
+            architecture: Architecture::from_name("resnet18", 10).unwrap(),
+            train_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn commits_are_atomic_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(latest(dir.path()).unwrap().is_none());
+        for step in 1..=4 {
+            commit(dir.path(), &state(step), 2, |tmp| {
+                fs::write(tmp.join("model.mpk"), b"x")?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let last = latest(dir.path()).unwrap().unwrap();
+        assert!(last.ends_with("step-0000000004"));
+        assert_eq!(read_state(&last).unwrap().step, 4);
+        let left = fs::read_dir(checkpoints_dir(dir.path())).unwrap().count();
+        assert_eq!(left, 3); // two checkpoints + latest
+        // A failed write leaves the previous checkpoint in place.
+        let failed = commit(dir.path(), &state(5), 2, |_| bail!("disk full"));
+        assert!(failed.is_err());
+        assert!(latest(dir.path()).unwrap().unwrap().ends_with("step-0000000004"));
+    }
+}

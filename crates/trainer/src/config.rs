@@ -1,0 +1,572 @@
+//! A run's TOML config: every hyper-parameter of one training run, in the
+//! spirit of ffcv's `rn18_*.yaml` files. Unknown keys are errors (they name
+//! the key), and [`RunConfig::validate`] names the key and value of any
+//! out-of-range setting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use models::topography::TopographyConfig;
+use models::{Architecture, ResNetConfig, VitConfig};
+use serde::{Deserialize, Serialize};
+
+/// One training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    /// TopoLoss; absent = a plain (non-topographic) run.
+    #[serde(default)]
+    pub topography: Option<TopographyConfig>,
+    pub optimizer: OptimizerSection,
+    pub lr: LrSection,
+    pub training: TrainingSection,
+    pub output: OutputSection,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// "resnet18", "resnet50" or "vit_b_32".
+    pub arch: String,
+    pub num_classes: usize,
+    /// ffcv's BlurPool on strided convs (ResNets only).
+    #[serde(default)]
+    pub blurpool: bool,
+    /// Base width of a ResNet (torchvision: 64).
+    #[serde(default)]
+    pub width: Option<usize>,
+    /// 3x3 stride-1 stem without max-pool, for 28-32 px images (ResNets only).
+    #[serde(default)]
+    pub small_stem: bool,
+    /// Input channels (1 for Fashion-MNIST).
+    #[serde(default = "default_in_channels")]
+    pub in_channels: usize,
+    /// ViT input size (the position embedding is sized for it).
+    #[serde(default)]
+    pub image_size: Option<usize>,
+}
+
+fn default_in_channels() -> usize {
+    3
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// Files written by `topotrain prep` (ImageNet, image folders).
+    Prepared,
+    /// The four gzipped IDX files of Fashion-MNIST (Debian's
+    /// `dataset-fashion-mnist` or the original download), read into memory.
+    FashionMnistIdx,
+}
+
+/// `[data]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub format: DataFormat,
+    /// Training set: a prepared file, or the IDX directory.
+    pub train: PathBuf,
+    /// Validation set: a prepared file, or the IDX directory.
+    pub val: PathBuf,
+    /// Per-channel mean and standard deviation, in 0-255 pixel units.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Training resolution (progressive resizing).
+    pub resolution: ResolutionSchedule,
+    /// Validation: resize so the crop is `val_resolution`, centre crop ratio
+    /// `val_crop_ratio` (ffcv: 256 px at 224/256).
+    pub val_resolution: usize,
+    #[serde(default = "default_crop_ratio")]
+    pub val_crop_ratio: f64,
+    /// Random horizontal flips when training.
+    #[serde(default = "yes")]
+    pub flip: bool,
+    /// Random-resized-crop scale range (prepared data only).
+    #[serde(default = "default_scale")]
+    pub crop_scale: [f64; 2],
+    /// Decoding threads (0 = all cores).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+fn default_crop_ratio() -> f64 {
+    224.0 / 256.0
+}
+fn default_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn yes() -> bool {
+    true
+}
+
+/// ffcv's progressive resizing: `start` px up to epoch `ramp_start`, then a
+/// linear ramp to `end` px at epoch `ramp_end`, rounded to a multiple of
+/// `multiple` (ffcv: 32).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolutionSchedule {
+    pub start: usize,
+    #[serde(default)]
+    pub end: Option<usize>,
+    #[serde(default)]
+    pub ramp_start: usize,
+    #[serde(default)]
+    pub ramp_end: usize,
+    #[serde(default = "default_multiple")]
+    pub multiple: usize,
+}
+
+fn default_multiple() -> usize {
+    32
+}
+
+impl ResolutionSchedule {
+    /// Training resolution of epoch `epoch` (0-based).
+    pub fn at(&self, epoch: usize) -> usize {
+        let end = self.end.unwrap_or(self.start);
+        if end == self.start || epoch <= self.ramp_start {
+            return self.start;
+        }
+        if epoch >= self.ramp_end {
+            return end;
+        }
+        let t = (epoch - self.ramp_start) as f64 / (self.ramp_end - self.ramp_start) as f64;
+        let res = self.start as f64 + t * (end as f64 - self.start as f64);
+        // np.round(res / multiple) * multiple, as in ffcv.
+        let multiple = self.multiple.max(1) as f64;
+        (((res / multiple).round() * multiple) as usize).max(1)
+    }
+}
+
+/// `[optimizer]`: SGD with momentum (PyTorch semantics: no dampening).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// Only "sgd".
+    #[serde(default = "default_sgd")]
+    pub kind: String,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    /// L2 weight decay (ffcv: 5e-5 for ResNet-18, 1e-4 for ResNet-50).
+    pub weight_decay: f64,
+    /// Label smoothing of the cross-entropy (ffcv: 0.1).
+    #[serde(default)]
+    pub label_smoothing: f64,
+}
+
+fn default_sgd() -> String {
+    "sgd".into()
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+
+/// LR shape after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrShape {
+    /// Linear from the peak to zero at the end of training (ffcv "triangular").
+    Linear,
+    /// Multiply by `step_ratio` every `step_length` epochs (ffcv "step").
+    Step,
+    /// Keep the peak.
+    Constant,
+}
+
+/// `[lr]`: linear warm-up from `start` to `peak` over `warmup_epochs`, then
+/// `shape`. Evaluated per optimiser step at a fractional epoch, like ffcv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrSection {
+    pub peak: f64,
+    #[serde(default)]
+    pub start: f64,
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    pub shape: LrShape,
+    #[serde(default = "default_step_ratio")]
+    pub step_ratio: f64,
+    #[serde(default = "default_step_length")]
+    pub step_length: f64,
+}
+
+fn default_step_ratio() -> f64 {
+    0.1
+}
+fn default_step_length() -> f64 {
+    30.0
+}
+
+impl LrSection {
+    /// Learning rate at fractional epoch `epoch` of a run of `epochs` epochs.
+    pub fn at(&self, epoch: f64, epochs: usize) -> f64 {
+        let epochs = epochs as f64;
+        if epoch < self.warmup_epochs {
+            return self.start + (self.peak - self.start) * epoch / self.warmup_epochs;
+        }
+        match self.shape {
+            LrShape::Constant => self.peak,
+            LrShape::Linear => {
+                let span = (epochs - self.warmup_epochs).max(f64::MIN_POSITIVE);
+                (self.peak * (epochs - epoch) / span).max(0.0)
+            }
+            LrShape::Step => self.peak * self.step_ratio.powi((epoch / self.step_length).floor() as i32),
+        }
+    }
+}
+
+/// `[training]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// "cpu" or "cuda[:N]"; `--device` overrides it.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Evaluation batch size (default: the training batch size).
+    #[serde(default)]
+    pub eval_batch_size: Option<usize>,
+    /// Evaluate every N epochs (and always after the last).
+    #[serde(default = "one")]
+    pub eval_every_epochs: usize,
+    /// Also checkpoint every N optimiser steps inside an epoch (0 = only at
+    /// epoch ends).
+    #[serde(default)]
+    pub checkpoint_every_steps: usize,
+    /// Cap on the steps of an epoch (smoke runs on small data).
+    #[serde(default)]
+    pub max_steps_per_epoch: Option<usize>,
+    /// Cap on the evaluation batches.
+    #[serde(default)]
+    pub max_eval_batches: Option<usize>,
+    /// Log a metrics line every N steps.
+    #[serde(default = "default_log_every")]
+    pub log_every_steps: usize,
+    /// CPU threads for the compute pool (0 = all cores).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn one() -> usize {
+    1
+}
+fn default_log_every() -> usize {
+    50
+}
+
+/// `[output]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// The run directory (relative paths are relative to the working directory).
+    pub dir: PathBuf,
+    /// How many step checkpoints to keep.
+    #[serde(default = "two")]
+    pub keep_checkpoints: usize,
+}
+
+fn two() -> usize {
+    2
+}
+
+impl RunConfig {
+    /// Reads and validates a config file; relative data paths are resolved
+    /// against the working directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: RunConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency; errors name the key and the value.
+    pub fn validate(&self) -> Result<()> {
+        fn bad<T: std::fmt::Debug>(key: &str, value: T, why: &str) -> anyhow::Error {
+            anyhow::anyhow!("{key} = {value:?}: {why}")
+        }
+        let m = &self.model;
+        self.architecture()?;
+        if m.num_classes == 0 {
+            return Err(bad("model.num_classes", m.num_classes, "must be at least 1"));
+        }
+        let d = &self.data;
+        if d.mean.len() != m.in_channels {
+            return Err(bad("data.mean", &d.mean, &format!("needs one value per input channel ({})", m.in_channels)));
+        }
+        if d.std.len() != m.in_channels || d.std.iter().any(|s| *s <= 0.0) {
+            return Err(bad(
+                "data.std",
+                &d.std,
+                &format!("needs one positive value per input channel ({})", m.in_channels),
+            ));
+        }
+        if d.resolution.start == 0 {
+            return Err(bad("data.resolution.start", d.resolution.start, "must be positive"));
+        }
+        if let Some(end) = d.resolution.end {
+            if end == 0 {
+                return Err(bad("data.resolution.end", end, "must be positive"));
+            }
+            if end != d.resolution.start && d.resolution.ramp_end <= d.resolution.ramp_start {
+                return Err(bad(
+                    "data.resolution.ramp_end",
+                    d.resolution.ramp_end,
+                    "must be after data.resolution.ramp_start when start and end differ",
+                ));
+            }
+        }
+        if d.val_resolution == 0 {
+            return Err(bad("data.val_resolution", d.val_resolution, "must be positive"));
+        }
+        if !(d.val_crop_ratio > 0.0 && d.val_crop_ratio <= 1.0) {
+            return Err(bad("data.val_crop_ratio", d.val_crop_ratio, "must be in (0, 1]"));
+        }
+        if !(d.crop_scale[0] > 0.0 && d.crop_scale[0] <= d.crop_scale[1] && d.crop_scale[1] <= 1.0) {
+            return Err(bad("data.crop_scale", d.crop_scale, "must be [low, high] with 0 < low <= high <= 1"));
+        }
+        let o = &self.optimizer;
+        if o.kind != "sgd" {
+            return Err(bad("optimizer.kind", &o.kind, "only \"sgd\" is supported"));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return Err(bad("optimizer.momentum", o.momentum, "must be in [0, 1)"));
+        }
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(bad("optimizer.weight_decay", o.weight_decay, "must be >= 0"));
+        }
+        if !(0.0..1.0).contains(&o.label_smoothing) {
+            return Err(bad("optimizer.label_smoothing", o.label_smoothing, "must be in [0, 1)"));
+        }
+        let l = &self.lr;
+        if !(l.peak > 0.0 && l.peak.is_finite()) {
+            return Err(bad("lr.peak", l.peak, "must be positive"));
+        }
+        if !(l.warmup_epochs >= 0.0) || l.warmup_epochs > self.training.epochs as f64 {
+            return Err(bad("lr.warmup_epochs", l.warmup_epochs, "must be in [0, training.epochs]"));
+        }
+        if l.shape == LrShape::Step && !(l.step_length > 0.0) {
+            return Err(bad("lr.step_length", l.step_length, "must be positive"));
+        }
+        let t = &self.training;
+        if t.epochs == 0 {
+            return Err(bad("training.epochs", t.epochs, "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(bad("training.batch_size", t.batch_size, "must be at least 1"));
+        }
+        if t.eval_every_epochs == 0 {
+            return Err(bad("training.eval_every_epochs", t.eval_every_epochs, "must be at least 1"));
+        }
+        if t.log_every_steps == 0 {
+            return Err(bad("training.log_every_steps", t.log_every_steps, "must be at least 1"));
+        }
+        crate::device::DeviceSpec::parse(&t.device).map_err(|e| bad("training.device", &t.device, &e.to_string()))?;
+        if self.output.keep_checkpoints == 0 {
+            return Err(bad("output.keep_checkpoints", self.output.keep_checkpoints, "must be at least 1"));
+        }
+        if let Some(topography) = &self.topography {
+            topography
+                .tau
+                .validate()
+                .map_err(|e| bad("topography.tau", &topography.tau, &e.to_string()))?;
+            if topography.layers.is_empty() {
+                return Err(bad("topography.layers", "[]", "select at least one layer (or drop [topography])"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The network to build.
+    pub fn architecture(&self) -> Result<Architecture> {
+        let m = &self.model;
+        let arch = match m.arch.as_str() {
+            "resnet18" | "resnet50" => {
+                let mut c = if m.arch == "resnet18" {
+                    ResNetConfig::resnet18(m.num_classes)
+                } else {
+                    ResNetConfig::resnet50(m.num_classes)
+                };
+                c = c
+                    .with_blurpool(m.blurpool)
+                    .with_small_stem(m.small_stem)
+                    .with_in_channels(m.in_channels);
+                if let Some(width) = m.width {
+                    if width == 0 {
+                        bail!("model.width = {width}: must be positive");
+                    }
+                    c = c.with_width(width);
+                }
+                if m.image_size.is_some() {
+                    bail!("model.image_size = {:?}: only ViTs take an image size", m.image_size);
+                }
+                Architecture::ResNet(c)
+            }
+            "vit_b_32" => {
+                if m.blurpool || m.small_stem || m.width.is_some() {
+                    bail!("model.arch = \"vit_b_32\": blurpool, small_stem and width apply to ResNets only");
+                }
+                let mut c = VitConfig::vit_b_32(m.num_classes);
+                c.in_channels = m.in_channels;
+                if let Some(size) = m.image_size {
+                    c.image_size = size;
+                }
+                Architecture::Vit(c)
+            }
+            other => bail!("model.arch = {other:?}: unknown; known: resnet18, resnet50, vit_b_32"),
+        };
+        Ok(arch)
+    }
+
+    /// Number of optimiser steps in one epoch of `train_len` samples (the
+    /// last partial batch is dropped, like ffcv's `drop_last`).
+    pub fn steps_per_epoch(&self, train_len: usize) -> usize {
+        let full = train_len / self.training.batch_size;
+        match self.training.max_steps_per_epoch {
+            Some(cap) => full.min(cap),
+            None => full,
+        }
+    }
+
+    /// Copy with a constant tau (sweeps).
+    pub fn with_tau(&self, tau: f64) -> Result<Self> {
+        let mut config = self.clone();
+        let Some(topography) = config.topography.as_mut() else {
+            bail!("the base config has no [topography] section, so tau cannot be swept");
+        };
+        topography.tau = topoloss::TauSchedule::constant(tau);
+        for layer in &mut topography.layers {
+            layer.tau = None;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SMALL: &str = r#"
+[model]
+arch = "resnet18"
+num_classes = 10
+width = 8
+small_stem = true
+in_channels = 1
+
+[data]
+format = "fashion-mnist-idx"
+train = "/usr/share/datasets/fashion-mnist"
+val = "/usr/share/datasets/fashion-mnist"
+mean = [73.0]
+std = [90.0]
+resolution = { start = 28 }
+val_resolution = 28
+val_crop_ratio = 1.0
+flip = true
+
+[topography]
+tau = 1.0
+layers = [{ patterns = ["layer*.*.conv*"], clamp_factor = true }]
+
+[optimizer]
+weight_decay = 5e-5
+label_smoothing = 0.1
+
+[lr]
+peak = 0.2
+warmup_epochs = 1
+shape = "linear"
+
+[training]
+epochs = 2
+batch_size = 64
+
+[output]
+dir = "runs/test"
+"#;
+
+    #[test]
+    fn parses_a_small_config() {
+        let config = RunConfig::parse(SMALL).unwrap();
+        assert_eq!(config.optimizer.momentum, 0.9);
+        assert_eq!(config.training.device, "cpu");
+        assert!(matches!(config.architecture().unwrap(), Architecture::ResNet(_)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let typo = SMALL.replace("weight_decay", "weight_dacay");
+        let error = format!("{:#}", RunConfig::parse(&typo).unwrap_err());
+        assert!(error.contains("weight_dacay"), "{error}");
+        let bad = SMALL.replace("peak = 0.2", "peak = -1.0");
+        let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("lr.peak") && error.contains("-1"), "{error}");
+        let bad = SMALL.replace("arch = \"resnet18\"", "arch = \"resnet19\"");
+        let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("model.arch") && error.contains("resnet19"), "{error}");
+        let bad = SMALL.replace("mean = [73.0]", "mean = [73.0, 1.0]");
+        let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("data.mean"), "{error}");
+        let bad = SMALL.replace("[training]\n", "[training]\ndevice = \"tpu\"\n");
+        let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("training.device") && error.contains("tpu"), "{error}");
+    }
+
+    #[test]
+    fn lr_warms_up_then_decays() {
+        let lr = LrSection {
+            peak: 1.0,
+            start: 0.0,
+            warmup_epochs: 2.0,
+            shape: LrShape::Linear,
+            step_ratio: 0.1,
+            step_length: 30.0,
+        };
+        assert_eq!(lr.at(0.0, 10), 0.0);
+        assert_eq!(lr.at(1.0, 10), 0.5);
+        assert_eq!(lr.at(2.0, 10), 1.0);
+        assert_eq!(lr.at(6.0, 10), 0.5);
+        assert_eq!(lr.at(10.0, 10), 0.0);
+        let step = LrSection {
+            shape: LrShape::Step,
+            step_length: 3.0,
+            warmup_epochs: 0.0,
+            ..lr
+        };
+        assert!((step.at(3.5, 10) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn progressive_resizing_follows_ffcv() {
+        let r = ResolutionSchedule {
+            start: 160,
+            end: Some(192),
+            ramp_start: 11,
+            ramp_end: 13,
+            multiple: 32,
+        };
+        assert_eq!(r.at(0), 160);
+        assert_eq!(r.at(11), 160);
+        assert_eq!(r.at(12), 192);
+        assert_eq!(r.at(13), 192);
+        assert_eq!(r.at(15), 192);
+    }
+}

@@ -1,0 +1,449 @@
+//! Batches for training and evaluation.
+//!
+//! A [`DataSet`] hands out u8 NCHW batches that depend only on
+//! `(seed, epoch, batch index)`, so a resumed run sees exactly the batches an
+//! uninterrupted run would. [`Prefetcher`] produces them on a background
+//! thread while the model trains.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{DataFormat, DataSection};
+
+/// One batch: `images` is `[n, channels, height, width]` u8, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub images: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Which split and how to transform it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Split {
+    /// Shuffled per (seed, epoch), augmented, at a resolution.
+    Train { seed: u64, epoch: u64, resolution: usize },
+    /// In order, centre-cropped to a resolution.
+    Val { resolution: usize },
+}
+
+/// A training or validation set.
+#[derive(Clone)]
+pub enum DataSet {
+    /// A small set held in memory (Fashion-MNIST IDX files).
+    InMemory(Arc<InMemory>),
+    /// A `topotrain prep` file, read by data-prep's parallel loader.
+    Prepared {
+        dataset: Arc<data_prep::Dataset>,
+        flip: bool,
+        crop_scale: [f64; 2],
+        crop_ratio: f64,
+        threads: usize,
+    },
+}
+
+impl DataSet {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::InMemory(m) => m.len(),
+            Self::Prepared { dataset, .. } => dataset.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn channels(&self) -> usize {
+        match self {
+            Self::InMemory(m) => m.channels,
+            Self::Prepared { dataset, .. } => dataset.channels(),
+        }
+    }
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::InMemory(m) => m.num_classes,
+            Self::Prepared { dataset, .. } => dataset.num_classes(),
+        }
+    }
+
+    /// Batches `start..` of one epoch (training: full batches only; val:
+    /// the last may be short), produced ahead on other threads.
+    pub fn batches(
+        &self,
+        split: Split,
+        start: usize,
+        batch_size: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + Send>> {
+        match self {
+            Self::InMemory(m) => {
+                let end = match split {
+                    Split::Train { .. } => m.len() / batch_size,
+                    Split::Val { .. } => m.len().div_ceil(batch_size),
+                };
+                let mut prefetch = Prefetcher::new(Arc::clone(m), split, start, end, batch_size);
+                Ok(Box::new(std::iter::from_fn(move || prefetch.next_batch())))
+            }
+            Self::Prepared {
+                dataset,
+                flip,
+                crop_scale,
+                crop_ratio,
+                threads,
+            } => {
+                let config = match split {
+                    Split::Train {
+                        seed,
+                        epoch,
+                        resolution,
+                    } => {
+                        let mut c = data_prep::LoaderConfig::train(batch_size, resolution);
+                        let mut crop = data_prep::RandomResizedCrop::default();
+                        crop.scale = (crop_scale[0], crop_scale[1]);
+                        c.pipeline = data_prep::Pipeline::Train(data_prep::TrainAugment { crop, flip: *flip });
+                        c.seed = seed;
+                        c.epoch = epoch;
+                        c
+                    }
+                    Split::Val { resolution } => {
+                        let mut c = data_prep::LoaderConfig::val(batch_size, resolution);
+                        c.pipeline = data_prep::Pipeline::Val(data_prep::ValCrop {
+                            crop_ratio: *crop_ratio,
+                        });
+                        c
+                    }
+                };
+                let mut config = config;
+                config.start_batch = start;
+                if *threads > 0 {
+                    config.threads = *threads;
+                }
+                let loader = data_prep::Loader::new(Arc::clone(dataset), config)?;
+                Ok(Box::new(loader.map(|b| {
+                    let b = b?;
+                    Ok(Batch {
+                        images: b.images,
+                        labels: b.labels,
+                        channels: b.channels,
+                        height: b.resolution,
+                        width: b.resolution,
+                    })
+                })))
+            }
+        }
+    }
+}
+
+/// Opens the training and validation sets of a config.
+pub fn open(data: &DataSection) -> Result<(DataSet, DataSet)> {
+    match data.format {
+        DataFormat::FashionMnistIdx => {
+            let train = InMemory::fashion_mnist(&data.train, true, data)?;
+            let val = InMemory::fashion_mnist(&data.val, false, data)?;
+            Ok((DataSet::InMemory(Arc::new(train)), DataSet::InMemory(Arc::new(val))))
+        }
+        DataFormat::Prepared => Ok((open_prepared(&data.train, data)?, open_prepared(&data.val, data)?)),
+    }
+}
+
+/// A prepared file with the config's transforms.
+pub fn open_prepared(path: &Path, data: &DataSection) -> Result<DataSet> {
+    let dataset = data_prep::Dataset::open(path).with_context(|| {
+        format!(
+            "cannot open prepared data {} (create it with `topotrain prep ...`)",
+            path.display()
+        )
+    })?;
+    Ok(DataSet::Prepared {
+        dataset: Arc::new(dataset),
+        flip: data.flip,
+        crop_scale: data.crop_scale,
+        crop_ratio: data.val_crop_ratio,
+        threads: data.workers,
+    })
+}
+
+/// SplitMix64: a tiny, well-mixed, seedable generator.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn new(parts: &[u64]) -> Self {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for part in parts {
+            state = SplitMix(state ^ part.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64();
+        }
+        SplitMix(state)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        ((self.next_u64() as u128 * bound as u128) >> 64) as u64
+    }
+}
+
+/// The permutation of `n` samples for `(seed, epoch)` (Fisher-Yates).
+pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut rng = SplitMix::new(&[seed, epoch, 0x5348_5546]);
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// A small dataset held in memory as fixed-size u8 images (Fashion-MNIST).
+pub struct InMemory {
+    images: Vec<u8>,
+    labels: Vec<u32>,
+    channels: usize,
+    side: usize,
+    num_classes: usize,
+    flip: bool,
+}
+
+fn read_gz(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot decompress {}", path.display()))?;
+    Ok(bytes)
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> usize {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+}
+
+impl InMemory {
+    /// Reads `train-*` or `t10k-*` IDX files from `dir`.
+    pub fn fashion_mnist(dir: &Path, train: bool, data: &DataSection) -> Result<Self> {
+        let prefix = if train { "train" } else { "t10k" };
+        let images_path = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
+        let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
+        if !images_path.exists() {
+            bail!(
+                "{} not found; install Fashion-MNIST (apt-get install dataset-fashion-mnist) or point data.{} at the directory holding its IDX files",
+                images_path.display(),
+                if train { "train" } else { "val" }
+            );
+        }
+        let images = read_gz(&images_path)?;
+        let labels = read_gz(&labels_path)?;
+        if images.len() < 16 || be_u32(&images, 0) != 0x803 || labels.len() < 8 || be_u32(&labels, 0) != 0x801 {
+            bail!("{} / {} are not IDX image/label files", images_path.display(), labels_path.display());
+        }
+        let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
+        if rows != cols || images.len() != 16 + n * rows * cols || be_u32(&labels, 4) != n || labels.len() != 8 + n {
+            bail!("{}: inconsistent IDX sizes", images_path.display());
+        }
+        let side = rows;
+        let resolution = if train { data.resolution.start } else { data.val_resolution };
+        if resolution != side || data.resolution.end.is_some_and(|end| end != side) {
+            bail!(
+                "data.resolution / data.val_resolution = {resolution}: Fashion-MNIST IDX data is {side} px and is not resized; use {side}"
+            );
+        }
+        Ok(InMemory {
+            images: images[16..].to_vec(),
+            labels: labels[8..].iter().map(|&l| l as u32).collect(),
+            channels: 1,
+            side,
+            num_classes: 10,
+            flip: train && data.flip,
+        })
+    }
+
+    /// A dataset from raw parts (tests).
+    pub fn from_parts(images: Vec<u8>, labels: Vec<u32>, side: usize, num_classes: usize, flip: bool) -> Self {
+        InMemory {
+            images,
+            labels,
+            channels: 1,
+            side,
+            num_classes,
+            flip,
+        }
+    }
+}
+
+impl InMemory {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Batch `index` of a split (random access).
+    pub fn batch(&self, split: Split, index: usize, batch_size: usize) -> Result<Batch> {
+        let n = self.len();
+        let image_len = self.channels * self.side * self.side;
+        let (indices, flips): (Vec<u32>, Vec<bool>) = match split {
+            Split::Train { seed, epoch, .. } => {
+                // One permutation per epoch; cheap enough to recompute (60k).
+                let order = epoch_permutation(n, seed, epoch);
+                let start = index * batch_size;
+                if start + batch_size > n {
+                    bail!("training batch {index} is past the end of the epoch");
+                }
+                let chosen = order[start..start + batch_size].to_vec();
+                let flips = chosen
+                    .iter()
+                    .map(|&i| self.flip && SplitMix::new(&[seed, epoch, i as u64, 0x464c_4950]).next_u64() & 1 == 1)
+                    .collect();
+                (chosen, flips)
+            }
+            Split::Val { .. } => {
+                let start = index * batch_size;
+                if start >= n {
+                    bail!("validation batch {index} is past the end of the set");
+                }
+                let end = (start + batch_size).min(n);
+                ((start as u32..end as u32).collect(), vec![false; end - start])
+            }
+        };
+        let mut images = Vec::with_capacity(indices.len() * image_len);
+        for (&i, &flip) in indices.iter().zip(&flips) {
+            let src = &self.images[i as usize * image_len..(i as usize + 1) * image_len];
+            if flip {
+                for row in src.chunks_exact(self.side) {
+                    images.extend(row.iter().rev());
+                }
+            } else {
+                images.extend_from_slice(src);
+            }
+        }
+        Ok(Batch {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i as usize]).collect(),
+            channels: self.channels,
+            height: self.side,
+            width: self.side,
+        })
+    }
+}
+
+/// Produces batches `start..end` of an in-memory set on a background thread, a few
+/// ahead of the consumer.
+pub struct Prefetcher {
+    receiver: mpsc::Receiver<Result<Batch>>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Prefetcher {
+    pub fn new(source: Arc<InMemory>, split: Split, start: usize, end: usize, batch_size: usize) -> Self {
+        let (sender, receiver) = mpsc::sync_channel(2);
+        let thread = std::thread::spawn(move || {
+            for index in start..end {
+                let batch = source.batch(split, index, batch_size);
+                let failed = batch.is_err();
+                if sender.send(batch).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Prefetcher {
+            receiver,
+            _thread: thread,
+        }
+    }
+
+    /// The next batch, or `None` when the range is done.
+    pub fn next_batch(&mut self) -> Option<Result<Batch>> {
+        self.receiver.recv().ok()
+    }
+}
+
+/// u8 pixels to normalised f32: `(x - mean[c]) / std[c]`.
+pub fn normalise(batch: &Batch, mean: &[f32], std: &[f32]) -> Vec<f32> {
+    let plane = batch.height * batch.width;
+    let scale: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
+    let mut out = Vec::with_capacity(batch.images.len());
+    for (i, chunk) in batch.images.chunks_exact(plane).enumerate() {
+        let c = i % batch.channels;
+        let (m, s) = (mean[c], scale[c]);
+        out.extend(chunk.iter().map(|&p| (p as f32 - m) * s));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> InMemory {
+        let n = 20;
+        let images = (0..n * 4).map(|i| i as u8).collect();
+        InMemory::from_parts(images, (0..n as u32).collect(), 2, 20, true)
+    }
+
+    #[test]
+    fn batches_depend_only_on_seed_epoch_and_index() {
+        let source = toy();
+        let split = Split::Train {
+            seed: 3,
+            epoch: 1,
+            resolution: 2,
+        };
+        let a = source.batch(split, 2, 4).unwrap();
+        let b = source.batch(split, 2, 4).unwrap();
+        assert_eq!(a, b);
+        let other = source
+            .batch(
+                Split::Train {
+                    seed: 3,
+                    epoch: 2,
+                    resolution: 2,
+                },
+                2,
+                4,
+            )
+            .unwrap();
+        assert_ne!(a.labels, other.labels);
+        // An epoch visits each sample once.
+        let mut seen: Vec<u32> = (0..5).flat_map(|i| source.batch(split, i, 4).unwrap().labels).collect();
+        seen.sort();
+        assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn val_batches_are_in_order_and_the_last_is_short() {
+        let source = toy();
+        let last = source.batch(Split::Val { resolution: 2 }, 2, 8).unwrap();
+        assert_eq!(last.labels, (16..20).collect::<Vec<_>>());
+        assert_eq!(last.images[0], 64);
+    }
+
+    #[test]
+    fn prefetcher_yields_the_range() {
+        let source = Arc::new(toy());
+        let mut prefetch = Prefetcher::new(source, Split::Val { resolution: 2 }, 1, 3, 5);
+        let labels: Vec<u32> = std::iter::from_fn(|| prefetch.next_batch())
+            .flat_map(|b| b.unwrap().labels)
+            .collect();
+        assert_eq!(labels, (5..15).collect::<Vec<_>>());
+    }
+}

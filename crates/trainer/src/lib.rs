@@ -1,0 +1,31 @@
+//! topotrain's trainer: the paper's (ffcv) ImageNet recipe for topographic
+//! networks, and the same loop for small data.
+//!
+//! - [`config`]: the run's TOML (`[model]`, `[data]`, `[topography]`,
+//!   `[optimizer]`, `[lr]`, `[training]`, `[output]`), validated.
+//! - [`data`]: deterministic batches per (seed, epoch, batch index) from
+//!   data-prep files or Fashion-MNIST IDX files in memory.
+//! - [`train`]: SGD + momentum, label-smoothed cross-entropy + TopoLoss,
+//!   warm-up and step/linear LR, progressive resizing, metrics,
+//!   checkpoints ([`checkpoint`]) with exact resume, divergence guard.
+//! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
+//! - [`sweep`]: one run per tau and the results table.
+//! - [`bench`]: the training-step benchmark.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod sweep;
+pub mod train;
+
+pub use config::RunConfig;
+pub use device::DeviceSpec;
+pub use train::{fit, FitOptions, Summary};
+
+/// The CPU training backend.
+pub type CpuTrain = burn::backend::Autodiff<burn::backend::Flex>;
+/// The CPU inference backend.
+pub type Cpu = burn::backend::Flex;
