@@ -6,11 +6,11 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_topoloss;
 mod bench_train;
+mod device;
 mod eval;
 mod fit;
-mod bench_topoloss;
-mod device;
 mod inspect;
 mod prep;
 mod sweep;

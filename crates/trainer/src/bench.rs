@@ -49,9 +49,15 @@ pub fn train_step<B: AutodiffBackend>(
             nesterov: false,
         }))
         .init::<B, Model<B>>();
-    let loss_fn = CrossEntropyLossConfig::new().with_smoothing(Some(0.1)).init(device);
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_smoothing(Some(0.1))
+        .init(device);
     let classes = architecture.num_classes();
-    let x = Tensor::<B, 4>::random([batch, channels, res, res], Distribution::Normal(0.0, 1.0), device);
+    let x = Tensor::<B, 4>::random(
+        [batch, channels, res, res],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
     let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), device);
     let mut times = Vec::with_capacity(steps);

@@ -80,7 +80,8 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     if !pointer.exists() {
         return Ok(None);
     }
-    let name = fs::read_to_string(&pointer).with_context(|| format!("cannot read {}", pointer.display()))?;
+    let name = fs::read_to_string(&pointer)
+        .with_context(|| format!("cannot read {}", pointer.display()))?;
     let path = dir.join(name.trim());
     if !path.join("state.json").exists() {
         bail!(
@@ -94,10 +95,16 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
     let path = checkpoint.join("state.json");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let state: TrainState =
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
     if state.format != STATE_FORMAT {
-        bail!("{}: state format {} (expected {STATE_FORMAT})", path.display(), state.format);
+        bail!(
+            "{}: state format {} (expected {STATE_FORMAT})",
+            path.display(),
+            state.format
+        );
     }
     Ok(state)
 }
@@ -107,7 +114,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -132,7 +140,9 @@ pub fn commit(
     write(&tmp)?;
     fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     for entry in fs::read_dir(&tmp)? {
-        fs::File::open(entry?.path()).and_then(|f| f.sync_all()).ok();
+        fs::File::open(entry?.path())
+            .and_then(|f| f.sync_all())
+            .ok();
     }
     if final_path.exists() {
         fs::remove_dir_all(&final_path)?;
@@ -195,9 +205,12 @@ mod tests {
         assert_eq!(read_state(&last).unwrap().step, 4);
         let left = fs::read_dir(checkpoints_dir(dir.path())).unwrap().count();
         assert_eq!(left, 3); // two checkpoints + latest
-        // A failed write leaves the previous checkpoint in place.
+                             // A failed write leaves the previous checkpoint in place.
         let failed = commit(dir.path(), &state(5), 2, |_| bail!("disk full"));
         assert!(failed.is_err());
-        assert!(latest(dir.path()).unwrap().unwrap().ends_with("step-0000000004"));
+        assert!(latest(dir.path())
+            .unwrap()
+            .unwrap()
+            .ends_with("step-0000000004"));
     }
 }

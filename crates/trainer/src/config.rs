@@ -217,7 +217,12 @@ impl LrSection {
                 let span = (epochs - self.warmup_epochs).max(f64::MIN_POSITIVE);
                 (self.peak * (epochs - epoch) / span).max(0.0)
             }
-            LrShape::Step => self.peak * self.step_ratio.powi((epoch / self.step_length).floor() as i32),
+            LrShape::Step => {
+                self.peak
+                    * self
+                        .step_ratio
+                        .powi((epoch / self.step_length).floor() as i32)
+            }
         }
     }
 }
@@ -287,7 +292,8 @@ impl RunConfig {
     /// against the working directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
@@ -305,21 +311,36 @@ impl RunConfig {
         let m = &self.model;
         self.architecture()?;
         if m.num_classes == 0 {
-            return Err(bad("model.num_classes", m.num_classes, "must be at least 1"));
+            return Err(bad(
+                "model.num_classes",
+                m.num_classes,
+                "must be at least 1",
+            ));
         }
         let d = &self.data;
         if d.mean.len() != m.in_channels {
-            return Err(bad("data.mean", &d.mean, &format!("needs one value per input channel ({})", m.in_channels)));
+            return Err(bad(
+                "data.mean",
+                &d.mean,
+                &format!("needs one value per input channel ({})", m.in_channels),
+            ));
         }
         if d.std.len() != m.in_channels || d.std.iter().any(|s| *s <= 0.0) {
             return Err(bad(
                 "data.std",
                 &d.std,
-                &format!("needs one positive value per input channel ({})", m.in_channels),
+                &format!(
+                    "needs one positive value per input channel ({})",
+                    m.in_channels
+                ),
             ));
         }
         if d.resolution.start == 0 {
-            return Err(bad("data.resolution.start", d.resolution.start, "must be positive"));
+            return Err(bad(
+                "data.resolution.start",
+                d.resolution.start,
+                "must be positive",
+            ));
         }
         if let Some(end) = d.resolution.end {
             if end == 0 {
@@ -334,13 +355,26 @@ impl RunConfig {
             }
         }
         if d.val_resolution == 0 {
-            return Err(bad("data.val_resolution", d.val_resolution, "must be positive"));
+            return Err(bad(
+                "data.val_resolution",
+                d.val_resolution,
+                "must be positive",
+            ));
         }
         if !(d.val_crop_ratio > 0.0 && d.val_crop_ratio <= 1.0) {
-            return Err(bad("data.val_crop_ratio", d.val_crop_ratio, "must be in (0, 1]"));
+            return Err(bad(
+                "data.val_crop_ratio",
+                d.val_crop_ratio,
+                "must be in (0, 1]",
+            ));
         }
-        if !(d.crop_scale[0] > 0.0 && d.crop_scale[0] <= d.crop_scale[1] && d.crop_scale[1] <= 1.0) {
-            return Err(bad("data.crop_scale", d.crop_scale, "must be [low, high] with 0 < low <= high <= 1"));
+        if !(d.crop_scale[0] > 0.0 && d.crop_scale[0] <= d.crop_scale[1] && d.crop_scale[1] <= 1.0)
+        {
+            return Err(bad(
+                "data.crop_scale",
+                d.crop_scale,
+                "must be [low, high] with 0 < low <= high <= 1",
+            ));
         }
         let o = &self.optimizer;
         if o.kind != "sgd" {
@@ -350,17 +384,29 @@ impl RunConfig {
             return Err(bad("optimizer.momentum", o.momentum, "must be in [0, 1)"));
         }
         if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
-            return Err(bad("optimizer.weight_decay", o.weight_decay, "must be >= 0"));
+            return Err(bad(
+                "optimizer.weight_decay",
+                o.weight_decay,
+                "must be >= 0",
+            ));
         }
         if !(0.0..1.0).contains(&o.label_smoothing) {
-            return Err(bad("optimizer.label_smoothing", o.label_smoothing, "must be in [0, 1)"));
+            return Err(bad(
+                "optimizer.label_smoothing",
+                o.label_smoothing,
+                "must be in [0, 1)",
+            ));
         }
         let l = &self.lr;
         if !(l.peak > 0.0 && l.peak.is_finite()) {
             return Err(bad("lr.peak", l.peak, "must be positive"));
         }
         if !(l.warmup_epochs >= 0.0) || l.warmup_epochs > self.training.epochs as f64 {
-            return Err(bad("lr.warmup_epochs", l.warmup_epochs, "must be in [0, training.epochs]"));
+            return Err(bad(
+                "lr.warmup_epochs",
+                l.warmup_epochs,
+                "must be in [0, training.epochs]",
+            ));
         }
         if l.shape == LrShape::Step && !(l.step_length > 0.0) {
             return Err(bad("lr.step_length", l.step_length, "must be positive"));
@@ -370,17 +416,34 @@ impl RunConfig {
             return Err(bad("training.epochs", t.epochs, "must be at least 1"));
         }
         if t.batch_size == 0 {
-            return Err(bad("training.batch_size", t.batch_size, "must be at least 1"));
+            return Err(bad(
+                "training.batch_size",
+                t.batch_size,
+                "must be at least 1",
+            ));
         }
         if t.eval_every_epochs == 0 {
-            return Err(bad("training.eval_every_epochs", t.eval_every_epochs, "must be at least 1"));
+            return Err(bad(
+                "training.eval_every_epochs",
+                t.eval_every_epochs,
+                "must be at least 1",
+            ));
         }
         if t.log_every_steps == 0 {
-            return Err(bad("training.log_every_steps", t.log_every_steps, "must be at least 1"));
+            return Err(bad(
+                "training.log_every_steps",
+                t.log_every_steps,
+                "must be at least 1",
+            ));
         }
-        crate::device::DeviceSpec::parse(&t.device).map_err(|e| bad("training.device", &t.device, &e.to_string()))?;
+        crate::device::DeviceSpec::parse(&t.device)
+            .map_err(|e| bad("training.device", &t.device, &e.to_string()))?;
         if self.output.keep_checkpoints == 0 {
-            return Err(bad("output.keep_checkpoints", self.output.keep_checkpoints, "must be at least 1"));
+            return Err(bad(
+                "output.keep_checkpoints",
+                self.output.keep_checkpoints,
+                "must be at least 1",
+            ));
         }
         if let Some(topography) = &self.topography {
             topography
@@ -388,7 +451,11 @@ impl RunConfig {
                 .validate()
                 .map_err(|e| bad("topography.tau", &topography.tau, &e.to_string()))?;
             if topography.layers.is_empty() {
-                return Err(bad("topography.layers", "[]", "select at least one layer (or drop [topography])"));
+                return Err(bad(
+                    "topography.layers",
+                    "[]",
+                    "select at least one layer (or drop [topography])",
+                ));
             }
         }
         Ok(())
@@ -415,7 +482,10 @@ impl RunConfig {
                     c = c.with_width(width);
                 }
                 if m.image_size.is_some() {
-                    bail!("model.image_size = {:?}: only ViTs take an image size", m.image_size);
+                    bail!(
+                        "model.image_size = {:?}: only ViTs take an image size",
+                        m.image_size
+                    );
                 }
                 Architecture::ResNet(c)
             }
@@ -508,7 +578,10 @@ dir = "runs/test"
         let config = RunConfig::parse(SMALL).unwrap();
         assert_eq!(config.optimizer.momentum, 0.9);
         assert_eq!(config.training.device, "cpu");
-        assert!(matches!(config.architecture().unwrap(), Architecture::ResNet(_)));
+        assert!(matches!(
+            config.architecture().unwrap(),
+            Architecture::ResNet(_)
+        ));
     }
 
     #[test]
@@ -521,13 +594,19 @@ dir = "runs/test"
         assert!(error.contains("lr.peak") && error.contains("-1"), "{error}");
         let bad = SMALL.replace("arch = \"resnet18\"", "arch = \"resnet19\"");
         let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
-        assert!(error.contains("model.arch") && error.contains("resnet19"), "{error}");
+        assert!(
+            error.contains("model.arch") && error.contains("resnet19"),
+            "{error}"
+        );
         let bad = SMALL.replace("mean = [73.0]", "mean = [73.0, 1.0]");
         let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
         assert!(error.contains("data.mean"), "{error}");
         let bad = SMALL.replace("[training]\n", "[training]\ndevice = \"tpu\"\n");
         let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
-        assert!(error.contains("training.device") && error.contains("tpu"), "{error}");
+        assert!(
+            error.contains("training.device") && error.contains("tpu"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ impl Batch {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Split {
     /// Shuffled per (seed, epoch), augmented, at a resolution.
-    Train { seed: u64, epoch: u64, resolution: usize },
+    Train {
+        seed: u64,
+        epoch: u64,
+        resolution: usize,
+    },
     /// In order, centre-cropped to a resolution.
     Val { resolution: usize },
 }
@@ -113,7 +117,10 @@ impl DataSet {
                         let mut c = data_prep::LoaderConfig::train(batch_size, resolution);
                         let mut crop = data_prep::RandomResizedCrop::default();
                         crop.scale = (crop_scale[0], crop_scale[1]);
-                        c.pipeline = data_prep::Pipeline::Train(data_prep::TrainAugment { crop, flip: *flip });
+                        c.pipeline = data_prep::Pipeline::Train(data_prep::TrainAugment {
+                            crop,
+                            flip: *flip,
+                        });
                         c.seed = seed;
                         c.epoch = epoch;
                         c
@@ -153,9 +160,15 @@ pub fn open(data: &DataSection) -> Result<(DataSet, DataSet)> {
         DataFormat::FashionMnistIdx => {
             let train = InMemory::fashion_mnist(&data.train, true, data)?;
             let val = InMemory::fashion_mnist(&data.val, false, data)?;
-            Ok((DataSet::InMemory(Arc::new(train)), DataSet::InMemory(Arc::new(val))))
+            Ok((
+                DataSet::InMemory(Arc::new(train)),
+                DataSet::InMemory(Arc::new(val)),
+            ))
         }
-        DataFormat::Prepared => Ok((open_prepared(&data.train, data)?, open_prepared(&data.val, data)?)),
+        DataFormat::Prepared => Ok((
+            open_prepared(&data.train, data)?,
+            open_prepared(&data.val, data)?,
+        )),
     }
 }
 
@@ -224,7 +237,8 @@ pub struct InMemory {
 }
 
 fn read_gz(path: &Path) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut bytes = Vec::new();
     flate2::read::GzDecoder::new(file)
         .read_to_end(&mut bytes)
@@ -251,15 +265,31 @@ impl InMemory {
         }
         let images = read_gz(&images_path)?;
         let labels = read_gz(&labels_path)?;
-        if images.len() < 16 || be_u32(&images, 0) != 0x803 || labels.len() < 8 || be_u32(&labels, 0) != 0x801 {
-            bail!("{} / {} are not IDX image/label files", images_path.display(), labels_path.display());
+        if images.len() < 16
+            || be_u32(&images, 0) != 0x803
+            || labels.len() < 8
+            || be_u32(&labels, 0) != 0x801
+        {
+            bail!(
+                "{} / {} are not IDX image/label files",
+                images_path.display(),
+                labels_path.display()
+            );
         }
         let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
-        if rows != cols || images.len() != 16 + n * rows * cols || be_u32(&labels, 4) != n || labels.len() != 8 + n {
+        if rows != cols
+            || images.len() != 16 + n * rows * cols
+            || be_u32(&labels, 4) != n
+            || labels.len() != 8 + n
+        {
             bail!("{}: inconsistent IDX sizes", images_path.display());
         }
         let side = rows;
-        let resolution = if train { data.resolution.start } else { data.val_resolution };
+        let resolution = if train {
+            data.resolution.start
+        } else {
+            data.val_resolution
+        };
         if resolution != side || data.resolution.end.is_some_and(|end| end != side) {
             bail!(
                 "data.resolution / data.val_resolution = {resolution}: Fashion-MNIST IDX data is {side} px and is not resized; use {side}"
@@ -276,7 +306,13 @@ impl InMemory {
     }
 
     /// A dataset from raw parts (tests).
-    pub fn from_parts(images: Vec<u8>, labels: Vec<u32>, side: usize, num_classes: usize, flip: bool) -> Self {
+    pub fn from_parts(
+        images: Vec<u8>,
+        labels: Vec<u32>,
+        side: usize,
+        num_classes: usize,
+        flip: bool,
+    ) -> Self {
         InMemory {
             images,
             labels,
@@ -312,7 +348,11 @@ impl InMemory {
                 let chosen = order[start..start + batch_size].to_vec();
                 let flips = chosen
                     .iter()
-                    .map(|&i| self.flip && SplitMix::new(&[seed, epoch, i as u64, 0x464c_4950]).next_u64() & 1 == 1)
+                    .map(|&i| {
+                        self.flip
+                            && SplitMix::new(&[seed, epoch, i as u64, 0x464c_4950]).next_u64() & 1
+                                == 1
+                    })
                     .collect();
                 (chosen, flips)
             }
@@ -322,7 +362,10 @@ impl InMemory {
                     bail!("validation batch {index} is past the end of the set");
                 }
                 let end = (start + batch_size).min(n);
-                ((start as u32..end as u32).collect(), vec![false; end - start])
+                (
+                    (start as u32..end as u32).collect(),
+                    vec![false; end - start],
+                )
             }
         };
         let mut images = Vec::with_capacity(indices.len() * image_len);
@@ -354,7 +397,13 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    pub fn new(source: Arc<InMemory>, split: Split, start: usize, end: usize, batch_size: usize) -> Self {
+    pub fn new(
+        source: Arc<InMemory>,
+        split: Split,
+        start: usize,
+        end: usize,
+        batch_size: usize,
+    ) -> Self {
         let (sender, receiver) = mpsc::sync_channel(2);
         let thread = std::thread::spawn(move || {
             for index in start..end {
@@ -424,7 +473,9 @@ mod tests {
             .unwrap();
         assert_ne!(a.labels, other.labels);
         // An epoch visits each sample once.
-        let mut seen: Vec<u32> = (0..5).flat_map(|i| source.batch(split, i, 4).unwrap().labels).collect();
+        let mut seen: Vec<u32> = (0..5)
+            .flat_map(|i| source.batch(split, i, 4).unwrap().labels)
+            .collect();
         seen.sort();
         assert_eq!(seen, (0..20).collect::<Vec<_>>());
     }

@@ -34,7 +34,9 @@ impl DeviceSpec {
 pub fn set_cpu_threads(threads: usize) {
     if threads > 0 {
         // Fails only if the pool already exists; then the existing one is used.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
     }
 }
 

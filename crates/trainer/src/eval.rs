@@ -61,7 +61,12 @@ pub fn evaluate<B: Backend>(
             top1 += (above == 0) as usize;
             top5 += (above < 5) as usize;
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            let log_sum = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
             loss_sum += log_sum - target as f64;
         }
         images += n;
@@ -80,15 +85,16 @@ pub fn evaluate<B: Backend>(
 /// Loads a model for evaluation from a run directory, one of its checkpoint
 /// directories, a safetensors file or a PyTorch checkpoint.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B>> {
-    let checkpoint_dir: Option<PathBuf> = if path.join("state.json").exists() {
-        Some(path.to_path_buf())
-    } else if path.is_dir() {
-        Some(crate::checkpoint::latest(path)?.with_context(|| {
-            format!("{} is a directory without checkpoints", path.display())
-        })?)
-    } else {
-        None
-    };
+    let checkpoint_dir: Option<PathBuf> =
+        if path.join("state.json").exists() {
+            Some(path.to_path_buf())
+        } else if path.is_dir() {
+            Some(crate::checkpoint::latest(path)?.with_context(|| {
+                format!("{} is a directory without checkpoints", path.display())
+            })?)
+        } else {
+            None
+        };
     match checkpoint_dir {
         Some(dir) => {
             let state = crate::checkpoint::read_state(&dir)?;

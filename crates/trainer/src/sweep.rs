@@ -25,8 +25,13 @@ pub fn parse_taus(text: &str) -> Result<Vec<f64>> {
     text.split(',')
         .map(|t| {
             let t = t.trim();
-            let v: f64 = t.parse().with_context(|| format!("--tau: '{t}' is not a number"))?;
-            anyhow::ensure!(v.is_finite() && v >= 0.0, "--tau: {t} must be a finite number >= 0");
+            let v: f64 = t
+                .parse()
+                .with_context(|| format!("--tau: '{t}' is not a number"))?;
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "--tau: {t} must be a finite number >= 0"
+            );
             Ok(v)
         })
         .collect()
@@ -56,7 +61,9 @@ pub fn collect(base: &RunConfig, taus: &[f64]) -> Result<Vec<SweepRow>> {
     let mut rows = Vec::new();
     for &tau in taus {
         let dir = run_dir(&base.output.dir, tau);
-        let summary = finished(&dir).with_context(|| format!("the run for tau {tau} ({}) has not finished", dir.display()))?;
+        let summary = finished(&dir).with_context(|| {
+            format!("the run for tau {tau} ({}) has not finished", dir.display())
+        })?;
         rows.push(SweepRow {
             tau,
             top1: summary.val_top1,
@@ -66,13 +73,17 @@ pub fn collect(base: &RunConfig, taus: &[f64]) -> Result<Vec<SweepRow>> {
         });
     }
     std::fs::create_dir_all(&base.output.dir)?;
-    std::fs::write(base.output.dir.join("sweep.json"), serde_json::to_vec_pretty(&rows)?)?;
+    std::fs::write(
+        base.output.dir.join("sweep.json"),
+        serde_json::to_vec_pretty(&rows)?,
+    )?;
     std::fs::write(base.output.dir.join("sweep.md"), markdown(&rows))?;
     Ok(rows)
 }
 
 pub fn markdown(rows: &[SweepRow]) -> String {
-    let mut out = String::from("| tau | top-1 (%) | top-5 (%) | mean TopoLoss |\n|---:|---:|---:|---:|\n");
+    let mut out =
+        String::from("| tau | top-1 (%) | top-5 (%) | mean TopoLoss |\n|---:|---:|---:|---:|\n");
     for r in rows {
         out.push_str(&format!(
             "| {} | {:.2} | {:.2} | {} |\n",
@@ -91,9 +102,15 @@ mod tests {
 
     #[test]
     fn parses_taus_and_rejects_bad_ones() {
-        assert_eq!(parse_taus("0,0.5, 1,50").unwrap(), vec![0.0, 0.5, 1.0, 50.0]);
+        assert_eq!(
+            parse_taus("0,0.5, 1,50").unwrap(),
+            vec![0.0, 0.5, 1.0, 50.0]
+        );
         assert!(parse_taus("1,x").unwrap_err().to_string().contains("'x'"));
         assert!(parse_taus("-1").is_err());
-        assert_eq!(run_dir(Path::new("runs/s"), 0.5), Path::new("runs/s/tau_0.5"));
+        assert_eq!(
+            run_dir(Path::new("runs/s"), 0.5),
+            Path::new("runs/s/tau_0.5")
+        );
     }
 }

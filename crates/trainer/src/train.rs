@@ -66,9 +66,14 @@ pub struct Summary {
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 /// Trains `config` on `device`.
-pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &FitOptions) -> Result<Summary> {
+pub fn fit<B: AutodiffBackend>(
+    config: &RunConfig,
+    device: B::Device,
+    options: &FitOptions,
+) -> Result<Summary> {
     let run_dir = config.output.dir.clone();
-    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let existing = checkpoint::latest(&run_dir)?;
     if existing.is_some() && !options.resume {
         bail!(
@@ -174,23 +179,39 @@ pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &
             resolution,
         };
         let mut batches = train_data.batches(split, state.batch, batch_size)?;
-        let progress = progress_bar(options.progress, epoch, epochs, steps_per_epoch, state.batch);
+        let progress = progress_bar(
+            options.progress,
+            epoch,
+            epochs,
+            steps_per_epoch,
+            state.batch,
+        );
         let epoch_start = Instant::now();
         let mut epoch_images = 0u64;
         while state.batch < steps_per_epoch {
             let batch = match batches.next() {
                 Some(b) => b?,
-                None => bail!("the training data ended at batch {} of epoch {}", state.batch, epoch + 1),
+                None => bail!(
+                    "the training data ended at batch {} of epoch {}",
+                    state.batch,
+                    epoch + 1
+                ),
             };
             let step_start = Instant::now();
-            lr = config
-                .lr
-                .at(epoch as f64 + state.batch as f64 / steps_per_epoch as f64, epochs);
+            lr = config.lr.at(
+                epoch as f64 + state.batch as f64 / steps_per_epoch as f64,
+                epochs,
+            );
             let (x, y) = to_tensors::<B>(&batch, &config.data.mean, &config.data.std, &device);
             let logits = model.forward(x);
             let loss = loss_fn.forward(logits.clone(), y);
             let task_loss: f64 = loss.clone().into_scalar().elem();
-            let predicted = logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().unwrap_or_default();
+            let predicted = logits
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .into_vec::<i64>()
+                .unwrap_or_default();
             let correct = predicted
                 .iter()
                 .zip(&batch.labels)
@@ -205,7 +226,9 @@ pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &
             if !task_loss.is_finite() || !topo_loss.is_finite() {
                 let kept = last_checkpoint
                     .as_ref()
-                    .map_or("no checkpoint yet".to_string(), |p| format!("the last good checkpoint is {}", p.display()));
+                    .map_or("no checkpoint yet".to_string(), |p| {
+                        format!("the last good checkpoint is {}", p.display())
+                    });
                 bail!(
                     "training diverged at step {} (epoch {}, batch {}): task loss {task_loss}, TopoLoss {topo_loss}; stopped without saving; {kept}",
                     state.step + 1,
@@ -225,7 +248,8 @@ pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &
             state.running.task_loss += task_loss;
             state.running.topo_loss += topo_loss;
             state.train_seconds += step_start.elapsed().as_secs_f64();
-            let images_per_sec = epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            let images_per_sec =
+                epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             let tau = report.as_ref().map_or(0.0, mean_tau);
             if state.step % config.training.log_every_steps as u64 == 0 {
                 metrics.write(&StepLine {
@@ -258,7 +282,9 @@ pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &
             }
             let every = config.training.checkpoint_every_steps as u64;
             if every > 0 && state.step % every == 0 && state.batch < steps_per_epoch {
-                last_checkpoint = Some(save(&run_dir, config, &state, &model, &optimizer, &recorder)?);
+                last_checkpoint = Some(save(
+                    &run_dir, config, &state, &model, &optimizer, &recorder,
+                )?);
             }
             if options.abort_after_steps == Some(steps_this_run) {
                 eprintln!("--abort-after-steps: aborting after step {}", state.step);
@@ -287,7 +313,10 @@ pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &
             step: state.step,
             resolution,
             lr,
-            tau: report.as_ref().or(last_report.as_ref()).map_or(0.0, mean_tau),
+            tau: report
+                .as_ref()
+                .or(last_report.as_ref())
+                .map_or(0.0, mean_tau),
             train_loss: r.task_loss / r.steps.max(1) as f64,
             train_acc: r.correct as f64 / r.images.max(1) as f64,
             topo_loss: r.topo_loss / r.steps.max(1) as f64,
@@ -321,14 +350,19 @@ pub fn fit<B: AutodiffBackend>(config: &RunConfig, device: B::Device, options: &
         state.epoch += 1;
         state.batch = 0;
         state.running = Running::default();
-        last_checkpoint = Some(save(&run_dir, config, &state, &model, &optimizer, &recorder)?);
+        last_checkpoint = Some(save(
+            &run_dir, config, &state, &model, &optimizer, &recorder,
+        )?);
     }
 
     // The final weights in torchvision layout, for `eval` and analysis tools.
     let final_weights = run_dir.join("final.safetensors");
     models::save_checkpoint(&model.valid(), &final_weights)?;
     let summary = summarise(&run_dir, config, &state, last_checkpoint, final_weights)?;
-    checkpoint::write_atomic(&run_dir.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    checkpoint::write_atomic(
+        &run_dir.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
     Ok(summary)
 }
 
@@ -352,12 +386,20 @@ fn check_data(config: &RunConfig, train: &DataSet, val: &DataSet) -> Result<()> 
     Ok(())
 }
 
-fn run_eval<B: Backend>(config: &RunConfig, model: &Model<B>, val: &DataSet, device: &B::Device) -> Result<EvalResult> {
+fn run_eval<B: Backend>(
+    config: &RunConfig,
+    model: &Model<B>,
+    val: &DataSet,
+    device: &B::Device,
+) -> Result<EvalResult> {
     evaluate(
         model,
         val,
         config.data.val_resolution,
-        config.training.eval_batch_size.unwrap_or(config.training.batch_size),
+        config
+            .training
+            .eval_batch_size
+            .unwrap_or(config.training.batch_size),
         &config.data.mean,
         &config.data.std,
         config.training.max_eval_batches,
@@ -392,8 +434,8 @@ fn summarise(
     final_weights: PathBuf,
 ) -> Result<Summary> {
     let last = state.history.last().context("no epoch finished")?;
-    let mean_topo_loss =
-        (!last.topo_layers.is_empty()).then(|| last.topo_layers.values().sum::<f64>() / last.topo_layers.len() as f64);
+    let mean_topo_loss = (!last.topo_layers.is_empty())
+        .then(|| last.topo_layers.values().sum::<f64>() / last.topo_layers.len() as f64);
     Ok(Summary {
         run_dir: run_dir.to_path_buf(),
         architecture: state.architecture.describe(),
@@ -424,7 +466,12 @@ fn mean_tau(report: &TopoReport) -> f64 {
 
 fn layer_map(report: Option<&TopoReport>) -> BTreeMap<String, f64> {
     report
-        .map(|r| r.layers.iter().map(|l| (l.name.clone(), l.unscaled_loss)).collect())
+        .map(|r| {
+            r.layers
+                .iter()
+                .map(|l| (l.name.clone(), l.unscaled_loss))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -437,7 +484,10 @@ pub fn to_tensors<B: Backend>(
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
     let pixels = data::normalise(batch, mean, std);
     let x = Tensor::from_data(
-        TensorData::new(pixels, [batch.len(), batch.channels, batch.height, batch.width]),
+        TensorData::new(
+            pixels,
+            [batch.len(), batch.channels, batch.height, batch.width],
+        ),
         device,
     );
     let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
@@ -457,9 +507,11 @@ fn progress_bar(
     }
     let bar = indicatif::ProgressBar::new(steps as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "epoch {prefix} [{bar:25}] {pos}/{len} {msg} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar.set_position(position as u64);
@@ -503,7 +555,10 @@ impl MetricsLog {
                 .lines()
                 .filter(|line| {
                     let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-                    let step = value.get("step").and_then(|s| s.as_u64()).unwrap_or(u64::MAX);
+                    let step = value
+                        .get("step")
+                        .and_then(|s| s.as_u64())
+                        .unwrap_or(u64::MAX);
                     step <= resume_step && !(step == resume_step && resume_step == 0)
                 })
                 .map(|l| format!("{l}\n"))
