@@ -525,14 +525,8 @@ mod tests {
             to_burn("encoder.layers.encoder_layer_3.mlp.0.weight"),
             "encoder.layers.3.mlp.linear_1.weight"
         );
-        assert_eq!(
-            KeyRemapper::from_patterns(TORCH_TO_BURN.to_vec()).is_ok(),
-            true
-        );
-        assert_eq!(
-            KeyRemapper::from_patterns(BURN_TO_TORCH.to_vec()).is_ok(),
-            true
-        );
+        assert!(KeyRemapper::from_patterns(TORCH_TO_BURN.to_vec()).is_ok());
+        assert!(KeyRemapper::from_patterns(BURN_TO_TORCH.to_vec()).is_ok());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use hooks::{
 };
 pub use model::{Architecture, Model, ARCHITECTURE_NAMES};
 pub use resnet::{ResNet, ResNetConfig};
-pub use taps::{Activation, Taps};
+pub use taps::{Activation, TappedOutput, Taps};
 pub use vit::{VisionTransformer, VitConfig};
 
 /// The CPU backend used by tests and CPU runs.

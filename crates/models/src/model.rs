@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::resnet::{ResNet, ResNetConfig};
-use crate::taps::{Activation, Taps};
+use crate::taps::{TappedOutput, Taps};
 use crate::vit::{VisionTransformer, VitConfig};
 use crate::ModelError;
 
@@ -109,7 +109,7 @@ impl<B: Backend> Model<B> {
         &self,
         x: Tensor<B, 4>,
         names: &[String],
-    ) -> Result<(Tensor<B, 2>, Vec<(String, Activation<B>)>), ModelError> {
+    ) -> Result<TappedOutput<B>, ModelError> {
         self.check_input(&x.dims())?;
         let mut taps = Taps::for_modules(names, &self.modules())?;
         let logits = self.forward_tapped(x, &mut taps);

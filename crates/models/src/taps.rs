@@ -60,6 +60,9 @@ impl<B: Backend> From<Tensor<B, 4>> for Activation<B> {
     }
 }
 
+/// Logits and the captured `(module name, output)` pairs of a tapped forward pass.
+pub type TappedOutput<B> = (Tensor<B, 2>, Vec<(String, Activation<B>)>);
+
 /// Records the outputs of the requested modules, in forward order.
 #[derive(Debug)]
 pub struct Taps<B: Backend> {

@@ -107,13 +107,13 @@ impl VitConfig {
                 "ViT {field} must be > 0"
             )));
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::InvalidConfig(format!(
                 "ViT image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             )));
         }
-        if self.hidden_dim % self.num_heads != 0 {
+        if !self.hidden_dim.is_multiple_of(self.num_heads) {
             return Err(ModelError::InvalidConfig(format!(
                 "ViT hidden_dim {} is not divisible by num_heads {}",
                 self.hidden_dim, self.num_heads
@@ -248,8 +248,8 @@ impl<B: Backend> SelfAttention<B> {
         let bias = self.in_proj_bias.val();
         // Rows [k*dim, (k+1)*dim) of the stacked projection are q, k, v.
         let project = |k: usize| {
-            let w = weight.clone().slice([k * dim..(k + 1) * dim, 0..dim]);
-            let b = bias.clone().slice([k * dim..(k + 1) * dim]);
+            let w = weight.clone().narrow(0, k * dim, dim);
+            let b = bias.clone().narrow(0, k * dim, dim);
             (rows.clone().matmul(w.transpose()) + b.unsqueeze::<2>())
                 .reshape([batch, tokens, heads, head_dim])
                 .swap_dims(1, 2)
