@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod activations;
 mod bench;
 mod bench_topoloss;
 mod bench_train;
@@ -42,6 +43,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Each topographic layer's sheet and TopoLoss (tau = 1) in a checkpoint.
     Inspect(inspect::InspectArgs),
+    /// Save the outputs of named modules of a checkpoint on an input batch (eval mode).
+    Activations(activations::ActivationsArgs),
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Activations(args) => activations::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
