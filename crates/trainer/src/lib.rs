@@ -18,6 +18,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod parallel;
 pub mod sweep;
 pub mod train;
 

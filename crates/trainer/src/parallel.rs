@@ -1,0 +1,274 @@
+//! Data parallelism over the devices of one node.
+//!
+//! A step splits the batch into one contiguous shard per device. Each replica
+//! runs forward and backward on its shard in its own thread; the shards'
+//! gradients are moved to the first device and summed there, where the
+//! optimiser updates the one master copy of the model (Burn's
+//! `GradientsParams::to_device` and `GradientsAccumulator`). Each shard's
+//! mean loss is weighted by its share of the batch, so the sum is the
+//! gradient of the whole batch's mean loss, as on one device. BatchNorm sees
+//! per-shard statistics (PyTorch's DDP without SyncBatchNorm does the same),
+//! and the running statistics kept are the first device's.
+//!
+//! Several nodes run one process each; [`shard_range`] gives each process
+//! (rank) its share of an epoch's batches.
+
+use std::ops::Range;
+
+use anyhow::{anyhow, Result};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+use crate::data::Batch;
+
+/// The contiguous part `index` of `len` items split into `parts` nearly
+/// equal parts (sizes differ by at most one; earlier parts are the larger).
+pub fn shard_range(len: usize, parts: usize, index: usize) -> Range<usize> {
+    let parts = parts.max(1);
+    let (base, extra) = (len / parts, len % parts);
+    let start = index * base + index.min(extra);
+    let size = base + usize::from(index < extra);
+    start.min(len)..(start + size).min(len)
+}
+
+/// The images and labels of `range` of a batch.
+pub fn batch_slice(batch: &Batch, range: Range<usize>) -> Batch {
+    let image_len = batch.channels * batch.height * batch.width;
+    Batch {
+        images: batch.images[range.start * image_len..range.end * image_len].to_vec(),
+        labels: batch.labels[range].to_vec(),
+        channels: batch.channels,
+        height: batch.height,
+        width: batch.width,
+    }
+}
+
+/// Initialises every lazily initialised parameter of `model` in place.
+///
+/// Burn gives each clone of a not-yet-initialised parameter its own lazy
+/// initialiser, so replicas cloned from a fresh model would each draw
+/// different random weights; reading every value first makes clones copies.
+pub fn materialize_parameters<B: Backend, M: Module<B>>(model: &M) {
+    struct ReadAll;
+    impl<B: Backend> ModuleVisitor<B> for ReadAll {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut ReadAll);
+}
+
+/// What one data-parallel step measured, summed over the shards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTotals {
+    /// The batch's mean task loss.
+    pub loss: f64,
+    /// Correct top-1 predictions in the batch.
+    pub correct: u64,
+}
+
+/// Forward and backward of `batch` split over `devices`; returns the
+/// gradients of the batch's mean loss, on `devices[0]`.
+///
+/// `shard_loss` runs one replica on one shard on its device and returns the
+/// shard's mean loss (a one-element tensor) and its correct predictions.
+/// `model` must live on `devices[0]`.
+pub fn data_parallel_gradients<B, M, F>(
+    model: &M,
+    devices: &[B::Device],
+    batch: &Batch,
+    shard_loss: F,
+) -> Result<(GradientsParams, StepTotals)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Send + Sync,
+    F: Fn(&M, &Batch, &B::Device) -> Result<(Tensor<B, 1>, u64)> + Sync,
+{
+    let Some(main_device) = devices.first() else {
+        return Err(anyhow!("data parallelism needs at least one device"));
+    };
+    if batch.len() < devices.len() {
+        return Err(anyhow!(
+            "a batch of {} images cannot be split over {} devices; use a batch size of at least the device count",
+            batch.len(),
+            devices.len()
+        ));
+    }
+    materialize_parameters(model);
+    let run_shard = |index: usize, device: &B::Device| -> Result<(GradientsParams, f64, u64)> {
+        let shard = batch_slice(batch, shard_range(batch.len(), devices.len(), index));
+        let replica = if index == 0 {
+            model.clone()
+        } else {
+            model.clone().fork(device)
+        };
+        let (loss, correct) = shard_loss(&replica, &shard, device)?;
+        let share = shard.len() as f64 / batch.len() as f64;
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        let grads = GradientsParams::from_grads((loss * share).backward(), &replica);
+        let grads = if index == 0 {
+            grads
+        } else {
+            grads.to_device(main_device, &replica)
+        };
+        Ok((grads, loss_value * share, correct))
+    };
+    let results: Vec<Result<(GradientsParams, f64, u64)>> = if devices.len() == 1 {
+        vec![run_shard(0, main_device)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(index, device)| {
+                    let run_shard = &run_shard;
+                    scope.spawn(move || run_shard(index, device))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow!("a data-parallel replica thread panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut accumulator = GradientsAccumulator::<M>::new();
+    let mut totals = StepTotals {
+        loss: 0.0,
+        correct: 0,
+    };
+    for result in results {
+        let (grads, loss, correct) = result?;
+        accumulator.accumulate(model, grads);
+        totals.loss += loss;
+        totals.correct += correct;
+    }
+    Ok((accumulator.grads(), totals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuTrain;
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use models::{Architecture, Model};
+
+    #[test]
+    fn shards_cover_the_batch_in_order() {
+        for (len, parts) in [(10, 3), (8, 2), (3, 3), (7, 1), (5, 4)] {
+            let ranges: Vec<_> = (0..parts).map(|i| shard_range(len, parts, i)).collect();
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges[parts - 1].end, len);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].len() >= pair[1].len());
+                assert!(pair[0].len() - pair[1].len() <= 1);
+            }
+        }
+    }
+
+    fn tiny_resnet() -> Architecture {
+        Architecture::ResNet(
+            models::ResNetConfig::new([1, 1, 1, 1], false)
+                .with_num_classes(3)
+                .with_in_channels(1)
+                .with_width(4)
+                .with_small_stem(true),
+        )
+    }
+
+    fn shard_loss(
+        model: &Model<CpuTrain>,
+        shard: &Batch,
+        device: &burn::tensor::Device<CpuTrain>,
+    ) -> Result<(Tensor<CpuTrain, 1>, u64)> {
+        let (x, y) = crate::train::to_tensors::<CpuTrain>(shard, &[0.0], &[255.0], device);
+        let loss = CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(model.forward(x), y);
+        Ok((loss, 0))
+    }
+
+    /// Every parameter's gradient as host values, in visiting order.
+    struct Collect<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+    impl ModuleVisitor<CpuTrain> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<CpuTrain, D>>) {
+            let grad = self
+                .0
+                .get::<<CpuTrain as AutodiffBackend>::InnerBackend, D>(param.id)
+                .map(|g| g.into_data().convert::<f32>().into_vec::<f32>().unwrap())
+                .unwrap_or_default();
+            self.1.push(grad);
+        }
+    }
+
+    #[test]
+    fn two_replicas_give_the_single_device_gradient() {
+        let device = Default::default();
+        let model: Model<CpuTrain> = tiny_resnet().init(&device).unwrap();
+        // The batch is one half twice over, so each replica's BatchNorm sees
+        // the whole batch's statistics and the gradients must agree.
+        let half: Vec<u8> = (0..3 * 64).map(|i| (i * 37 % 251) as u8).collect();
+        let batch = Batch {
+            images: [half.clone(), half].concat(),
+            labels: vec![0, 1, 2, 0, 1, 2],
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        let collect = |grads: &GradientsParams| {
+            let mut visitor = Collect(grads, vec![]);
+            model.visit(&mut visitor);
+            visitor.1
+        };
+        let (single, single_totals) =
+            data_parallel_gradients(&model, &[device], &batch, shard_loss).unwrap();
+        let (split, split_totals) =
+            data_parallel_gradients(&model, &[device, device], &batch, shard_loss).unwrap();
+        assert!(
+            (single_totals.loss - split_totals.loss).abs() < 1e-5,
+            "{single_totals:?} vs {split_totals:?}"
+        );
+        let (single, split) = (collect(&single), collect(&split));
+        assert_eq!(single.len(), split.len());
+        let mut compared = 0;
+        for (a, b) in single.iter().zip(&split) {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5 + 1e-3 * x.abs(), "{x} vs {y}");
+                compared += 1;
+            }
+        }
+        let nonzero = single.iter().flatten().filter(|g| g.abs() > 1e-6).count();
+        assert!(
+            nonzero > 500,
+            "only {nonzero} of {compared} gradients are non-zero"
+        );
+        // (A lost replica would leave half of each gradient: far outside the tolerance.)
+    }
+
+    #[test]
+    fn too_small_a_batch_is_an_error() {
+        let device = Default::default();
+        let model: Model<CpuTrain> = tiny_resnet().init(&device).unwrap();
+        let batch = Batch {
+            images: vec![0; 64],
+            labels: vec![0],
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        let error = data_parallel_gradients(&model, &[device, device], &batch, shard_loss)
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("cannot be split over 2 devices"),
+            "{error}"
+        );
+    }
+}
