@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::blur::{axpy, dot3, SheetBlur, PARALLEL_THRESHOLD};
+use crate::blur::{axpy, dot3, with_wide_simd, SheetBlur, PARALLEL_THRESHOLD};
 use crate::resample::Interpolation;
 use crate::{Real, SheetShape, TopoError};
 
@@ -299,55 +299,60 @@ fn sheet_loss<T: Real>(
                        scratch: &mut RowScratch<T>,
                        folded: &mut [T]|
      -> f64 {
-        let RowScratch {
-            mixed,
-            blurred,
-            folded_row,
-        } = scratch;
-        mix_into(&up_h.rows[a], &reduced, reduced_row_len, mixed);
-        folded_row.iter_mut().for_each(|x| *x = T::zero());
-        let mut cos_sum = 0.0;
-        let mut grad_row = grad_row;
-        for c in 0..shape.width {
-            let unit = &sheet[(a * shape.width + c) * e..][..e];
-            mix_into(&up_w.rows[c], mixed, e, blurred);
-            let terms = cosine_terms(dot3(unit, blurred));
-            cos_sum += terms.cos;
-            let Some(grad_row) = grad_row.as_deref_mut() else {
-                continue;
-            };
-            let grad_unit = &mut grad_row[c * e..][..e];
-            let (bw, ww) = (coef * terms.grad_w_from_b, coef * terms.grad_w_from_w);
-            let (wb, bb) = (terms.grad_b_from_w, terms.grad_b_from_b);
-            // G_w goes to the gradient; G_b replaces the blurred vector.
-            let units_iter = grad_unit.iter_mut().zip(unit).zip(blurred.iter_mut());
-            if write == Some(GradWrite::Overwrite) {
-                for ((g, &w), b) in units_iter {
-                    *g = bw * *b - ww * w;
-                    *b = wb * w - bb * *b;
-                }
-            } else {
-                for ((g, &w), b) in units_iter {
-                    *g = *g + (bw * *b - ww * w);
-                    *b = wb * w - bb * *b;
-                }
-            }
-            for &(j, weight) in &up_w.rows[c] {
-                let weight = T::from(weight).unwrap_or_else(T::zero);
-                axpy(weight, blurred, &mut folded_row[j * e..][..e]);
-            }
-        }
-        if grad_row.is_some() {
-            for &(i, weight) in &up_h.rows[a] {
-                let weight = T::from(weight).unwrap_or_else(T::zero);
-                axpy(
-                    weight,
+        with_wide_simd(
+            #[inline(always)]
+            || {
+                let RowScratch {
+                    mixed,
+                    blurred,
                     folded_row,
-                    &mut folded[i * reduced_row_len..][..reduced_row_len],
-                );
-            }
-        }
-        cos_sum
+                } = scratch;
+                mix_into(&up_h.rows[a], &reduced, reduced_row_len, mixed);
+                folded_row.iter_mut().for_each(|x| *x = T::zero());
+                let mut cos_sum = 0.0;
+                let mut grad_row = grad_row;
+                for c in 0..shape.width {
+                    let unit = &sheet[(a * shape.width + c) * e..][..e];
+                    mix_into(&up_w.rows[c], mixed, e, blurred);
+                    let terms = cosine_terms(dot3(unit, blurred));
+                    cos_sum += terms.cos;
+                    let Some(grad_row) = grad_row.as_deref_mut() else {
+                        continue;
+                    };
+                    let grad_unit = &mut grad_row[c * e..][..e];
+                    let (bw, ww) = (coef * terms.grad_w_from_b, coef * terms.grad_w_from_w);
+                    let (wb, bb) = (terms.grad_b_from_w, terms.grad_b_from_b);
+                    // G_w goes to the gradient; G_b replaces the blurred vector.
+                    let units_iter = grad_unit.iter_mut().zip(unit).zip(blurred.iter_mut());
+                    if write == Some(GradWrite::Overwrite) {
+                        for ((g, &w), b) in units_iter {
+                            *g = bw * *b - ww * w;
+                            *b = wb * w - bb * *b;
+                        }
+                    } else {
+                        for ((g, &w), b) in units_iter {
+                            *g = *g + (bw * *b - ww * w);
+                            *b = wb * w - bb * *b;
+                        }
+                    }
+                    for &(j, weight) in &up_w.rows[c] {
+                        let weight = T::from(weight).unwrap_or_else(T::zero);
+                        axpy(weight, blurred, &mut folded_row[j * e..][..e]);
+                    }
+                }
+                if grad_row.is_some() {
+                    for &(i, weight) in &up_h.rows[a] {
+                        let weight = T::from(weight).unwrap_or_else(T::zero);
+                        axpy(
+                            weight,
+                            folded_row,
+                            &mut folded[i * reduced_row_len..][..reduced_row_len],
+                        );
+                    }
+                }
+                cos_sum
+            },
+        )
     };
 
     let with_grad = grad.is_some();
