@@ -2,6 +2,8 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use models::topography::{TopoEngine, TopographyConfig};
+use trainer::bench::BenchTopography;
 use trainer::DeviceSpec;
 
 #[derive(Args)]
@@ -33,9 +35,29 @@ pub struct BenchTrainArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Add TopoLoss at this tau to every Conv2d/Linear layer matched by
+    /// --topo-layers (as training does); leave out for a plain step.
+    #[arg(long)]
+    pub topo_tau: Option<f64>,
+    /// Layer patterns for --topo-tau (default: every convolution of a ResNet).
+    #[arg(long, value_delimiter = ',', default_value = "conv1,layer*.**")]
+    pub topo_layers: Vec<String>,
+    /// Blur factor for --topo-tau.
+    #[arg(long, default_value_t = 3.0)]
+    pub topo_factor: f64,
+    /// Where TopoLoss runs: host (CPU kernel) or device (tensor ops on the
+    /// model's device); default: host on the CPU, device on a GPU.
+    #[arg(long)]
+    pub topo_engine: Option<EngineArg>,
     /// Print only `{"sec_per_step": ...}` and the other fields as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Host,
+    Device,
 }
 
 pub fn run(args: BenchTrainArgs) -> Result<()> {
@@ -58,13 +80,22 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             c.image_size = args.res;
         }
     }
-    let result = match DeviceSpec::parse(&args.device)? {
+    let device = DeviceSpec::parse(&args.device)?;
+    let topography = args.topo_tau.map(|tau| BenchTopography {
+        config: TopographyConfig::uniform(&args.topo_layers, args.topo_factor, tau),
+        engine: match (args.topo_engine, device) {
+            (Some(EngineArg::Host), _) | (None, DeviceSpec::Cpu) => TopoEngine::Host,
+            (Some(EngineArg::Device), _) | (None, DeviceSpec::Cuda(_)) => TopoEngine::Device,
+        },
+    });
+    let result = match device {
         DeviceSpec::Cpu => trainer::bench::train_step::<trainer::CpuTrain>(
             &architecture,
             args.batch,
             args.res,
             args.warmup,
             args.steps,
+            topography.as_ref(),
             &Default::default(),
         )?,
         #[cfg(feature = "cuda")]
@@ -75,6 +106,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 args.res,
                 args.warmup,
                 args.steps,
+                topography.as_ref(),
                 &burn::backend::cuda::CudaDevice::new(index),
             )?
         }
@@ -87,11 +119,13 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!(
-            "{}: batch {} at {} px, {} threads: {:.4} s/step best, {:.4} median ({:.1} img/s)",
+            "{}: batch {} at {} px, {} TopoLoss layers, {} threads: first step {:.2} s, {:.4} s/step best, {:.4} median ({:.1} img/s)",
             result.arch,
             result.batch,
             result.res,
+            result.topo_layers,
             result.threads,
+            result.first_step_s,
             result.sec_per_step,
             result.median_sec_per_step,
             result.images_per_sec
