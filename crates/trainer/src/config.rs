@@ -154,7 +154,8 @@ pub struct OptimizerSection {
     pub momentum: f64,
     #[serde(default)]
     pub nesterov: bool,
-    /// L2 weight decay (ffcv: 5e-5 for ResNet-18, 1e-4 for ResNet-50).
+    /// L2 weight decay (ffcv: 5e-5 for ResNet-18, 1e-4 for ResNet-50); not
+    /// applied to BatchNorm parameters, as in ffcv.
     pub weight_decay: f64,
     /// Label smoothing of the cross-entropy (ffcv: 0.1).
     #[serde(default)]

@@ -11,6 +11,7 @@
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
+//! - [`weight_decay`]: L2 decay with BatchNorm parameters exempt (ffcv).
 
 pub mod bench;
 pub mod checkpoint;
@@ -20,6 +21,7 @@ pub mod device;
 pub mod eval;
 pub mod sweep;
 pub mod train;
+pub mod weight_decay;
 
 pub use config::RunConfig;
 pub use device::DeviceSpec;

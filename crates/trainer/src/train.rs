@@ -11,7 +11,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
@@ -25,6 +24,7 @@ use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, DataSet, Split};
 use crate::eval::{evaluate, EvalResult};
+use crate::weight_decay::add_weight_decay;
 
 /// Options of one `fit` call beyond the config.
 #[derive(Debug, Clone, Default)]
@@ -112,15 +112,15 @@ pub fn fit<B: AutodiffBackend>(
         Some(e) => e,
     };
     let o = &config.optimizer;
-    let mut sgd = SgdConfig::new().with_momentum(Some(MomentumConfig {
-        momentum: o.momentum,
-        dampening: 0.0,
-        nesterov: o.nesterov,
-    }));
-    if o.weight_decay > 0.0 {
-        sgd = sgd.with_weight_decay(Some(WeightDecayConfig::new(o.weight_decay as f32)));
-    }
-    let mut optimizer = sgd.init::<B, Model<B>>();
+    // Weight decay is added to the gradients (BatchNorm exempt, see
+    // `weight_decay`), so the optimiser itself has none.
+    let mut optimizer = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: o.momentum,
+            dampening: 0.0,
+            nesterov: o.nesterov,
+        }))
+        .init::<B, Model<B>>();
     let loss_fn = CrossEntropyLossConfig::new()
         .with_smoothing((o.label_smoothing > 0.0).then_some(o.label_smoothing as f32))
         .init(&device);
@@ -235,6 +235,9 @@ pub fn fit<B: AutodiffBackend>(
                     epoch + 1,
                     state.batch
                 );
+            }
+            if o.weight_decay > 0.0 {
+                add_weight_decay(&model, o.weight_decay, &mut grads);
             }
             model = optimizer.step(lr, model, grads);
             state.step += 1;
