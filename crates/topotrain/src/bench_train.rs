@@ -1,8 +1,11 @@
 //! `topotrain bench train`: seconds per training step on random data.
 
 use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use trainer::DeviceSpec;
+use trainer::bench::TrainBench;
+
+use crate::device::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -25,7 +28,7 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 3)]
     pub in_channels: usize,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceChoice,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -58,31 +61,13 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             c.image_size = args.res;
         }
     }
-    let result = match DeviceSpec::parse(&args.device)? {
-        DeviceSpec::Cpu => trainer::bench::train_step::<trainer::CpuTrain>(
-            &architecture,
-            args.batch,
-            args.res,
-            args.warmup,
-            args.steps,
-            &Default::default(),
-        )?,
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(index) => {
-            trainer::bench::train_step::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                &architecture,
-                args.batch,
-                args.res,
-                args.warmup,
-                args.steps,
-                &burn::backend::cuda::CudaDevice::new(index),
-            )?
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => {
-            bail!("this topotrain was built without CUDA; rebuild with `--features cuda`")
-        }
-    };
+    let result = run_on(
+        args.device,
+        TrainStep {
+            architecture: &architecture,
+            args: &args,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
@@ -98,4 +83,24 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+struct TrainStep<'a> {
+    architecture: &'a models::Architecture,
+    args: &'a BenchTrainArgs,
+}
+
+impl BackendJob for TrainStep<'_> {
+    type Output = TrainBench;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceChoice) -> Result<Self::Output> {
+        let a = self.args;
+        trainer::bench::train_step::<B>(
+            self.architecture,
+            a.batch,
+            a.res,
+            a.warmup,
+            a.steps,
+            &device,
+        )
+    }
 }

@@ -437,8 +437,9 @@ impl RunConfig {
                 "must be at least 1",
             ));
         }
-        crate::device::DeviceSpec::parse(&t.device)
-            .map_err(|e| bad("training.device", &t.device, &e.to_string()))?;
+        t.device
+            .parse::<crate::DeviceChoice>()
+            .map_err(|e| bad("training.device", &t.device, &e))?;
         if self.output.keep_checkpoints == 0 {
             return Err(bad(
                 "output.keep_checkpoints",

@@ -24,7 +24,7 @@ pub mod train;
 pub mod weight_decay;
 
 pub use config::RunConfig;
-pub use device::DeviceSpec;
+pub use device::DeviceChoice;
 pub use train::{fit, FitOptions, Summary};
 
 /// The CPU training backend.
