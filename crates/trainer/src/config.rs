@@ -282,6 +282,10 @@ pub struct OutputSection {
     /// How many step checkpoints to keep.
     #[serde(default = "two")]
     pub keep_checkpoints: usize,
+    /// The topographic layer drawn into `sheet_<layer>.png` at the end of
+    /// the run (default: the last one).
+    #[serde(default)]
+    pub sheet_layer: Option<String>,
 }
 
 fn two() -> usize {

@@ -9,6 +9,7 @@
 //!   warm-up and step/linear LR, progressive resizing, metrics,
 //!   checkpoints ([`checkpoint`]) with exact resume, divergence guard.
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
+//! - [`sheet`]: the picture of one topographic layer's sheet a run ends with.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`weight_decay`]: L2 decay with BatchNorm parameters exempt (ffcv).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod sheet;
 pub mod sweep;
 pub mod train;
 pub mod weight_decay;
