@@ -7,7 +7,8 @@ use crate::format::{Encoding, FORMAT_VERSION};
 use crate::loader::process_cpu_seconds;
 use crate::resample::Resampler;
 use crate::sources::{
-    find_val_labels, read_idx, scan_flat_val, scan_image_folder, LabeledFiles, SkippedFile,
+    find_val_labels, read_idx_images, scan_flat_val, scan_image_folder, IdxImages, LabeledFiles,
+    SkippedFile,
 };
 use crate::transform::SampleRng;
 use crate::writer::{DatasetWriter, EncodedRecord};
@@ -496,18 +497,12 @@ pub fn prep_fashion_mnist(src: &Path, out: &Path) -> Result<PrepSummary> {
     let mut splits = Vec::new();
     for (split, prefix) in [("train", "train"), ("val", "t10k")] {
         let started = Instant::now();
-        let (image_dims, pixels) = read_idx(src, &format!("{prefix}-images-idx3-ubyte"), 0x803)?;
-        let (label_dims, labels) = read_idx(src, &format!("{prefix}-labels-idx1-ubyte"), 0x801)?;
-        if image_dims[0] != label_dims[0] {
-            return Err(DataError::BadSource {
-                path: src.to_path_buf(),
-                problem: format!(
-                    "{prefix}: {} images but {} labels",
-                    image_dims[0], label_dims[0]
-                ),
-            });
-        }
-        let (height, width) = (image_dims[1], image_dims[2]);
+        let IdxImages {
+            pixels,
+            labels,
+            height,
+            width,
+        } = read_idx_images(src, prefix)?;
         let output = out.join(format!("{split}.topo"));
         let mut writer = DatasetWriter::create(&output, 1, classes.clone())?;
         for (image, &label) in pixels.chunks_exact(width * height).zip(&labels) {

@@ -311,6 +311,48 @@ pub fn read_idx(dir: &Path, name: &str, expected_magic: u32) -> Result<(Vec<usiz
     Ok((dims, bytes[header_len..].to_vec()))
 }
 
+/// One split of an IDX image set (Fashion-MNIST, MNIST): `n` greyscale
+/// images of `height x width` bytes, row-major, and their labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdxImages {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl IdxImages {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Reads `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte`
+/// (plain or `.gz`) from `src`, e.g. prefix `train` or `t10k`.
+pub fn read_idx_images(src: &Path, prefix: &str) -> Result<IdxImages> {
+    let (image_dims, pixels) = read_idx(src, &format!("{prefix}-images-idx3-ubyte"), 0x803)?;
+    let (label_dims, labels) = read_idx(src, &format!("{prefix}-labels-idx1-ubyte"), 0x801)?;
+    if image_dims[0] != label_dims[0] {
+        return Err(DataError::BadSource {
+            path: src.to_path_buf(),
+            problem: format!(
+                "{prefix}: {} images but {} labels",
+                image_dims[0], label_dims[0]
+            ),
+        });
+    }
+    Ok(IdxImages {
+        pixels,
+        labels,
+        height: image_dims[1],
+        width: image_dims[2],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,5 +422,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("dataset-fashion-mnist"));
+    }
+
+    #[test]
+    fn idx_images_pair_images_with_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2];
+        images.extend([1, 2, 3, 4]);
+        std::fs::write(dir.path().join("x-images-idx3-ubyte"), &images).unwrap();
+        std::fs::write(
+            dir.path().join("x-labels-idx1-ubyte"),
+            [0, 0, 8, 1, 0, 0, 0, 2, 5, 6],
+        )
+        .unwrap();
+        let set = read_idx_images(dir.path(), "x").unwrap();
+        assert_eq!((set.len(), set.height, set.width), (2, 1, 2));
+        assert_eq!((set.pixels, set.labels), (vec![1, 2, 3, 4], vec![5, 6]));
+        std::fs::write(
+            dir.path().join("x-labels-idx1-ubyte"),
+            [0, 0, 8, 1, 0, 0, 0, 1, 5],
+        )
+        .unwrap();
+        let error = read_idx_images(dir.path(), "x").unwrap_err().to_string();
+        assert!(error.contains("2 images but 1 labels"), "{error}");
     }
 }

@@ -1,10 +1,12 @@
 //! `topotrain bench train`: seconds per training step on random data.
 
 use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use models::topography::{TopoEngine, TopographyConfig};
-use trainer::bench::BenchTopography;
-use trainer::DeviceSpec;
+use trainer::bench::{BenchTopography, TrainBench};
+
+use crate::device::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -27,7 +29,7 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 3)]
     pub in_channels: usize,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceChoice,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -80,41 +82,21 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             c.image_size = args.res;
         }
     }
-    let device = DeviceSpec::parse(&args.device)?;
     let topography = args.topo_tau.map(|tau| BenchTopography {
         config: TopographyConfig::uniform(&args.topo_layers, args.topo_factor, tau),
-        engine: match (args.topo_engine, device) {
-            (Some(EngineArg::Host), _) | (None, DeviceSpec::Cpu) => TopoEngine::Host,
-            (Some(EngineArg::Device), _) | (None, DeviceSpec::Cuda(_)) => TopoEngine::Device,
+        engine: match (args.topo_engine, args.device.is_cpu()) {
+            (Some(EngineArg::Host), _) | (None, true) => TopoEngine::Host,
+            (Some(EngineArg::Device), _) | (None, false) => TopoEngine::Device,
         },
     });
-    let result = match device {
-        DeviceSpec::Cpu => trainer::bench::train_step::<trainer::CpuTrain>(
-            &architecture,
-            args.batch,
-            args.res,
-            args.warmup,
-            args.steps,
-            topography.as_ref(),
-            &Default::default(),
-        )?,
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(index) => {
-            trainer::bench::train_step::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                &architecture,
-                args.batch,
-                args.res,
-                args.warmup,
-                args.steps,
-                topography.as_ref(),
-                &burn::backend::cuda::CudaDevice::new(index),
-            )?
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => {
-            bail!("this topotrain was built without CUDA; rebuild with `--features cuda`")
-        }
-    };
+    let result = run_on(
+        args.device,
+        TrainStep {
+            architecture: &architecture,
+            args: &args,
+            topography: topography.as_ref(),
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
@@ -132,4 +114,26 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+struct TrainStep<'a> {
+    architecture: &'a models::Architecture,
+    args: &'a BenchTrainArgs,
+    topography: Option<&'a BenchTopography>,
+}
+
+impl BackendJob for TrainStep<'_> {
+    type Output = TrainBench;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceChoice) -> Result<Self::Output> {
+        let a = self.args;
+        trainer::bench::train_step::<B>(
+            self.architecture,
+            a.batch,
+            a.res,
+            a.warmup,
+            a.steps,
+            self.topography,
+            &device,
+        )
+    }
 }

@@ -5,9 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use trainer::config::{DataFormat, DataSection, ResolutionSchedule};
-use trainer::DeviceSpec;
+use trainer::data::DataSet;
+use trainer::eval::EvalResult;
+
+use crate::device::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -36,7 +40,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub max_batches: Option<usize>,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceChoice,
     /// Write the result as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -117,42 +121,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
             std.len()
         );
     }
-    let result = match DeviceSpec::parse(&args.device)? {
-        DeviceSpec::Cpu => {
-            let device = Default::default();
-            let model = trainer::eval::load_model::<trainer::Cpu>(&args.checkpoint, &device)?;
-            trainer::eval::evaluate(
-                &model,
-                &data,
-                res,
-                args.batch,
-                &mean,
-                &std,
-                args.max_batches,
-                &device,
-            )?
-        }
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(index) => {
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            let model =
-                trainer::eval::load_model::<burn::backend::Cuda>(&args.checkpoint, &device)?;
-            trainer::eval::evaluate(
-                &model,
-                &data,
-                res,
-                args.batch,
-                &mean,
-                &std,
-                args.max_batches,
-                &device,
-            )?
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => {
-            bail!("this topotrain was built without CUDA; rebuild with `--features cuda`")
-        }
-    };
+    let result = run_on(
+        args.device,
+        Evaluate {
+            args: &args,
+            data: &data,
+            res,
+            mean: &mean,
+            std: &std,
+        },
+    )?;
     let json = serde_json::json!({
         "checkpoint": args.checkpoint,
         "data": path,
@@ -176,4 +154,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     println!("{}", serde_json::to_string(&json)?);
     Ok(())
+}
+
+struct Evaluate<'a> {
+    args: &'a EvalArgs,
+    data: &'a DataSet,
+    res: usize,
+    mean: &'a [f32],
+    std: &'a [f32],
+}
+
+impl BackendJob for Evaluate<'_> {
+    type Output = EvalResult;
+    /// Inference needs no autodiff: the model lives on the inner backend.
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceChoice) -> Result<EvalResult> {
+        let model = trainer::eval::load_model::<B::InnerBackend>(&self.args.checkpoint, &device)?;
+        trainer::eval::evaluate(
+            &model,
+            self.data,
+            self.res,
+            self.args.batch,
+            self.mean,
+            self.std,
+            self.args.max_batches,
+            &device,
+        )
+    }
 }

@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use trainer::{DeviceSpec, FitOptions, RunConfig, Summary};
+use trainer::{FitOptions, RunConfig, Summary};
+
+use crate::device::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct FitArgs {
@@ -72,20 +75,24 @@ pub fn run(args: FitArgs) -> Result<()> {
 }
 
 /// Trains on the config's device.
-pub fn fit_on_device(config: &RunConfig, mut options: FitOptions) -> Result<Summary> {
+pub fn fit_on_device(config: &RunConfig, options: FitOptions) -> Result<Summary> {
     trainer::device::set_cpu_threads(config.training.threads);
-    match DeviceSpec::parse(&config.training.device)? {
-        DeviceSpec::Cpu => trainer::fit::<trainer::CpuTrain>(config, Default::default(), &options),
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(index) => {
-            options.accelerator = true;
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            trainer::fit::<burn::backend::Autodiff<burn::backend::Cuda>>(config, device, &options)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => {
-            options.accelerator = true;
-            anyhow::bail!("this topotrain was built without CUDA; rebuild with `--features cuda`")
-        }
+    let choice: DeviceChoice = config.training.device.parse().map_err(anyhow::Error::msg)?;
+    run_on(choice, Fit { config, options })
+}
+
+struct Fit<'a> {
+    config: &'a RunConfig,
+    options: FitOptions,
+}
+
+impl BackendJob for Fit<'_> {
+    type Output = Summary;
+    fn run<B: AutodiffBackend>(self, device: B::Device, choice: DeviceChoice) -> Result<Summary> {
+        let options = FitOptions {
+            accelerator: !choice.is_cpu(),
+            ..self.options
+        };
+        trainer::fit::<B>(self.config, device, &options)
     }
 }

@@ -154,7 +154,8 @@ pub struct OptimizerSection {
     pub momentum: f64,
     #[serde(default)]
     pub nesterov: bool,
-    /// L2 weight decay (ffcv: 5e-5 for ResNet-18, 1e-4 for ResNet-50).
+    /// L2 weight decay (ffcv: 5e-5 for ResNet-18, 1e-4 for ResNet-50); not
+    /// applied to BatchNorm parameters, as in ffcv.
     pub weight_decay: f64,
     /// Label smoothing of the cross-entropy (ffcv: 0.1).
     #[serde(default)]
@@ -281,6 +282,10 @@ pub struct OutputSection {
     /// How many step checkpoints to keep.
     #[serde(default = "two")]
     pub keep_checkpoints: usize,
+    /// The topographic layer drawn into `sheet_<layer>.png` at the end of
+    /// the run (default: the last one).
+    #[serde(default)]
+    pub sheet_layer: Option<String>,
 }
 
 fn two() -> usize {
@@ -436,8 +441,9 @@ impl RunConfig {
                 "must be at least 1",
             ));
         }
-        crate::device::DeviceSpec::parse(&t.device)
-            .map_err(|e| bad("training.device", &t.device, &e.to_string()))?;
+        t.device
+            .parse::<crate::DeviceChoice>()
+            .map_err(|e| bad("training.device", &t.device, &e))?;
         if self.output.keep_checkpoints == 0 {
             return Err(bad(
                 "output.keep_checkpoints",

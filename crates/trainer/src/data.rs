@@ -5,7 +5,6 @@
 //! uninterrupted run would. [`Prefetcher`] produces them on a background
 //! thread while the model trains.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -189,43 +188,6 @@ pub fn open_prepared(path: &Path, data: &DataSection) -> Result<DataSet> {
     })
 }
 
-/// SplitMix64: a tiny, well-mixed, seedable generator.
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn new(parts: &[u64]) -> Self {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        for part in parts {
-            state = SplitMix(state ^ part.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64();
-        }
-        SplitMix(state)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, bound: u64) -> u64 {
-        ((self.next_u64() as u128 * bound as u128) >> 64) as u64
-    }
-}
-
-/// The permutation of `n` samples for `(seed, epoch)` (Fisher-Yates).
-pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut rng = SplitMix::new(&[seed, epoch, 0x5348_5546]);
-    for i in (1..n).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        order.swap(i, j);
-    }
-    order
-}
-
 /// A small dataset held in memory as fixed-size u8 images (Fashion-MNIST).
 pub struct InMemory {
     images: Vec<u8>,
@@ -236,53 +198,23 @@ pub struct InMemory {
     flip: bool,
 }
 
-fn read_gz(path: &Path) -> Result<Vec<u8>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot decompress {}", path.display()))?;
-    Ok(bytes)
-}
-
-fn be_u32(bytes: &[u8], at: usize) -> usize {
-    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
-}
-
 impl InMemory {
     /// Reads `train-*` or `t10k-*` IDX files from `dir`.
     pub fn fashion_mnist(dir: &Path, train: bool, data: &DataSection) -> Result<Self> {
         let prefix = if train { "train" } else { "t10k" };
-        let images_path = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
-        let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
-        if !images_path.exists() {
+        let set = data_prep::sources::read_idx_images(dir, prefix).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (data.{} = {})",
+                if train { "train" } else { "val" },
+                dir.display()
+            )
+        })?;
+        let (rows, cols) = (set.height, set.width);
+        if rows != cols {
             bail!(
-                "{} not found; install Fashion-MNIST (apt-get install dataset-fashion-mnist) or point data.{} at the directory holding its IDX files",
-                images_path.display(),
-                if train { "train" } else { "val" }
+                "{}: {prefix} images are {rows}x{cols}; only square images are supported",
+                dir.display()
             );
-        }
-        let images = read_gz(&images_path)?;
-        let labels = read_gz(&labels_path)?;
-        if images.len() < 16
-            || be_u32(&images, 0) != 0x803
-            || labels.len() < 8
-            || be_u32(&labels, 0) != 0x801
-        {
-            bail!(
-                "{} / {} are not IDX image/label files",
-                images_path.display(),
-                labels_path.display()
-            );
-        }
-        let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
-        if rows != cols
-            || images.len() != 16 + n * rows * cols
-            || be_u32(&labels, 4) != n
-            || labels.len() != 8 + n
-        {
-            bail!("{}: inconsistent IDX sizes", images_path.display());
         }
         let side = rows;
         let resolution = if train {
@@ -296,8 +228,8 @@ impl InMemory {
             );
         }
         Ok(InMemory {
-            images: images[16..].to_vec(),
-            labels: labels[8..].iter().map(|&l| l as u32).collect(),
+            images: set.pixels,
+            labels: set.labels.into_iter().map(u32::from).collect(),
             channels: 1,
             side,
             num_classes: 10,
@@ -339,22 +271,24 @@ impl InMemory {
         let image_len = self.channels * self.side * self.side;
         let (indices, flips): (Vec<u32>, Vec<bool>) = match split {
             Split::Train { seed, epoch, .. } => {
-                // One permutation per epoch; cheap enough to recompute (60k).
-                let order = epoch_permutation(n, seed, epoch);
-                let start = index * batch_size;
-                if start + batch_size > n {
+                // data-prep's epoch order (the shuffle of prepared data), and
+                // a flip drawn per sample position from its generator.
+                let mut config = data_prep::LoaderConfig::train(batch_size, self.side);
+                config.seed = seed;
+                config.epoch = epoch;
+                let plan = data_prep::EpochPlan::new(n, &config)?;
+                if index >= plan.num_batches() {
                     bail!("training batch {index} is past the end of the epoch");
                 }
-                let chosen = order[start..start + batch_size].to_vec();
-                let flips = chosen
-                    .iter()
-                    .map(|&i| {
-                        self.flip
-                            && SplitMix::new(&[seed, epoch, i as u64, 0x464c_4950]).next_u64() & 1
-                                == 1
+                (0..batch_size)
+                    .map(|slot| {
+                        let (position, i) = plan.sample(index, slot);
+                        let flip = self.flip
+                            && data_prep::transform::SampleRng::new(seed, epoch, position)
+                                .chance(0.5);
+                        (i as u32, flip)
                     })
-                    .collect();
-                (chosen, flips)
+                    .unzip()
             }
             Split::Val { .. } => {
                 let start = index * batch_size;

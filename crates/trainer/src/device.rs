@@ -1,30 +1,56 @@
 //! `--device cpu` (the flex backend) or `cuda[:N]`.
 
-use anyhow::{bail, Result};
+use std::str::FromStr;
 
-/// A parsed device name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    #[default]
     Cpu,
     Cuda(usize),
 }
 
-impl DeviceSpec {
-    pub fn parse(text: &str) -> Result<Self> {
+impl DeviceChoice {
+    /// Whether tensors live in host memory (so host-side kernels need no copy across a bus).
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, DeviceChoice::Cpu)
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("unknown device '{text}': use cpu, cuda or cuda:N (N = GPU index)");
         match text {
-            "cpu" | "flex" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(index)) => Ok(Self::Cuda(index)),
-                _ => bail!("unknown device '{text}'; use cpu, cuda or cuda:N"),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            _ => match text.strip_prefix("cuda:") {
+                Some(index) => index.parse().map(DeviceChoice::Cuda).map_err(|_| bad()),
+                None => Err(bad()),
             },
         }
     }
+}
 
-    pub fn name(&self) -> String {
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(choice: DeviceChoice) -> String {
+        choice.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Cpu => "cpu".into(),
-            Self::Cuda(i) => format!("cuda:{i}"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(index) => write!(f, "cuda:{index}"),
         }
     }
 }
@@ -45,11 +71,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_device_names() {
-        assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
-        assert_eq!(DeviceSpec::parse("cuda").unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!(DeviceSpec::parse("cuda:3").unwrap(), DeviceSpec::Cuda(3));
-        assert!(DeviceSpec::parse("cuda:x").is_err());
-        assert!(DeviceSpec::parse("metal").is_err());
+    fn device_names_parse() {
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        let error = "tpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(error.contains("cpu, cuda or cuda:N"), "{error}");
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+        assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
     }
 }

@@ -9,8 +9,10 @@
 //!   warm-up and step/linear LR, progressive resizing, metrics,
 //!   checkpoints ([`checkpoint`]) with exact resume, divergence guard.
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
+//! - [`sheet`]: the picture of one topographic layer's sheet a run ends with.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
+//! - [`weight_decay`]: L2 decay with BatchNorm parameters exempt (ffcv).
 
 pub mod bench;
 pub mod checkpoint;
@@ -19,11 +21,13 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod parallel;
+pub mod sheet;
 pub mod sweep;
 pub mod train;
+pub mod weight_decay;
 
 pub use config::RunConfig;
-pub use device::DeviceSpec;
+pub use device::DeviceChoice;
 pub use train::{fit, FitOptions, Summary};
 
 /// The CPU training backend.

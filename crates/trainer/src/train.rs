@@ -11,7 +11,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
@@ -25,6 +24,8 @@ use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, DataSet, Split};
 use crate::eval::{evaluate, EvalResult};
+use crate::sheet::{write_sheet_picture, SheetPicture};
+use crate::weight_decay::add_weight_decay;
 
 /// Options of one `fit` call beyond the config.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +62,10 @@ pub struct Summary {
     pub images_per_sec: f64,
     pub final_checkpoint: PathBuf,
     pub final_weights: PathBuf,
+    /// The sheet picture of one topographic layer (absent without a
+    /// topography, or if it could not be drawn; the run says why).
+    #[serde(default)]
+    pub sheet: Option<SheetPicture>,
 }
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
@@ -101,6 +106,18 @@ pub fn fit<B: AutodiffBackend>(
         Some(t) => Some(Topography::new(&model, t)?),
         None => None,
     };
+    if let Some(layer) = &config.output.sheet_layer {
+        let names = topography
+            .as_ref()
+            .map(|t| t.layer_names())
+            .unwrap_or_default();
+        if !names.contains(&layer.as_str()) {
+            bail!(
+                "output.sheet_layer = {layer:?} is not a topographic layer of this run (they are: {})",
+                if names.is_empty() { "none, there is no [topography]".to_string() } else { names.join(", ") }
+            );
+        }
+    }
     let engine = match config.topography.as_ref().map(|t| t.engine) {
         Some(TopoEngine::Auto) | None => {
             if options.accelerator {
@@ -112,15 +129,15 @@ pub fn fit<B: AutodiffBackend>(
         Some(e) => e,
     };
     let o = &config.optimizer;
-    let mut sgd = SgdConfig::new().with_momentum(Some(MomentumConfig {
-        momentum: o.momentum,
-        dampening: 0.0,
-        nesterov: o.nesterov,
-    }));
-    if o.weight_decay > 0.0 {
-        sgd = sgd.with_weight_decay(Some(WeightDecayConfig::new(o.weight_decay as f32)));
-    }
-    let mut optimizer = sgd.init::<B, Model<B>>();
+    // Weight decay is added to the gradients (BatchNorm exempt, see
+    // `weight_decay`), so the optimiser itself has none.
+    let mut optimizer = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: o.momentum,
+            dampening: 0.0,
+            nesterov: o.nesterov,
+        }))
+        .init::<B, Model<B>>();
     let loss_fn = CrossEntropyLossConfig::new()
         .with_smoothing((o.label_smoothing > 0.0).then_some(o.label_smoothing as f32))
         .init(&device);
@@ -235,6 +252,9 @@ pub fn fit<B: AutodiffBackend>(
                     epoch + 1,
                     state.batch
                 );
+            }
+            if o.weight_decay > 0.0 {
+                add_weight_decay(&model, o.weight_decay, &mut grads);
             }
             model = optimizer.step(lr, model, grads);
             state.step += 1;
@@ -357,8 +377,25 @@ pub fn fit<B: AutodiffBackend>(
 
     // The final weights in torchvision layout, for `eval` and analysis tools.
     let final_weights = run_dir.join("final.safetensors");
-    models::save_checkpoint(&model.valid(), &final_weights)?;
-    let summary = summarise(&run_dir, config, &state, last_checkpoint, final_weights)?;
+    let model = model.valid();
+    models::save_checkpoint(&model, &final_weights)?;
+    let mut summary = summarise(&run_dir, config, &state, last_checkpoint, final_weights)?;
+    if let Some(topography) = &topography {
+        let layer = config.output.sheet_layer.as_deref();
+        match write_sheet_picture(&model, topography, layer, summary.tau, &run_dir) {
+            Ok(picture) => {
+                eprintln!(
+                    "sheet of {} (smoothness {:.3}): {}",
+                    picture.layer,
+                    picture.smoothness,
+                    picture.png.display()
+                );
+                summary.sheet = Some(picture);
+            }
+            // The trained run is complete and saved; only the picture is missing.
+            Err(e) => eprintln!("warning: no sheet picture: {e:#}"),
+        }
+    }
     checkpoint::write_atomic(
         &run_dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary)?,
@@ -453,6 +490,7 @@ fn summarise(
         images_per_sec: last.images_per_sec,
         final_checkpoint: last_checkpoint.unwrap_or_default(),
         final_weights,
+        sheet: None,
     })
 }
 

@@ -1,0 +1,167 @@
+//! The shipped configs: every one parses and says what its name says, and
+//! the ImageNet ones (ResNet-18, ResNet-50, ViT-B/32) train a few steps on
+//! the shared ImageNet-mini, prepared by `topotrain prep imagenet`. Only
+//! the size of the run is overridden (batch, resolution, steps, device), so
+//! the rest of each config runs as shipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use trainer::RunConfig;
+
+fn configs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn shared() -> PathBuf {
+    std::env::var_os("TOPOTRAIN_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+fn topotrain(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args(args)
+        .output()
+        .expect("topotrain runs");
+    assert!(
+        output.status.success(),
+        "topotrain {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `resnet18_tau0.5_88ep.toml` -> ("resnet18", 0.5, 88 epochs or 16).
+fn name_parts(stem: &str) -> (String, f64, usize) {
+    let (stem, epochs) = match stem.strip_suffix("_88ep") {
+        Some(s) => (s, 88),
+        None => (stem, 16),
+    };
+    let (arch, tau) = stem.rsplit_once("_tau").expect("NAME_tauX");
+    (arch.to_string(), tau.parse().expect("tau"), epochs)
+}
+
+#[test]
+fn every_config_parses_and_matches_its_name() {
+    let mut imagenet = 0;
+    for entry in std::fs::read_dir(configs_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let config = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let topography = config.topography.as_ref().expect("[topography]");
+        let (arch, tau, epochs) = name_parts(&stem);
+        assert_eq!(topography.tau.value(0), tau, "{stem}: tau");
+        if arch == "fashion_mnist" {
+            assert_eq!(config.model.in_channels, 1, "{stem}");
+            continue;
+        }
+        imagenet += 1;
+        assert_eq!(config.model.arch, arch, "{stem}: model.arch");
+        assert_eq!(config.training.epochs, epochs, "{stem}: training.epochs");
+        assert_eq!(config.model.num_classes, 1000, "{stem}");
+        // The ffcv recipe the paper followed.
+        let o = &config.optimizer;
+        assert_eq!((o.momentum, o.label_smoothing), (0.9, 0.1), "{stem}");
+        let decay = if arch == "resnet50" { 1e-4 } else { 5e-5 };
+        assert_eq!(o.weight_decay, decay, "{stem}: optimizer.weight_decay");
+        if arch.starts_with("resnet") {
+            assert!(config.model.blurpool, "{stem}: BlurPool");
+            assert_eq!(config.data.val_resolution, 256, "{stem}");
+            assert_eq!(config.data.val_crop_ratio, 224.0 / 256.0, "{stem}");
+        }
+    }
+    // ResNet-18 at 7 taus and ResNet-50, ViT-B/32 at one, 16 and 88 epochs
+    // (the ResNet-18 baseline at tau 0 too).
+    assert!(imagenet >= 14, "only {imagenet} ImageNet configs");
+}
+
+/// `configs/<name>.toml` resized to a few seconds of CPU work on `data`.
+fn small_run(name: &str, data: &Path, out: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(configs_dir().join(format!("{name}.toml"))).unwrap();
+    let mut value: toml::Table = text.parse().unwrap();
+    let res = 32;
+    let set = |value: &mut toml::Table, section: &str, key: &str, v: toml::Value| {
+        value[section].as_table_mut().unwrap().insert(key.into(), v);
+    };
+    let path = |p: PathBuf| toml::Value::String(p.to_str().unwrap().into());
+    set(&mut value, "data", "train", path(data.join("train.topo")));
+    set(&mut value, "data", "val", path(data.join("val.topo")));
+    let mut resolution = toml::Table::new();
+    resolution.insert("start".into(), res.into());
+    set(&mut value, "data", "resolution", resolution.into());
+    set(&mut value, "data", "val_resolution", res.into());
+    set(&mut value, "data", "workers", 2.into());
+    if value["model"].get("image_size").is_some() {
+        set(&mut value, "model", "image_size", res.into());
+    }
+    for (key, v) in [
+        ("epochs", 1),
+        ("batch_size", 4),
+        ("eval_batch_size", 8),
+        ("max_steps_per_epoch", 2),
+        ("max_eval_batches", 1),
+        ("checkpoint_every_steps", 0),
+        ("log_every_steps", 1),
+        ("threads", 2),
+    ] {
+        set(&mut value, "training", key, v.into());
+    }
+    set(&mut value, "training", "device", "cpu".into());
+    set(&mut value, "lr", "warmup_epochs", 0.5.into());
+    set(&mut value, "output", "dir", path(out.join(name)));
+    let config = out.join(format!("{name}.toml"));
+    std::fs::write(&config, toml::to_string(&value).unwrap()).unwrap();
+    config
+}
+
+#[test]
+fn imagenet_configs_train_a_few_steps_on_imagenet_mini() {
+    let src = shared().join("imagenet-mini");
+    if !src.join("train").is_dir() {
+        eprintln!("skipping: no ImageNet-mini at {}", src.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("imagenet");
+    topotrain(&[
+        "prep",
+        "imagenet",
+        "--src",
+        src.to_str().unwrap(),
+        "--out",
+        data.to_str().unwrap(),
+        "--max-side",
+        "64",
+        "--threads",
+        "2",
+    ]);
+    for name in ["resnet18_tau10", "resnet50_tau30", "vit_b_32_tau10"] {
+        let config = small_run(name, &data, dir.path());
+        let output = topotrain(&["fit", "--quiet", "--config", config.to_str().unwrap()]);
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["steps"], 2, "{name}");
+        assert!(
+            summary["train_loss"].as_f64().unwrap().is_finite(),
+            "{name}"
+        );
+        assert!(summary["val_top1"].as_f64().is_some(), "{name}: {summary}");
+        let tau = summary["tau"].as_f64().unwrap();
+        assert!(tau > 0.0, "{name}: tau {tau}");
+        let layers = summary["topo_layers"].as_object().unwrap();
+        assert!(!layers.is_empty(), "{name}: no TopoLoss per layer");
+        if name.starts_with("vit") {
+            assert!(
+                layers.keys().all(|k| k.contains(".mlp.")),
+                "{name}: {layers:?}"
+            );
+        }
+        // The run's own weights are deleted as soon as they are checked:
+        // ViT-B/32's checkpoint and final weights are over a gigabyte.
+        std::fs::remove_dir_all(dir.path().join(name)).unwrap();
+    }
+}
