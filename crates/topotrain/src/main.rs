@@ -15,6 +15,7 @@ mod fit;
 mod inspect;
 mod prep;
 mod sweep;
+mod validation;
 
 #[derive(Parser)]
 #[command(
