@@ -6,7 +6,7 @@
 Writes OUT_DIR/<category>/<category>_NNN.png (8-bit grayscale, SIZE x SIZE)
 for the categories faces, nonfaces, words and textures, and OUT_DIR/PROVENANCE.json.
 Everything comes from material that installs offline from package registries
-(see crates/analysis/STIMULI.md):
+(see stimuli/README.md):
 
 * faces, nonfaces: scikit-image's `skimage/data/lfw_subset.npy`, shipped inside
   the scikit-image wheel (100 LFW faces + 100 LFW background patches, 25 x 25).
@@ -22,6 +22,7 @@ preference is less likely to be about sharpness alone.
 """
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import pathlib
@@ -49,6 +50,13 @@ def skimage_data_dir() -> pathlib.Path:
     if spec is None or not spec.submodule_search_locations:
         sys.exit("scikit-image is not installed: pip install scikit-image (its wheel ships the images)")
     return pathlib.Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def to_output(native: np.ndarray, size: int) -> Image.Image:
@@ -118,12 +126,14 @@ def main() -> None:
             to_output(native, args.size).save(folder / f"{name}_{i:03d}.png", optimize=True)
     provenance = {
         "generator": "scripts/make_stimuli.py",
+        "command": f"python3 scripts/make_stimuli.py OUT --per-category {n} --size {args.size} --seed {args.seed}",
         "seed": args.seed,
         "size": args.size,
         "per_category": n,
+        "versions": {name: package_version(name) for name in ("numpy", "pillow", "scikit-image")},
         "sources": {
-            "faces": "scikit-image wheel skimage/data/lfw_subset.npy [0:100] (LFW, Huang et al.)",
-            "nonfaces": "scikit-image wheel skimage/data/lfw_subset.npy [100:200] (LFW backgrounds)",
+            "faces": f"scikit-image wheel skimage/data/lfw_subset.npy [0:{n}] (LFW, Huang et al.)",
+            "nonfaces": f"scikit-image wheel skimage/data/lfw_subset.npy [100:{100 + n}] (LFW backgrounds)",
             "words": f"Pillow rendering with {', '.join(FONTS)} from Debian fonts-dejavu-core",
             "textures": f"random crops of scikit-image wheel skimage/data/{{{','.join(TEXTURE_SOURCES)}}}",
         },

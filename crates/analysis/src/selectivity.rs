@@ -17,6 +17,8 @@ use crate::{check_len, AnalysisError, Result, SheetShape};
 
 /// Window side of the SSIM, scikit-image's default.
 pub const SSIM_WINDOW: usize = 7;
+/// The smallest sheet side [`map_ssim`] accepts (a 3 x 3 window).
+pub const MIN_SSIM_SIDE: usize = 3;
 
 /// Welch t of `category` against the rest, for every unit.
 ///
@@ -143,10 +145,10 @@ pub fn map_ssim(a: &[f32], b: &[f32], sheet: SheetShape) -> Result<f64> {
     } else {
         fit - 1
     };
-    if win < 3 {
+    if win < MIN_SSIM_SIDE {
         return Err(AnalysisError::TooFew {
             what: "sheet rows and columns for a 3x3 SSIM window",
-            needed: 3,
+            needed: MIN_SSIM_SIDE,
             got: fit,
         });
     }

@@ -4,14 +4,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use trainer::config::{DataFormat, DataSection, ResolutionSchedule};
 use trainer::data::DataSet;
 use trainer::eval::EvalResult;
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
+use crate::validation::{open_validation, run_config, InputArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -22,18 +22,8 @@ pub struct EvalArgs {
     /// `val.topo`, or a directory of Fashion-MNIST IDX files.
     #[arg(long)]
     pub data: PathBuf,
-    /// Evaluation resolution (default: the run's data.val_resolution, else 224).
-    #[arg(long)]
-    pub res: Option<usize>,
-    /// Centre crop ratio (default: the run's, else 224/256).
-    #[arg(long)]
-    pub crop_ratio: Option<f64>,
-    /// Per-channel mean, 0-255 (default: the run's, else ImageNet's).
-    #[arg(long, value_delimiter = ',')]
-    pub mean: Option<Vec<f32>>,
-    /// Per-channel std, 0-255 (default: the run's, else ImageNet's).
-    #[arg(long, value_delimiter = ',')]
-    pub std: Option<Vec<f32>>,
+    #[command(flatten)]
+    pub input: InputArgs,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Evaluate only this many batches.
@@ -46,81 +36,11 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
 }
 
-/// The run config next to a checkpoint, if any (for defaults).
-fn run_config(checkpoint: &std::path::Path) -> Option<trainer::RunConfig> {
-    let mut dir = Some(checkpoint);
-    while let Some(d) = dir {
-        let path = d.join("config.toml");
-        if path.exists() {
-            return trainer::RunConfig::load(path).ok();
-        }
-        dir = d.parent();
-    }
-    None
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
-    let run = run_config(&args.checkpoint);
-    let imagenet_mean = vec![0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0];
-    let imagenet_std = vec![0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0];
-    let mean = args
-        .mean
-        .clone()
-        .or(run.as_ref().map(|r| r.data.mean.clone()))
-        .unwrap_or(imagenet_mean);
-    let std = args
-        .std
-        .clone()
-        .or(run.as_ref().map(|r| r.data.std.clone()))
-        .unwrap_or(imagenet_std);
-    let res = args
-        .res
-        .or(run.as_ref().map(|r| r.data.val_resolution))
-        .unwrap_or(224);
-    let crop_ratio = args
-        .crop_ratio
-        .or(run.as_ref().map(|r| r.data.val_crop_ratio))
-        .unwrap_or(224.0 / 256.0);
-    let (format, path) = if args.data.join("t10k-images-idx3-ubyte.gz").exists() {
-        (DataFormat::FashionMnistIdx, args.data.clone())
-    } else if args.data.is_dir() {
-        (DataFormat::Prepared, args.data.join("val.topo"))
-    } else {
-        (DataFormat::Prepared, args.data.clone())
-    };
-    let section = DataSection {
-        format,
-        train: path.clone(),
-        val: path.clone(),
-        mean: mean.clone(),
-        std: std.clone(),
-        resolution: ResolutionSchedule {
-            start: res,
-            end: None,
-            ramp_start: 0,
-            ramp_end: 0,
-            multiple: 32,
-        },
-        val_resolution: res,
-        val_crop_ratio: crop_ratio,
-        flip: false,
-        crop_scale: [0.08, 1.0],
-        workers: 0,
-    };
-    let data = match format {
-        DataFormat::FashionMnistIdx => trainer::data::DataSet::InMemory(std::sync::Arc::new(
-            trainer::data::InMemory::fashion_mnist(&path, false, &section)?,
-        )),
-        DataFormat::Prepared => trainer::data::open_prepared(&path, &section)?,
-    };
-    if mean.len() != data.channels() || std.len() != data.channels() {
-        bail!(
-            "--mean/--std need {} value(s) (the data's channels), got {} and {}",
-            data.channels(),
-            mean.len(),
-            std.len()
-        );
-    }
+    let run = run_config(&args.checkpoint)?;
+    let (res, crop_ratio) = args.input.geometry(run.as_ref())?;
+    let (data, path) = open_validation(&args.data, res, crop_ratio)?;
+    let (mean, std) = args.input.normalisation(run.as_ref(), data.channels())?;
     let result = run_on(
         args.device,
         Evaluate {

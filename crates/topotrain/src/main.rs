@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod activations;
+mod analyze;
 mod bench;
 mod bench_topoloss;
 mod bench_train;
@@ -15,6 +16,7 @@ mod fit;
 mod inspect;
 mod prep;
 mod sweep;
+mod validation;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +47,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Save the outputs of named modules of a checkpoint on an input batch (eval mode).
     Activations(activations::ActivationsArgs),
+    /// Analyses of a checkpoint: sheets, smoothness, dimensionality, selectivity, pruning, sweep report.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
 }
 
 fn main() {
@@ -57,6 +62,7 @@ fn main() {
         Command::Sweep(args) => sweep::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Activations(args) => activations::run(args),
+        Command::Analyze(cmd) => analyze::run(cmd),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

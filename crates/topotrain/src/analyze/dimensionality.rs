@@ -1,0 +1,283 @@
+//! `topotrain analyze dimensionality`: the effective dimensionality
+//! (participation ratio of the response covariance's eigenvalues) of each
+//! selected layer over a dataset, streamed batch by batch.
+//!
+//! Units are channels (conv outputs averaged over positions), so a layer's
+//! covariance is `channels x channels` whatever the number of images. The
+//! forward pass and the covariance updates are timed separately.
+
+use std::time::Instant;
+
+use analysis::dimensionality::{mean_dimensionality, Dimensionality, StreamingCovariance};
+use analysis::plots::{line_chart_png, Labels, Series};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use trainer::data::Split;
+
+use super::data::{batch_tensor, forward_responses, open_dataset, DataArgs, Input};
+use super::{display_name, progress, Cpu, CpuDevice, Loaded, ModelArgs, ModuleArgs, OutputArgs};
+
+#[derive(Args)]
+pub struct DimensionalityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub modules: ModuleArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Go over the data this many times (for timing on a small set; the
+    /// covariance, hence ED, of repeated images is unchanged).
+    #[arg(long, default_value_t = 1)]
+    pub passes: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Eigenvalues reported per layer (the largest).
+const TOP_EIGENVALUES: usize = 10;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerDimensionality {
+    pub layer: String,
+    pub features: usize,
+    pub effective_dimensionality: f64,
+    /// The largest eigenvalues of the response covariance.
+    pub top_eigenvalues: Vec<f64>,
+}
+
+/// Where the time went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub images: u64,
+    /// Data loading and normalisation.
+    pub data_seconds: f64,
+    /// Forward passes, including reducing the tapped outputs to unit
+    /// responses and copying them to the host.
+    pub forward_seconds: f64,
+    /// Streaming covariance updates (all layers).
+    pub covariance_seconds: f64,
+    /// Final eigendecompositions (all layers).
+    pub eigen_seconds: f64,
+    pub total_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DimensionalityReport {
+    pub checkpoint: String,
+    pub data: String,
+    pub resolution: usize,
+    pub mean_effective_dimensionality: f64,
+    pub layers: Vec<LayerDimensionality>,
+    pub timing: Timing,
+    pub png: Option<String>,
+}
+
+/// How many images go through the network, and in what batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    pub batch: usize,
+    /// At most this many images (default: all, times `passes`).
+    pub max_images: Option<usize>,
+    /// Times over the data (for timing on a small set).
+    pub passes: usize,
+}
+
+/// Effective dimensionality of every layer, their mean and the timing.
+#[derive(Debug, Clone)]
+pub struct DatasetDimensionality {
+    pub layers: Vec<LayerDimensionality>,
+    pub mean: f64,
+    pub timing: Timing,
+}
+
+/// Effective dimensionality of `layers` of `model` over `data`, each
+/// layer's covariance accumulated batch by batch.
+pub fn dataset_dimensionality(
+    model: &models::Model<Cpu>,
+    layers: &[String],
+    data: &trainer::data::DataSet,
+    input: &Input,
+    sampling: Sampling,
+    device: &CpuDevice,
+) -> Result<DatasetDimensionality> {
+    let Sampling {
+        batch,
+        max_images,
+        passes,
+    } = sampling;
+    if batch == 0 || passes == 0 {
+        bail!("--batch and --passes must be at least 1");
+    }
+    let total = max_images
+        .unwrap_or(usize::MAX)
+        .min(data.len().saturating_mul(passes));
+    if total < 2 {
+        bail!("effective dimensionality needs at least 2 images, the data gives {total}");
+    }
+    let start = Instant::now();
+    let mut covariances: Vec<Option<StreamingCovariance>> = vec![None; layers.len()];
+    let (mut data_s, mut forward_s, mut cov_s) = (0.0, 0.0, 0.0);
+    let mut seen = 0usize;
+    let bar = progress(total as u64, "dimensionality");
+    let split = Split::Val {
+        resolution: input.res,
+    };
+    'passes: for _ in 0..passes {
+        let mut batches = data.batches(split, 0, batch)?;
+        loop {
+            if seen == total {
+                break 'passes;
+            }
+            let t = Instant::now();
+            let Some(b) = batches.next() else {
+                break;
+            };
+            let b = b?;
+            let keep = b.len().min(total - seen);
+            let x = batch_tensor(&b, input, device);
+            let x = if keep < b.len() {
+                x.narrow(0, 0, keep)
+            } else {
+                x
+            };
+            data_s += t.elapsed().as_secs_f64();
+            let (responses, seconds) = forward_responses(model, x, layers)?;
+            forward_s += seconds;
+            let t = Instant::now();
+            for (cov, layer) in covariances.iter_mut().zip(&responses) {
+                let cov = match cov {
+                    Some(c) => c,
+                    None => cov.insert(StreamingCovariance::new(layer.units)?),
+                };
+                cov.update(&layer.values, keep)?;
+            }
+            cov_s += t.elapsed().as_secs_f64();
+            seen += keep;
+            bar.inc(keep as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let t = Instant::now();
+    let results: Vec<Dimensionality> = covariances
+        .iter()
+        .zip(layers)
+        .map(|(c, name)| {
+            c.as_ref()
+                .with_context(|| format!("{name}: no images reached the layer"))?
+                .dimensionality()
+                .with_context(|| format!("effective dimensionality of {name}"))
+        })
+        .collect::<Result<_>>()?;
+    let eigen_s = t.elapsed().as_secs_f64();
+    let mean = mean_dimensionality(&results);
+    let layers = layers
+        .iter()
+        .zip(results)
+        .map(|(name, d)| LayerDimensionality {
+            layer: name.clone(),
+            features: d.features,
+            effective_dimensionality: d.effective_dimensionality,
+            top_eigenvalues: d
+                .eigenvalues
+                .iter()
+                .take(TOP_EIGENVALUES)
+                .copied()
+                .collect(),
+        })
+        .collect();
+    Ok(DatasetDimensionality {
+        layers,
+        mean,
+        timing: Timing {
+            images: seen as u64,
+            data_seconds: data_s,
+            forward_seconds: forward_s,
+            covariance_seconds: cov_s,
+            eigen_seconds: eigen_s,
+            total_seconds: start.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+pub fn run(args: DimensionalityArgs) -> Result<()> {
+    let loaded = Loaded::open(&args.model)?;
+    let names = loaded.response_modules(&args.modules)?;
+    let input = args
+        .data
+        .input
+        .resolve(loaded.run.as_ref(), loaded.in_channels())?;
+    let data = open_dataset(&args.data.data, &input)?;
+    let DatasetDimensionality {
+        layers,
+        mean,
+        timing,
+    } = dataset_dimensionality(
+        &loaded.model,
+        &names,
+        &data,
+        &input,
+        Sampling {
+            batch: args.data.batch,
+            max_images: args.data.max_images,
+            passes: args.passes,
+        },
+        &loaded.device,
+    )?;
+    let mut png = None;
+    if let Some(dir) = args.output.dir()? {
+        analysis::ensure_font()?;
+        let path = dir.join("dimensionality.png");
+        let title = format!(
+            "{}: effective dimensionality, mean {mean:.2}",
+            display_name(&args.model.checkpoint)
+        );
+        line_chart_png(
+            Labels {
+                title: &title,
+                x: "layer (forward order)",
+                y: "effective dimensionality",
+            },
+            &[Series {
+                label: String::new(),
+                points: layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i as f64, l.effective_dimensionality))
+                    .collect(),
+            }],
+            &path,
+        )?;
+        png = Some(path.display().to_string());
+    }
+    let report = DimensionalityReport {
+        checkpoint: args.model.checkpoint.display().to_string(),
+        data: args.data.data.display().to_string(),
+        resolution: input.res,
+        mean_effective_dimensionality: mean,
+        layers,
+        timing,
+        png,
+    };
+    args.output.finish("dimensionality", &report, || {
+        let mut s = format!("{:<32} {:>9} {:>9}\n", "layer", "features", "ED");
+        for l in &report.layers {
+            s += &format!("{:<32} {:>9} {:>9.3}\n", l.layer, l.features, l.effective_dimensionality);
+        }
+        let t = &report.timing;
+        s += &format!(
+            "mean ED: {:.3} over {} images; forward {:.2} s, covariance {:.2} s, eigen {:.2} s, data {:.2} s, total {:.2} s\n",
+            report.mean_effective_dimensionality,
+            t.images,
+            t.forward_seconds,
+            t.covariance_seconds,
+            t.eigen_seconds,
+            t.data_seconds,
+            t.total_seconds
+        );
+        if let Some(p) = &report.png {
+            s += &format!("wrote {p}\n");
+        }
+        s
+    })
+}

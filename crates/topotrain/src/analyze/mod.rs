@@ -1,0 +1,335 @@
+//! `topotrain analyze ...`: the TopoNets analyses of a checkpoint, wired from
+//! the `analysis` crate (backend-independent maths and figures) to models,
+//! datasets and stimulus folders.
+//!
+//! Every subcommand takes `--json` (print the result as JSON on stdout instead
+//! of a table) and `--out DIR` (write its PNG figures and the same JSON as
+//! `DIR/<analysis>.json`). Checkpoints are anything `topotrain eval` takes: a
+//! run directory, one of its checkpoints, a safetensors file or a PyTorch
+//! state dict (`.pt`, e.g. the published TopoNets checkpoints).
+//!
+//! Layers default to the `[topography]` layers of the run's `config.toml`
+//! when the checkpoint sits in a run directory, else to every Conv2d and
+//! Linear layer (as `topotrain inspect`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::validation::run_config;
+
+mod data;
+mod dimensionality;
+mod prune;
+mod selectivity;
+mod sheets;
+mod smoothness;
+mod sweep_report;
+
+/// The CPU inference backend every analysis runs on.
+pub type Cpu = trainer::Cpu;
+/// Its device.
+pub type CpuDevice = <Cpu as burn::tensor::backend::BackendTypes>::Device;
+
+#[derive(Subcommand)]
+pub enum AnalyzeCommand {
+    /// Cortical sheet pictures: units coloured by the first 3 PCs of their weights.
+    Sheets(sheets::SheetsArgs),
+    /// Weight similarity against sheet distance, per layer, and its score.
+    Smoothness(smoothness::SmoothnessArgs),
+    /// Effective dimensionality of layer responses over a dataset (streaming).
+    Dimensionality(dimensionality::DimensionalityArgs),
+    /// Category selectivity (Welch t) maps from labelled stimulus folders.
+    Selectivity(selectivity::SelectivityArgs),
+    /// Accuracy after L1 pruning and after sheet down-sampling.
+    Prune(prune::PruneArgs),
+    /// Accuracy vs smoothness (Pareto) and ED vs tau over a `topotrain sweep` directory.
+    SweepReport(sweep_report::SweepReportArgs),
+}
+
+pub fn run(command: AnalyzeCommand) -> Result<()> {
+    match command {
+        AnalyzeCommand::Sheets(args) => sheets::run(args),
+        AnalyzeCommand::Smoothness(args) => smoothness::run(args),
+        AnalyzeCommand::Dimensionality(args) => dimensionality::run(args),
+        AnalyzeCommand::Selectivity(args) => selectivity::run(args),
+        AnalyzeCommand::Prune(args) => prune::run(args),
+        AnalyzeCommand::SweepReport(args) => sweep_report::run(args),
+    }
+}
+
+/// The checkpoint and the layers to analyse.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A run directory, one of its checkpoints, a .safetensors or a PyTorch .pt.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Layer patterns (dotted globs, comma-separated); default: the run's
+    /// [topography] layers, else every Conv2d and Linear layer.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<String>>,
+}
+
+/// Where results go.
+#[derive(Args, Clone, Debug)]
+pub struct OutputArgs {
+    /// Print the result as JSON on stdout (instead of a table).
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the PNG figures and `<analysis>.json`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// Creates the output directory, if any.
+    pub fn dir(&self) -> Result<Option<&Path>> {
+        if let Some(dir) = &self.out {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Ok(self.out.as_deref())
+    }
+
+    /// Writes `value` to `--out/<name>.json` and prints it (`--json`) or
+    /// `table` (otherwise).
+    pub fn finish<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        table: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if let Some(dir) = self.dir()? {
+            let path = dir.join(format!("{name}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(value)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            print!("{}", table());
+        }
+        Ok(())
+    }
+}
+
+/// Layer patterns: the explicit ones, else the run's topographic layers,
+/// else every Conv2d and Linear layer.
+pub fn layer_patterns(
+    explicit: Option<&[String]>,
+    run: Option<&trainer::RunConfig>,
+) -> Vec<String> {
+    if let Some(patterns) = explicit {
+        return patterns.to_vec();
+    }
+    let from_run: Vec<String> = run
+        .and_then(|r| r.topography.as_ref())
+        .map(|t| t.layers.iter().flat_map(|l| l.patterns.clone()).collect())
+        .unwrap_or_default();
+    if from_run.is_empty() {
+        vec!["**".to_string()]
+    } else {
+        from_run
+    }
+}
+
+/// Which module outputs count as unit responses.
+#[derive(Args, Clone, Debug)]
+pub struct ModuleArgs {
+    /// Measure the outputs of these modules instead of the selected layers'
+    /// (dotted globs over every named module, comma-separated): e.g.
+    /// `layer*.*` for the rectified outputs of a ResNet's residual blocks,
+    /// whose channels are the units of each block's last conv.
+    #[arg(long, value_delimiter = ',')]
+    pub modules: Option<Vec<String>>,
+}
+
+/// The named modules of `model` matching any of `patterns`, in forward order;
+/// a pattern that matches nothing is an error listing the module names.
+pub fn module_names<B: burn::tensor::backend::Backend>(
+    model: &models::Model<B>,
+    patterns: &[String],
+) -> Result<Vec<String>> {
+    use models::Topographic;
+    let modules = model.modules();
+    let mut chosen = vec![false; modules.len()];
+    for text in patterns {
+        let pattern = models::LayerPattern::new(text)?;
+        let mut any = false;
+        for (module, chosen) in modules.iter().zip(chosen.iter_mut()) {
+            if pattern.matches(&module.name) {
+                *chosen = true;
+                any = true;
+            }
+        }
+        if !any {
+            bail!(
+                "--modules {text} matches no module; the modules are: {}",
+                modules
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(modules
+        .into_iter()
+        .zip(chosen)
+        .filter_map(|(m, chosen)| chosen.then_some(m.name))
+        .collect())
+}
+
+/// One selected layer's weights on the host.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub name: String,
+    /// `[units, e]` row-major, PyTorch layout.
+    pub weights: Vec<f32>,
+    pub e: usize,
+    pub sheet: analysis::SheetShape,
+}
+
+/// A loaded model and its selected layers.
+pub struct Loaded {
+    pub model: models::Model<Cpu>,
+    pub run: Option<trainer::RunConfig>,
+    pub patterns: Vec<String>,
+    pub device: CpuDevice,
+}
+
+impl Loaded {
+    pub fn open(args: &ModelArgs) -> Result<Self> {
+        let device = Default::default();
+        let model = trainer::eval::load_model::<Cpu>(&args.checkpoint, &device)
+            .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+        let run = run_config(&args.checkpoint)?;
+        let patterns = layer_patterns(args.layers.as_deref(), run.as_ref());
+        Ok(Loaded {
+            model,
+            run,
+            patterns,
+            device,
+        })
+    }
+
+    /// The selected layers' weights.
+    pub fn layers(&self) -> Result<Vec<LayerWeights>> {
+        layer_weights(&self.model, &self.patterns)
+    }
+
+    /// The modules whose outputs are the unit responses: those matching
+    /// `--modules` when given, else the selected layers.
+    pub fn response_modules(&self, modules: &ModuleArgs) -> Result<Vec<String>> {
+        match &modules.modules {
+            Some(patterns) => module_names(&self.model, patterns),
+            None => {
+                use models::Topographic;
+                let patterns: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
+                Ok(self
+                    .model
+                    .select_layers(&patterns)?
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect())
+            }
+        }
+    }
+
+    /// Input channels of the network.
+    pub fn in_channels(&self) -> usize {
+        input_channels(&self.model)
+    }
+}
+
+/// Input channels of a network.
+pub fn input_channels<B: burn::tensor::backend::Backend>(model: &models::Model<B>) -> usize {
+    match model.architecture() {
+        models::Architecture::ResNet(config) => config.in_channels,
+        models::Architecture::Vit(config) => config.in_channels,
+    }
+}
+
+/// The host weights of the layers of `model` matching `patterns`.
+pub fn layer_weights<B: burn::tensor::backend::Backend>(
+    model: &models::Model<B>,
+    patterns: &[String],
+) -> Result<Vec<LayerWeights>> {
+    use models::Topographic;
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let candidates = model.select_layers(&patterns)?;
+    candidates
+        .into_iter()
+        .map(|c| {
+            let [units, e] = c.flat_shape();
+            let weights = c
+                .weight
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|err| anyhow::anyhow!("cannot read the weights of {}: {err:?}", c.name))?;
+            let sheet = analysis::SheetShape::for_units(units)
+                .map_err(|err| anyhow::anyhow!("{}: {err}", c.name))?;
+            Ok(LayerWeights {
+                name: c.name,
+                weights,
+                e,
+                sheet,
+            })
+        })
+        .collect()
+}
+
+/// A file name for a layer (dots kept, anything odd replaced).
+pub fn file_stem(layer: &str) -> String {
+    layer
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A short name of a checkpoint for figure titles: its file name, with the
+/// run directory for a run's `model` / `step*` / `epoch*` checkpoints.
+pub fn display_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "model" || name.starts_with("step") || name.starts_with("epoch") {
+        path.parent()
+            .and_then(|p| p.file_name())
+            .map(|p| format!("{}/{name}", p.to_string_lossy()))
+            .unwrap_or(name)
+    } else {
+        name
+    }
+}
+
+/// A progress bar over `len` items on stderr (hidden when not a terminal).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Fails unless `value` is finite and within `range`.
+pub fn check_range(name: &str, value: f64, low: f64, high: f64) -> Result<()> {
+    if !(value.is_finite() && value >= low && value <= high) {
+        bail!("{name} must be in [{low}, {high}], got {value}");
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `topotrain analyze smoothness`: cosine similarity of unit weights against
+//! sheet distance for each selected layer, its score, and the model's mean.
+
+use analysis::plots::{line_chart_png, Labels, Series};
+use analysis::smoothness::{mean_score, smoothness, SmoothnessCurve};
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use super::{display_name, LayerWeights, Loaded, ModelArgs, OutputArgs};
+
+#[derive(Args)]
+pub struct SmoothnessArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerSmoothness {
+    pub layer: String,
+    pub sheet_h: usize,
+    pub sheet_w: usize,
+    #[serde(flatten)]
+    pub curve: SmoothnessCurve,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SmoothnessReport {
+    pub checkpoint: String,
+    /// Mean of the layers' scores.
+    pub mean_score: f64,
+    pub layers: Vec<LayerSmoothness>,
+    pub png: Option<String>,
+}
+
+/// Each layer's curve and score.
+pub fn layers_smoothness(layers: &[LayerWeights]) -> Result<Vec<LayerSmoothness>> {
+    layers
+        .iter()
+        .map(|l| {
+            Ok(LayerSmoothness {
+                layer: l.name.clone(),
+                sheet_h: l.sheet.height,
+                sheet_w: l.sheet.width,
+                curve: smoothness(&l.weights, l.e, l.sheet)?,
+            })
+        })
+        .collect()
+}
+
+/// Layers drawn one curve each; more are pooled per stage.
+const MAX_CURVES: usize = 6;
+/// Distance bins with fewer pairs are left off the chart (noise).
+const MIN_PAIRS: u64 = 20;
+
+/// One curve per layer, or with many layers one per stage (the module name
+/// before the first dot), pooling bins weighted by their pairs.
+fn chart_series(layers: &[LayerSmoothness]) -> Vec<Series> {
+    let mut groups: Vec<(String, Vec<&LayerSmoothness>)> = Vec::new();
+    for l in layers {
+        let key = if layers.len() > MAX_CURVES {
+            l.layer.split('.').next().unwrap_or(&l.layer).to_string()
+        } else {
+            l.layer.clone()
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(l),
+            None => groups.push((key, vec![l])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, members)| {
+            let mut bins: std::collections::BTreeMap<u64, (f64, u64)> = Default::default();
+            for l in &members {
+                for ((&d, &c), &n) in l
+                    .curve
+                    .distances
+                    .iter()
+                    .zip(&l.curve.mean_cosine)
+                    .zip(&l.curve.pairs)
+                {
+                    let bin = bins.entry(d.round() as u64).or_default();
+                    bin.0 += c * n as f64;
+                    bin.1 += n;
+                }
+            }
+            let score = members.iter().map(|l| l.curve.score).sum::<f64>() / members.len() as f64;
+            let label = if members.len() > 1 {
+                format!("{key} ({} layers, score {score:.2})", members.len())
+            } else {
+                format!("{key} (score {score:.2})")
+            };
+            Series {
+                label,
+                points: bins
+                    .into_iter()
+                    .filter(|(_, (_, n))| *n >= MIN_PAIRS)
+                    .map(|(d, (sum, n))| (d as f64, sum / n as f64))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+pub fn run(args: SmoothnessArgs) -> Result<()> {
+    let loaded = Loaded::open(&args.model)?;
+    let layers = layers_smoothness(&loaded.layers()?)?;
+    let curves: Vec<SmoothnessCurve> = layers.iter().map(|l| l.curve.clone()).collect();
+    let mean = mean_score(&curves);
+    let mut png = None;
+    if let Some(dir) = args.output.dir()? {
+        analysis::ensure_font()?;
+        let series = chart_series(&layers);
+        let path = dir.join("smoothness.png");
+        let title = format!(
+            "{}: weight smoothness {mean:.3}",
+            display_name(&args.model.checkpoint)
+        );
+        line_chart_png(
+            Labels {
+                title: &title,
+                x: "distance on the sheet (units)",
+                y: "mean cosine similarity of weights",
+            },
+            &series,
+            &path,
+        )?;
+        png = Some(path.display().to_string());
+    }
+    let report = SmoothnessReport {
+        checkpoint: args.model.checkpoint.display().to_string(),
+        mean_score: mean,
+        layers,
+        png,
+    };
+    args.output.finish("smoothness", &report, || {
+        let mut s = format!(
+            "{:<32} {:>9} {:>8} {:>8} {:>8}\n",
+            "layer", "sheet", "near", "far", "score"
+        );
+        for l in &report.layers {
+            s += &format!(
+                "{:<32} {:>9} {:>8.4} {:>8.4} {:>8.4}\n",
+                l.layer,
+                format!("{}x{}", l.sheet_h, l.sheet_w),
+                l.curve.near,
+                l.curve.far,
+                l.curve.score
+            );
+        }
+        s += &format!("mean smoothness score: {:.4}\n", report.mean_score);
+        if let Some(p) = &report.png {
+            s += &format!("wrote {p}\n");
+        }
+        s
+    })
+}

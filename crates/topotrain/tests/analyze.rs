@@ -1,0 +1,645 @@
+//! End-to-end tests of `topotrain analyze ...` on small Fashion-MNIST models
+//! trained here (an untrained one, tau = 0 and tau = 5, through `topotrain
+//! sweep`) and on the shared golden ResNet-18 (BlurPool) PyTorch checkpoint.
+//!
+//! Trained models and the prepared ImageNet-mini set are cached under cargo's
+//! target tmp dir (keyed by their recipe), so a second run skips training.
+//! Needs Debian's dataset-fashion-mnist and fonts-dejavu-core; the stimuli
+//! are the committed `stimuli/` set.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+/// Topographic tau of the test sweep.
+const TAU: f64 = 5.0;
+/// Convs of the residual stages of ResNet-18: 16 3x3 and 3 1x1.
+const TOPOGRAPHIC_LAYERS: usize = 19;
+/// Bump to retrain the cached fixtures.
+const RECIPE: &str = "v2";
+
+fn shared() -> PathBuf {
+    std::env::var_os("TOPOTRAIN_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixtures() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("analyze-fixtures-{RECIPE}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("analyze-out")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn topotrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args(args)
+        .output()
+        .expect("topotrain runs")
+}
+
+fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "topotrain failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `topotrain analyze <args> --json` and parses its stdout.
+fn analyze(args: &[&str]) -> Value {
+    let mut all = vec!["analyze"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let output = ok(topotrain(&all));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn assert_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.starts_with(b"\x89PNG"),
+        "{} is not a PNG",
+        path.display()
+    );
+}
+
+fn have_fashion() -> bool {
+    let ok = Path::new(FASHION)
+        .join("t10k-images-idx3-ubyte.gz")
+        .exists();
+    if !ok {
+        eprintln!("skipping: Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)");
+    }
+    ok
+}
+
+/// The sweep config: a width-8 ResNet-18 (small stem, one channel), 100
+/// steps of 16 images (about a minute per run on two busy cores), TopoLoss
+/// on every conv of the residual stages (19 layers with the 1x1
+/// down-sampling convs). Steps rather than images make topography, so the
+/// batch is small.
+fn sweep_config(out: &Path) -> String {
+    format!(
+        r#"
+[model]
+arch = "resnet18"
+num_classes = 10
+width = 8
+small_stem = true
+in_channels = 1
+
+[data]
+format = "fashion-mnist-idx"
+train = "{FASHION}"
+val = "{FASHION}"
+mean = [72.94]
+std = [90.02]
+resolution = {{ start = 28 }}
+val_resolution = 28
+val_crop_ratio = 1.0
+
+[topography]
+tau = {TAU:?}
+layers = [{{ patterns = ["layer*.**"], factor = 3.0, clamp_factor = true }}]
+
+[optimizer]
+weight_decay = 5e-4
+label_smoothing = 0.1
+
+[lr]
+peak = 0.1
+warmup_epochs = 0.1
+shape = "linear"
+
+[training]
+epochs = 1
+batch_size = 16
+seed = 1
+max_steps_per_epoch = 100
+max_eval_batches = 2
+eval_batch_size = 500
+checkpoint_every_steps = 1000
+log_every_steps = 100
+threads = 0
+
+[output]
+dir = "{}"
+"#,
+        out.display()
+    )
+}
+
+struct Fashion {
+    sweep: PathBuf,
+    tau0: PathBuf,
+    topo: PathBuf,
+    untrained: PathBuf,
+}
+
+/// Trains (once, cached) the tau = 0 and tau = 5 runs and saves an untrained
+/// model of the same architecture.
+fn fashion() -> &'static Fashion {
+    static FIXTURE: OnceLock<Fashion> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let root = fixtures().join("fashion");
+        let sweep = root.join("sweep");
+        std::fs::create_dir_all(&root).unwrap();
+        let config = root.join("base.toml");
+        std::fs::write(&config, sweep_config(&sweep)).unwrap();
+        let taus = format!("0,{TAU}");
+        let start = std::time::Instant::now();
+        ok(topotrain(&[
+            "sweep",
+            "--config",
+            s(&config),
+            "--tau",
+            &taus,
+            "--quiet",
+        ]));
+        eprintln!(
+            "fashion sweep ready in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        let tau0 = sweep.join("tau_0");
+        let topo = sweep.join(format!("tau_{TAU}"));
+        // Beside a copy of tau_0's config, so its input settings are the runs'.
+        let untrained_dir = root.join("untrained");
+        let untrained = untrained_dir.join("model.safetensors");
+        if !untrained.exists() {
+            std::fs::create_dir_all(&untrained_dir).unwrap();
+            std::fs::copy(tau0.join("config.toml"), untrained_dir.join("config.toml")).unwrap();
+            let run = trainer::RunConfig::load(tau0.join("config.toml")).unwrap();
+            let device = Default::default();
+            let model = run
+                .architecture()
+                .unwrap()
+                .init::<trainer::Cpu>(&device)
+                .unwrap();
+            models::save_checkpoint(&model, &untrained).unwrap();
+        }
+        Fashion {
+            sweep,
+            tau0,
+            topo,
+            untrained,
+        }
+    })
+}
+
+/// The committed stimulus set (`stimuli/`, see its README).
+fn stimuli() -> PathBuf {
+    repo().join("stimuli")
+}
+
+/// ImageNet-mini prepared once (val.topo).
+fn imagenet_mini() -> &'static PathBuf {
+    static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let out = fixtures().join("imagenet-mini");
+        if !out.join("val.topo").exists() {
+            let src = shared().join("imagenet-mini");
+            ok(topotrain(&[
+                "prep",
+                "imagenet",
+                "--src",
+                s(&src),
+                "--out",
+                s(&out),
+            ]));
+        }
+        out
+    })
+}
+
+fn golden() -> PathBuf {
+    shared().join("golden/resnet18_blurpool.pt")
+}
+
+fn mean_smoothness(checkpoint: &Path, layers: &str) -> f64 {
+    let report = analyze(&[
+        "smoothness",
+        "--checkpoint",
+        s(checkpoint),
+        "--layers",
+        layers,
+    ]);
+    report["mean_score"].as_f64().unwrap()
+}
+
+#[test]
+fn smoothness_sets_topographic_models_apart() {
+    if !have_fashion() {
+        return;
+    }
+    let f = fashion();
+    let layers = "layer*.**";
+    let untrained = mean_smoothness(&f.untrained, layers);
+    let tau0 = mean_smoothness(&f.tau0, layers);
+    let out = scratch("smoothness");
+    let report = analyze(&["smoothness", "--checkpoint", s(&f.topo), "--out", s(&out)]);
+    let topo = report["mean_score"].as_f64().unwrap();
+    eprintln!("mean smoothness: untrained {untrained:.4}, tau=0 {tau0:.4}, tau={TAU} {topo:.4}");
+    assert!(
+        untrained.abs() < 0.05 && tau0.abs() < 0.05,
+        "no topography scores ~0: {untrained}, {tau0}"
+    );
+    assert!(
+        topo > 0.15 && topo > untrained.max(tau0) + 0.1,
+        "tau={TAU} must score clearly above: {topo}"
+    );
+    // The run's [topography] layers are the default selection.
+    assert_eq!(
+        report["layers"].as_array().unwrap().len(),
+        TOPOGRAPHIC_LAYERS
+    );
+    assert!(report["layers"][0]["mean_cosine"].as_array().unwrap().len() > 1);
+    assert_png(&out.join("smoothness.png"));
+    assert!(out.join("smoothness.json").exists());
+}
+
+/// `analyze dimensionality --json` over the first `images` Fashion-MNIST
+/// test images, at the topographic layers.
+fn dimensionality(checkpoint: &Path, images: usize, extra: &[&str]) -> Value {
+    let images = images.to_string();
+    let mut args = vec![
+        "dimensionality",
+        "--checkpoint",
+        s(checkpoint),
+        "--layers",
+        "layer*.**",
+        "--data",
+        FASHION,
+        "--max-images",
+        &images,
+    ];
+    args.extend_from_slice(extra);
+    analyze(&args)
+}
+
+fn mean_ed(report: &Value) -> f64 {
+    report["mean_effective_dimensionality"].as_f64().unwrap()
+}
+
+#[test]
+fn dimensionality_streams_and_stays_in_bounds() {
+    if !have_fashion() {
+        return;
+    }
+    let f = fashion();
+    let out = scratch("dimensionality");
+    let one = dimensionality(&f.topo, 500, &["--batch", "250", "--out", s(&out)]);
+    assert_eq!(one["timing"]["images"], 500);
+    assert_eq!(one["layers"].as_array().unwrap().len(), TOPOGRAPHIC_LAYERS);
+    for layer in one["layers"].as_array().unwrap() {
+        let ed = layer["effective_dimensionality"].as_f64().unwrap();
+        assert!(
+            ed >= 1.0 && ed <= layer["features"].as_f64().unwrap() + 1e-9,
+            "{layer}"
+        );
+    }
+    // Batches are only how the stream is cut: the same images in other
+    // batches give the same covariance.
+    let rebatched = dimensionality(&f.topo, 500, &["--batch", "64"]);
+    assert!(
+        (mean_ed(&one) - mean_ed(&rebatched)).abs() < 1e-6,
+        "{} vs {}",
+        mean_ed(&one),
+        mean_ed(&rebatched)
+    );
+    assert_png(&out.join("dimensionality.png"));
+    // Block outputs (rectified) instead of the conv outputs.
+    let blocks = analyze(&[
+        "dimensionality",
+        "--checkpoint",
+        s(&f.topo),
+        "--modules",
+        "layer*.*",
+        "--data",
+        FASHION,
+        "--max-images",
+        "250",
+        "--batch",
+        "250",
+    ]);
+    let names: Vec<&str> = blocks["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["layer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0",
+            "layer4.1"
+        ]
+    );
+}
+
+/// The paper's finding: effective dimensionality falls as tau rises. On
+/// these tiny models the margin is small (about 10%: 1.55 at tau 0, 1.39 at
+/// tau 5, untrained 2.48, when written) and not robust to the recipe: runs
+/// with TopoLoss on the 16 3x3 convs only (no 1x1 down-sampling convs),
+/// measured there, gave 1.52 at tau 0 and 1.65 at tau 5. A failure here
+/// after a recipe change is a finding to report, not a bug to hide.
+#[test]
+fn dimensionality_falls_as_tau_rises() {
+    if !have_fashion() {
+        return;
+    }
+    let f = fashion();
+    let untrained = mean_ed(&dimensionality(&f.untrained, 1000, &["--batch", "250"]));
+    let tau0 = mean_ed(&dimensionality(&f.tau0, 1000, &["--batch", "250"]));
+    let topo = mean_ed(&dimensionality(&f.topo, 1000, &["--batch", "250"]));
+    eprintln!(
+        "mean ED over 1000 images: untrained {untrained:.3}, tau=0 {tau0:.3}, tau={TAU} {topo:.3}"
+    );
+    assert!(
+        topo < tau0,
+        "ED must fall with tau: tau={TAU} {topo} vs tau=0 {tau0}"
+    );
+}
+
+#[test]
+fn sheets_draw_a_layer_and_the_grid() {
+    if !have_fashion() {
+        return;
+    }
+    let out = scratch("sheets-fashion");
+    let report = analyze(&[
+        "sheets",
+        "--checkpoint",
+        s(&fashion().topo),
+        "--layer",
+        "layer4.1.conv2",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(
+        report["layers"].as_array().unwrap().len(),
+        TOPOGRAPHIC_LAYERS
+    );
+    assert_png(&out.join("sheet_layer4.1.conv2.png"));
+    assert_png(&out.join("sheets.png"));
+    let bad = topotrain(&[
+        "analyze",
+        "sheets",
+        "--checkpoint",
+        s(&fashion().topo),
+        "--layer",
+        "nope",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("layer4.1.conv2"));
+}
+
+#[test]
+fn selectivity_maps_categories_on_the_sheet() {
+    if !have_fashion() {
+        return;
+    }
+    let out = scratch("selectivity-fashion");
+    let report = analyze(&[
+        "selectivity",
+        "--checkpoint",
+        s(&fashion().topo),
+        "--stimuli",
+        s(&stimuli()),
+        "--max-per-category",
+        "40",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(report["category"], "faces");
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), TOPOGRAPHIC_LAYERS);
+    for layer in layers {
+        for c in layer["comparisons"].as_array().unwrap() {
+            let r = c["correlation"].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&r), "{c}");
+            // No SSIM on sheets narrower than its 3 x 3 window (layer1's 2 x 4).
+            let small = layer["sheet_h"].as_u64().unwrap() < 3;
+            match c["ssim"].as_f64() {
+                Some(ssim) => assert!(!small && (-1.0..=1.0).contains(&ssim), "{c}"),
+                None => assert!(small, "{layer}"),
+            }
+        }
+        assert_png(Path::new(layer["png"].as_str().unwrap()));
+    }
+    // Faces are told apart somewhere.
+    assert!(layers.iter().any(|l| l["max_t"].as_f64().unwrap() > 3.0));
+}
+
+#[test]
+fn prune_and_downsample_trade_accuracy_for_weights() {
+    if !have_fashion() {
+        return;
+    }
+    let out = scratch("prune-fashion");
+    let report = analyze(&[
+        "prune",
+        "--checkpoint",
+        s(&fashion().topo),
+        "--data",
+        FASHION,
+        "--max-images",
+        "1000",
+        "--batch",
+        "250",
+        "--out",
+        s(&out),
+    ]);
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 6);
+    let get = |method: &str, amount: f64| {
+        variants
+            .iter()
+            .find(|v| v["method"] == method && v["amount"].as_f64() == Some(amount))
+            .unwrap_or_else(|| panic!("no {method} {amount}"))
+    };
+    let top1 = |v: &Value| v["top1"].as_f64().unwrap();
+    let dense = get("l1", 0.0);
+    assert_eq!(dense["kept_fraction"].as_f64(), Some(1.0));
+    // Ten classes: chance is 0.1.
+    assert!(top1(dense) > 0.4, "the trained model works: {dense}");
+    let heavy = get("l1", 0.8);
+    assert!((heavy["kept_fraction"].as_f64().unwrap() - 0.2).abs() < 0.01);
+    assert!(top1(heavy) < top1(dense));
+    let down = get("downsample", 2.0);
+    assert!(down["kept_fraction"].as_f64().unwrap() < 0.3);
+    // The unpruned variant is the model itself: same accuracy as `eval`.
+    let eval = ok(topotrain(&[
+        "eval",
+        "--checkpoint",
+        s(&fashion().topo),
+        "--data",
+        FASHION,
+        "--batch",
+        "250",
+        "--max-batches",
+        "4",
+    ]));
+    let eval: Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(eval["top1"].as_f64(), Some(top1(dense)));
+    assert_png(&out.join("prune.png"));
+}
+
+#[test]
+fn sweep_report_plots_accuracy_against_smoothness() {
+    if !have_fashion() {
+        return;
+    }
+    let f = fashion();
+    let out = scratch("sweep-report");
+    let report = analyze(&[
+        "sweep-report",
+        "--sweep",
+        s(&f.sweep),
+        "--data",
+        FASHION,
+        "--max-images",
+        "500",
+        "--batch",
+        "250",
+        "--out",
+        s(&out),
+    ]);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["tau"].as_f64(), Some(0.0));
+    assert_eq!(rows[1]["tau"].as_f64(), Some(TAU));
+    // tau = 0 is measured on the topographic layers of the tau > 0 run.
+    assert_eq!(
+        report["layers"].as_array().unwrap().len(),
+        TOPOGRAPHIC_LAYERS
+    );
+    let sm = |r: &Value| r["mean_smoothness"].as_f64().unwrap();
+    assert!(sm(&rows[1]) > sm(&rows[0]) + 0.1);
+    for row in rows {
+        let ed = row["mean_effective_dimensionality"].as_f64().unwrap();
+        assert!(ed >= 1.0, "{row}");
+    }
+    assert_png(&out.join("pareto.png"));
+    assert_png(&out.join("ed_vs_tau.png"));
+}
+
+/// Every analysis on the published-layout ResNet-18 (a PyTorch state dict).
+#[test]
+fn every_analysis_runs_on_the_golden_resnet18() {
+    let checkpoint = golden();
+    if !checkpoint.exists() {
+        eprintln!("skipping: {} is missing", checkpoint.display());
+        return;
+    }
+    let out = scratch("golden");
+    let ck = s(&checkpoint);
+
+    let sheets = analyze(&["sheets", "--checkpoint", ck, "--out", s(&out)]);
+    // Every Conv2d and Linear: 20 convs and fc.
+    assert_eq!(sheets["layers"].as_array().unwrap().len(), 21);
+    assert_png(&out.join("sheets.png"));
+    assert_png(&out.join("sheet_fc.png"));
+
+    let smooth = analyze(&[
+        "smoothness",
+        "--checkpoint",
+        ck,
+        "--layers",
+        "layer*.**",
+        "--out",
+        s(&out),
+    ]);
+    let mean = smooth["mean_score"].as_f64().unwrap();
+    eprintln!("golden ResNet-18 mean smoothness {mean:.4}");
+    assert!(mean.is_finite());
+    assert_png(&out.join("smoothness.png"));
+
+    let data = imagenet_mini();
+    let ed = analyze(&[
+        "dimensionality",
+        "--checkpoint",
+        ck,
+        "--data",
+        s(data),
+        "--res",
+        "112",
+        "--batch",
+        "16",
+        "--max-images",
+        "48",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(ed["timing"]["images"], 48);
+    assert_eq!(ed["layers"].as_array().unwrap().len(), 21);
+    assert_png(&out.join("dimensionality.png"));
+
+    let sel = analyze(&[
+        "selectivity",
+        "--checkpoint",
+        ck,
+        "--layers",
+        "layer4.1.conv2",
+        "--stimuli",
+        s(&stimuli()),
+        "--max-per-category",
+        "10",
+        "--res",
+        "112",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(sel["layers"][0]["sheet_h"], 16);
+    assert_png(&out.join("selectivity_layer4.1.conv2_faces.png"));
+
+    let prune = analyze(&[
+        "prune",
+        "--checkpoint",
+        ck,
+        "--layers",
+        "layer*.**",
+        "--data",
+        s(data),
+        "--res",
+        "112",
+        "--batch",
+        "16",
+        "--max-images",
+        "16",
+        "--sparsity",
+        "0,0.5",
+        "--factors",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(prune["variants"].as_array().unwrap().len(), 3);
+    assert_png(&out.join("prune.png"));
+}
