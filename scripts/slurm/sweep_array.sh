@@ -2,8 +2,8 @@
 # The paper's tau grid on a SLURM cluster: one array task (one GPU) per tau,
 # then one dependent job that collects the table.
 #
-#   scripts/slurm_sweep.sh configs/resnet18_tau10.toml            # submit
-#   TAUS=0,1,10 scripts/slurm_sweep.sh configs/resnet18_tau10.toml
+#   scripts/slurm/sweep_array.sh configs/resnet18_tau10.toml            # submit
+#   TAUS=0,1,10 scripts/slurm/sweep_array.sh configs/resnet18_tau10.toml
 #
 # Each task runs `topotrain sweep --tau T`, training <output.dir>/tau_T
 # (resumable: a requeued task continues from its last checkpoint; a finished
@@ -12,7 +12,7 @@
 # sweep.json. Build first: cargo build --release --features cuda -p topotrain
 set -euo pipefail
 
-config=${1:?usage: scripts/slurm_sweep.sh BASE.toml [extra sbatch args...]}
+config=${1:?usage: scripts/slurm/sweep_array.sh BASE.toml [extra sbatch args...]}
 shift
 taus=${TAUS:-0,0.5,1,5,10,20,50}
 bin=${TOPOTRAIN:-target/release/topotrain}
