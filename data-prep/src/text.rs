@@ -295,7 +295,7 @@ impl TokenFile {
         // in place (writes go through a rename).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io("cannot map", &path, e))?;
         let tokens = TokenFile { path, map };
-        if tokens.map.len() % 2 != 0 || tokens.len() < 2 {
+        if !tokens.map.len().is_multiple_of(2) || tokens.len() < 2 {
             return Err(DataError::Corrupt {
                 path: tokens.path,
                 what: format!(
