@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages topotrain's data and figures need, once.
-# Fashion-MNIST (the embedded default dataset) and the DejaVu fonts used in
+# Fashion-MNIST (the embedded default dataset), the King James Bible (the
+# language models' corpus, `topotrain prep kjv`) and the DejaVu fonts used in
 # figures come from Debian; nothing is downloaded at run time.
 set -euo pipefail
 
-packages=(dataset-fashion-mnist fonts-dejavu-core)
+packages=(dataset-fashion-mnist bible-kjv fonts-dejavu-core)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

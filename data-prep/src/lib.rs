@@ -1,5 +1,6 @@
 //! `data-prep`: image datasets for topotrain in one memory-mapped file per split,
-//! in the spirit of ffcv, and a fast deterministic batch loader.
+//! in the spirit of ffcv, and a fast deterministic batch loader; token
+//! datasets for language models in [`text`].
 //!
 //! # Writing (`topotrain prep`)
 //!
@@ -63,6 +64,7 @@ pub mod loader;
 pub mod prep;
 pub mod resample;
 pub mod sources;
+pub mod text;
 pub mod transform;
 pub mod writer;
 

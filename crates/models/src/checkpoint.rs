@@ -58,7 +58,7 @@ const BURN_TO_TORCH: [(&str, &str); 5] = [
 ];
 
 /// PyTorch buffers that have no counterpart in Burn and are safe to ignore.
-const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
+pub(crate) const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
 
 /// Container formats we read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,15 +96,18 @@ pub struct CheckpointInfo {
 pub fn inspect_checkpoint(path: impl AsRef<Path>) -> Result<CheckpointInfo, ModelError> {
     let path = path.as_ref();
     let format = CheckpointFormat::from_path(path);
-    let (raw, metadata) = read_shapes(path, format)?;
-    let key_prefix = find_key_prefix(&raw).ok_or_else(|| ModelError::UnknownArchitecture {
-        path: path.to_path_buf(),
-        reason: format!(
-            "no `conv1.weight` (ResNet) or `conv_proj.weight` (ViT) among its {} tensors{}",
-            raw.len(),
-            sample_keys(raw.keys())
-        ),
-    })?;
+    let (raw, metadata) = read_shapes(path, format, ARCHITECTURE_METADATA_KEY)?;
+    let key_prefix =
+        find_key_prefix(&raw, &["conv1.weight", "conv_proj.weight"]).ok_or_else(|| {
+            ModelError::UnknownArchitecture {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "no `conv1.weight` (ResNet) or `conv_proj.weight` (ViT) among its {} tensors{}",
+                    raw.len(),
+                    sample_keys(raw.keys())
+                ),
+            }
+        })?;
     let tensors: BTreeMap<String, Vec<usize>> = raw
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix(&key_prefix).map(|k| (k.to_string(), v)))
@@ -146,34 +149,82 @@ pub fn load_weights<B: Backend>(
     model: &mut Model<B>,
     info: &CheckpointInfo,
 ) -> Result<(), ModelError> {
-    let path = &info.path;
+    let source = StateDictSource {
+        path: &info.path,
+        format: info.format,
+        key_prefix: &info.key_prefix,
+        top_level_key: None,
+        to_burn: &TORCH_TO_BURN,
+        to_torch: &BURN_TO_TORCH,
+        ignored_suffixes: &IGNORED_SUFFIXES,
+        description: info.architecture.describe(),
+    };
+    match model {
+        Model::ResNet(m) => load_module(m, &source),
+        Model::Vit(m) => load_module(m, &source),
+    }
+}
+
+/// Where a state dict is and how its PyTorch names map to a Burn module's.
+pub(crate) struct StateDictSource<'a> {
+    pub path: &'a Path,
+    pub format: CheckpointFormat,
+    /// Stripped from every key (`module.`, `_orig_mod.`...).
+    pub key_prefix: &'a str,
+    /// The entry of a pickled dict that holds the state dict (`model` in
+    /// NanoGPT's `ckpt.pt`), read alone so the rest is not "unexpected".
+    pub top_level_key: Option<&'a str>,
+    /// PyTorch-to-Burn key rewrites (regex, replacement) and their inverse,
+    /// the latter for naming keys in messages.
+    pub to_burn: &'a [(&'a str, &'a str)],
+    pub to_torch: &'a [(&'a str, &'a str)],
+    /// File tensors without a Burn counterpart that are safe to ignore.
+    pub ignored_suffixes: &'a [&'a str],
+    /// The model, for messages.
+    pub description: String,
+}
+
+/// Loads a state dict into any module: every module tensor must be in the
+/// file and every file tensor (but the ignored ones) must be used.
+pub(crate) fn load_module<B: Backend, M: ModuleSnapshot<B>>(
+    module: &mut M,
+    source: &StateDictSource,
+) -> Result<(), ModelError> {
+    let path = source.path;
     let read_error = |message: String| ModelError::Read {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message,
     };
     let mut rules: Vec<(String, String)> = Vec::new();
-    if !info.key_prefix.is_empty() {
+    if !source.key_prefix.is_empty() {
         rules.push((
-            format!("^{}", regex::escape(&info.key_prefix)),
+            format!("^{}", regex::escape(source.key_prefix)),
             String::new(),
         ));
     }
     rules.extend(
-        TORCH_TO_BURN
+        source
+            .to_burn
             .iter()
             .map(|(f, t)| (f.to_string(), t.to_string())),
     );
     let remapper = KeyRemapper::from_patterns(rules).map_err(|e| read_error(e.to_string()))?;
 
-    let result = match info.format {
+    let result = match source.format {
         CheckpointFormat::PyTorch => {
-            let mut store = PytorchStore::from_file(path)
+            let mut store = PytorchStore::from_file(path);
+            if let Some(key) = source.top_level_key {
+                store = store.with_top_level_key(key);
+            }
+            let mut store = store
                 .remap(remapper)
                 .map_indices_contiguous(false)
                 .skip_enum_variants(true)
                 .allow_partial(true)
                 .validate(false);
-            apply(model, &mut store).map_err(|e| read_error(e.to_string()))?
+            module
+                .load_from(&mut store)
+                .map_err(|e| read_error(e.to_string()))?
         }
         CheckpointFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
@@ -182,28 +233,16 @@ pub fn load_weights<B: Backend>(
                 .skip_enum_variants(true)
                 .allow_partial(true)
                 .validate(false);
-            apply(model, &mut store).map_err(|e| read_error(e.to_string()))?
+            module
+                .load_from(&mut store)
+                .map_err(|e| read_error(e.to_string()))?
         }
     };
-    check_apply_result(&result, path, &info.architecture)
+    check_apply_result(&result, source)
 }
 
-fn apply<B: Backend, S: burn_store::ModuleStore>(
-    model: &mut Model<B>,
-    store: &mut S,
-) -> Result<ApplyResult, S::Error> {
-    match model {
-        Model::ResNet(m) => m.load_from(store),
-        Model::Vit(m) => m.load_from(store),
-    }
-}
-
-fn check_apply_result(
-    result: &ApplyResult,
-    path: &Path,
-    architecture: &Architecture,
-) -> Result<(), ModelError> {
-    let to_torch = key_mapper(&BURN_TO_TORCH);
+fn check_apply_result(result: &ApplyResult, source: &StateDictSource) -> Result<(), ModelError> {
+    let to_torch = key_mapper(source.to_torch);
     if !result.missing.is_empty() {
         let keys: Vec<String> = result
             .missing
@@ -211,8 +250,8 @@ fn check_apply_result(
             .map(|(burn_path, _)| to_torch(&strip_enum_variants(burn_path)))
             .collect();
         return Err(ModelError::MissingTensors {
-            path: path.to_path_buf(),
-            architecture: architecture.describe(),
+            path: source.path.to_path_buf(),
+            architecture: source.description.clone(),
             count: keys.len(),
             keys,
         });
@@ -240,7 +279,7 @@ fn check_apply_result(
     let unused: Vec<String> = result
         .unused
         .iter()
-        .filter(|k| !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+        .filter(|k| !source.ignored_suffixes.iter().any(|s| k.ends_with(s)))
         .filter(|k| !applied_as_norm(k))
         .map(|k| to_torch(k))
         .collect();
@@ -251,8 +290,8 @@ fn check_apply_result(
         Ok(())
     } else {
         Err(ModelError::Mismatch {
-            path: path.to_path_buf(),
-            architecture: architecture.describe(),
+            path: source.path.to_path_buf(),
+            architecture: source.description.clone(),
             details,
         })
     }
@@ -265,31 +304,53 @@ pub fn save_checkpoint<B: Backend>(
     path: impl AsRef<Path>,
 ) -> Result<(), ModelError> {
     let path = path.as_ref();
+    let architecture =
+        serde_json::to_string(&model.architecture()).map_err(|e| ModelError::Write {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let metadata = (ARCHITECTURE_METADATA_KEY, architecture);
+    match model {
+        Model::ResNet(m) => save_module(m, path, &BURN_TO_TORCH, metadata),
+        Model::Vit(m) => save_module(m, path, &BURN_TO_TORCH, metadata),
+    }
+}
+
+/// Saves any module as a safetensors state dict in PyTorch layout (Burn
+/// keys rewritten by `to_torch`), with one metadata entry.
+pub(crate) fn save_module<B: Backend, M: ModuleSnapshot<B>>(
+    module: &M,
+    path: &Path,
+    to_torch: &[(&str, &str)],
+    (metadata_key, metadata): (&str, String),
+) -> Result<(), ModelError> {
     let write_error = |message: String| ModelError::Write {
         path: path.to_path_buf(),
         message,
     };
-    let architecture =
-        serde_json::to_string(&model.architecture()).map_err(|e| write_error(e.to_string()))?;
-    let remapper = KeyRemapper::from_patterns(BURN_TO_TORCH.to_vec())
-        .map_err(|e| write_error(e.to_string()))?;
+    let remapper =
+        KeyRemapper::from_patterns(to_torch.to_vec()).map_err(|e| write_error(e.to_string()))?;
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter)
         .remap(remapper)
         .skip_enum_variants(true)
-        .metadata(ARCHITECTURE_METADATA_KEY, architecture)
+        .metadata(metadata_key, metadata)
         .overwrite(true);
-    match model {
-        Model::ResNet(m) => m.save_into(&mut store),
-        Model::Vit(m) => m.save_into(&mut store),
-    }
-    .map_err(|e| write_error(e.to_string()))
+    module
+        .save_into(&mut store)
+        .map_err(|e| write_error(e.to_string()))
 }
 
 /// Tensor names to shapes, plus our architecture metadata if present.
-type ShapesAndMetadata = (BTreeMap<String, Vec<usize>>, Option<String>);
+pub(crate) type ShapesAndMetadata = (BTreeMap<String, Vec<usize>>, Option<String>);
 
-fn read_shapes(path: &Path, format: CheckpointFormat) -> Result<ShapesAndMetadata, ModelError> {
+/// Names and shapes of a file's tensors, and its metadata entry `metadata_key`
+/// (safetensors only).
+pub(crate) fn read_shapes(
+    path: &Path,
+    format: CheckpointFormat,
+    metadata_key: &str,
+) -> Result<ShapesAndMetadata, ModelError> {
     let read_error = |message: String| ModelError::Read {
         path: path.to_path_buf(),
         message,
@@ -316,16 +377,19 @@ fn read_shapes(path: &Path, format: CheckpointFormat) -> Result<ShapesAndMetadat
             let architecture = metadata
                 .metadata()
                 .as_ref()
-                .and_then(|m| m.get(ARCHITECTURE_METADATA_KEY).cloned());
+                .and_then(|m| m.get(metadata_key).cloned());
             Ok((shapes, architecture))
         }
     }
 }
 
-/// The prefix before torchvision's names (`""`, `module.`, `state_dict.`...),
-/// found from the stem conv's key.
-fn find_key_prefix(tensors: &BTreeMap<String, Vec<usize>>) -> Option<String> {
-    ["conv1.weight", "conv_proj.weight"]
+/// The prefix before PyTorch's names (`""`, `module.`, `state_dict.`...),
+/// found from the key of one of `stems` (the first layer's weight).
+pub(crate) fn find_key_prefix(
+    tensors: &BTreeMap<String, Vec<usize>>,
+    stems: &[&str],
+) -> Option<String> {
+    stems
         .iter()
         .flat_map(|stem| {
             tensors.keys().filter_map(move |key| {
@@ -358,7 +422,7 @@ pub fn infer_architecture(tensors: &BTreeMap<String, Vec<usize>>) -> Result<Arch
     }
 }
 
-fn shape_of<'a>(
+pub(crate) fn shape_of<'a>(
     tensors: &'a BTreeMap<String, Vec<usize>>,
     key: &str,
 ) -> Result<&'a [usize], String> {
@@ -368,12 +432,15 @@ fn shape_of<'a>(
         .ok_or_else(|| format!("tensor `{key}` is missing"))
 }
 
-fn rank_error(key: &str, shape: &[usize], expected: &str) -> String {
+pub(crate) fn rank_error(key: &str, shape: &[usize], expected: &str) -> String {
     format!("`{key}` has shape {shape:?}, expected {expected}")
 }
 
 /// Distinct `N` in keys `<prefix>N.*`; errors unless they are `0..count`.
-fn count_indexed(tensors: &BTreeMap<String, Vec<usize>>, prefix: &str) -> Result<usize, String> {
+pub(crate) fn count_indexed(
+    tensors: &BTreeMap<String, Vec<usize>>,
+    prefix: &str,
+) -> Result<usize, String> {
     let indices: BTreeSet<usize> = tensors
         .keys()
         .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
@@ -473,7 +540,7 @@ fn infer_vit(tensors: &BTreeMap<String, Vec<usize>>) -> Result<VitConfig, String
 }
 
 /// A closure applying regex rewrites in order to a key (or a message).
-fn key_mapper(rules: &[(&str, &str)]) -> impl Fn(&str) -> String {
+pub(crate) fn key_mapper(rules: &[(&str, &str)]) -> impl Fn(&str) -> String {
     // The patterns are constants of this module, covered by tests.
     let compiled: Vec<(Regex, String)> = rules
         .iter()
@@ -494,7 +561,7 @@ fn strip_enum_variants(path: &str) -> String {
         .join(".")
 }
 
-fn sample_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+pub(crate) fn sample_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
     let sample: Vec<&str> = keys.take(5).map(String::as_str).collect();
     if sample.is_empty() {
         String::new()
@@ -540,7 +607,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert_eq!(find_key_prefix(&tensors).as_deref(), Some("module."));
+        assert_eq!(
+            find_key_prefix(&tensors, &["conv1.weight"]).as_deref(),
+            Some("module.")
+        );
     }
 
     #[test]

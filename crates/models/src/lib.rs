@@ -1,5 +1,6 @@
-//! Vision models for topotrain: ResNet-18/50 and ViT-B/32 in Burn, with
-//! torchvision's module names so PyTorch checkpoints load key for key.
+//! Models for topotrain: ResNet-18/50 and ViT-B/32 in Burn, with
+//! torchvision's module names so PyTorch checkpoints load key for key, and a
+//! GPT with NanoGPT's names.
 //!
 //! - [`resnet`], [`vit`], [`blurpool`]: the networks ([`Model`] holds either).
 //! - [`checkpoint`]: load PyTorch `.pt` and safetensors state dicts, infer the
@@ -11,10 +12,14 @@
 //! - [`taps`]: capturing intermediate module outputs by name.
 //! - [`topography`]: TopoLoss on a model's selected layers, its gradient
 //!   added to training's gradients on the host or on the device.
+//! - [`gpt`], [`gpt_checkpoint`]: a NanoGPT-named GPT language model
+//!   (TopoLoss on each block's `mlp.c_fc`) and its checkpoint IO.
 
 pub mod blurpool;
 pub mod checkpoint;
 mod error;
+pub mod gpt;
+pub mod gpt_checkpoint;
 pub mod hooks;
 pub mod model;
 pub mod resnet;
@@ -27,6 +32,8 @@ pub use checkpoint::{
     CheckpointFormat, CheckpointInfo,
 };
 pub use error::ModelError;
+pub use gpt::{Gpt, GptConfig};
+pub use gpt_checkpoint::{inspect_gpt_checkpoint, load_gpt, save_gpt, GptCheckpointInfo};
 pub use hooks::{
     select, LayerKind, LayerPattern, ModuleInfo, NativeGradient, TopoCandidate, Topographic,
 };

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use data_prep::{ImagenetVal, PrepOptions, PrepSummary, Storage};
-use std::path::PathBuf;
+use data_prep::{text, ImagenetVal, PrepOptions, PrepSummary, Storage};
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum PrepCommand {
@@ -52,6 +53,37 @@ pub enum PrepCommand {
         #[arg(long, default_value = "data/fashion-mnist")]
         out: PathBuf,
     },
+    /// A UTF-8 text file into GPT-2 tokens: <OUT>/train.bin, val.bin (u16, NanoGPT's
+    /// format) and meta.json; the last --val-fraction of the text is validation.
+    Text {
+        /// The text file ("-" reads standard input).
+        #[arg(long)]
+        src: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        split: TextSplitArgs,
+        /// Remove Bible verse references ("Ge1:1 ") at line starts.
+        #[arg(long)]
+        strip_verse_references: bool,
+    },
+    /// The King James Bible from Debian's bible-kjv package (`bible -f gen1:1-rev22:21`,
+    /// verse references stripped), tokenised as `prep text` does.
+    Kjv {
+        /// Output folder.
+        #[arg(long, default_value = "data/kjv")]
+        out: PathBuf,
+        #[command(flatten)]
+        split: TextSplitArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct TextSplitArgs {
+    /// Fraction of the text (its end, cut at a line) kept for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +147,33 @@ impl PrepArgs {
 
 pub fn run(command: PrepCommand) -> anyhow::Result<()> {
     let (summary, json) = match command {
+        PrepCommand::Text {
+            src,
+            out,
+            split,
+            strip_verse_references,
+        } => {
+            let text = read_text(&src)?;
+            let text = if strip_verse_references {
+                text::strip_verse_references(&text)
+            } else {
+                text
+            };
+            let source = format!(
+                "{}{}",
+                src.display(),
+                if strip_verse_references {
+                    ", verse references stripped"
+                } else {
+                    ""
+                }
+            );
+            return prep_tokens(&text, &source, &out, split.val_fraction);
+        }
+        PrepCommand::Kjv { out, split } => {
+            let text = text::kjv_text()?;
+            return prep_tokens(&text, &text::kjv_provenance(), &out, split.val_fraction);
+        }
         PrepCommand::Imagenet {
             src,
             out,
@@ -157,6 +216,36 @@ pub fn run(command: PrepCommand) -> anyhow::Result<()> {
     } else {
         print_summary(&summary);
     }
+    Ok(())
+}
+
+fn read_text(src: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if src == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input as UTF-8 text")?;
+    } else {
+        text = std::fs::read_to_string(src)
+            .with_context(|| format!("cannot read {} as UTF-8 text", src.display()))?;
+    }
+    Ok(text)
+}
+
+fn prep_tokens(text: &str, source: &str, out: &Path, val_fraction: f64) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let meta = text::prep_text(text, source, out, val_fraction)
+        .with_context(|| format!("prep text into {}", out.display()))?;
+    println!(
+        "{}: {} bytes -> {} train + {} val tokens ({}) in {:.1} s\n  -> {}",
+        meta.source,
+        meta.text_bytes,
+        meta.train_tokens,
+        meta.val_tokens,
+        meta.tokenizer,
+        start.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(())
 }
 
