@@ -8,24 +8,19 @@
 //! are the committed `stimuli/` set.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+mod common;
+use common::{fashion_config, have_fashion, shared, topotrain, topotrain_ok, FASHION};
+
 /// Topographic tau of the test sweep.
 const TAU: f64 = 5.0;
 /// Convs of the residual stages of ResNet-18: 16 3x3 and 3 1x1.
 const TOPOGRAPHIC_LAYERS: usize = 19;
 /// Bump to retrain the cached fixtures.
 const RECIPE: &str = "v2";
-
-fn shared() -> PathBuf {
-    std::env::var_os("TOPOTRAIN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -46,29 +41,12 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn topotrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_topotrain"))
-        .args(args)
-        .output()
-        .expect("topotrain runs")
-}
-
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "topotrain failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// Runs `topotrain analyze <args> --json` and parses its stdout.
 fn analyze(args: &[&str]) -> Value {
     let mut all = vec!["analyze"];
     all.extend_from_slice(args);
     all.push("--json");
-    let output = ok(topotrain(&all));
+    let output = topotrain_ok(&all);
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {}",
@@ -90,56 +68,13 @@ fn assert_png(path: &Path) {
     );
 }
 
-fn have_fashion() -> bool {
-    let ok = Path::new(FASHION)
-        .join("t10k-images-idx3-ubyte.gz")
-        .exists();
-    if !ok {
-        eprintln!("skipping: Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)");
-    }
-    ok
-}
-
 /// The sweep config: a width-8 ResNet-18 (small stem, one channel), 100
 /// steps of 16 images (about a minute per run on two busy cores), TopoLoss
 /// on every conv of the residual stages (19 layers with the 1x1
 /// down-sampling convs). Steps rather than images make topography, so the
 /// batch is small.
 fn sweep_config(out: &Path) -> String {
-    format!(
-        r#"
-[model]
-arch = "resnet18"
-num_classes = 10
-width = 8
-small_stem = true
-in_channels = 1
-
-[data]
-format = "fashion-mnist-idx"
-train = "{FASHION}"
-val = "{FASHION}"
-mean = [72.94]
-std = [90.02]
-resolution = {{ start = 28 }}
-val_resolution = 28
-val_crop_ratio = 1.0
-
-[topography]
-tau = {TAU:?}
-layers = [{{ patterns = ["layer*.**"], factor = 3.0, clamp_factor = true }}]
-
-[optimizer]
-weight_decay = 5e-4
-label_smoothing = 0.1
-
-[lr]
-peak = 0.1
-warmup_epochs = 0.1
-shape = "linear"
-
-[training]
-epochs = 1
+    let training = "epochs = 1
 batch_size = 16
 seed = 1
 max_steps_per_epoch = 100
@@ -148,12 +83,8 @@ eval_batch_size = 500
 checkpoint_every_steps = 1000
 log_every_steps = 100
 threads = 0
-
-[output]
-dir = "{}"
-"#,
-        out.display()
-    )
+";
+    fashion_config(out, TAU, 0.1, training)
 }
 
 struct Fashion {
@@ -175,14 +106,7 @@ fn fashion() -> &'static Fashion {
         std::fs::write(&config, sweep_config(&sweep)).unwrap();
         let taus = format!("0,{TAU}");
         let start = std::time::Instant::now();
-        ok(topotrain(&[
-            "sweep",
-            "--config",
-            s(&config),
-            "--tau",
-            &taus,
-            "--quiet",
-        ]));
+        topotrain_ok(&["sweep", "--config", s(&config), "--tau", &taus, "--quiet"]);
         eprintln!(
             "fashion sweep ready in {:.1} s",
             start.elapsed().as_secs_f64()
@@ -227,14 +151,7 @@ fn imagenet_mini() -> &'static PathBuf {
         let out = fixtures().join("imagenet-mini");
         if !out.join("val.topo").exists() {
             let src = shared().join("imagenet-mini");
-            ok(topotrain(&[
-                "prep",
-                "imagenet",
-                "--src",
-                s(&src),
-                "--out",
-                s(&out),
-            ]));
+            topotrain_ok(&["prep", "imagenet", "--src", s(&src), "--out", s(&out)]);
         }
         out
     })
@@ -501,7 +418,7 @@ fn prune_and_downsample_trade_accuracy_for_weights() {
     let down = get("downsample", 2.0);
     assert!(down["kept_fraction"].as_f64().unwrap() < 0.3);
     // The unpruned variant is the model itself: same accuracy as `eval`.
-    let eval = ok(topotrain(&[
+    let eval = topotrain_ok(&[
         "eval",
         "--checkpoint",
         s(&fashion().topo),
@@ -511,7 +428,7 @@ fn prune_and_downsample_trade_accuracy_for_weights() {
         "250",
         "--max-batches",
         "4",
-    ]));
+    ]);
     let eval: Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(eval["top1"].as_f64(), Some(top1(dense)));
     assert_png(&out.join("prune.png"));

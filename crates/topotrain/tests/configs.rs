@@ -5,32 +5,14 @@
 //! the rest of each config runs as shipped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use trainer::RunConfig;
 
+mod common;
+use common::{shared, topotrain_ok};
+
 fn configs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs")
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("TOPOTRAIN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-fn topotrain(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_topotrain"))
-        .args(args)
-        .output()
-        .expect("topotrain runs");
-    assert!(
-        output.status.success(),
-        "topotrain {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// `resnet18_tau0.5_88ep.toml` -> ("resnet18", 0.5, 88 epochs or 16).
@@ -128,7 +110,7 @@ fn imagenet_configs_train_a_few_steps_on_imagenet_mini() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("imagenet");
-    topotrain(&[
+    topotrain_ok(&[
         "prep",
         "imagenet",
         "--src",
@@ -142,7 +124,7 @@ fn imagenet_configs_train_a_few_steps_on_imagenet_mini() {
     ]);
     for name in ["resnet18_tau10", "resnet50_tau30", "vit_b_32_tau10"] {
         let config = small_run(name, &data, dir.path());
-        let output = topotrain(&["fit", "--quiet", "--config", config.to_str().unwrap()]);
+        let output = topotrain_ok(&["fit", "--quiet", "--config", config.to_str().unwrap()]);
         let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(summary["steps"], 2, "{name}");
         assert!(

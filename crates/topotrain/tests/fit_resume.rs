@@ -6,53 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+mod common;
+use common::{assert_success, fashion_config, have_fashion, topotrain, FASHION};
 
-fn have_data() -> bool {
-    let ok = Path::new(FASHION)
-        .join("train-images-idx3-ubyte.gz")
-        .exists();
-    if !ok {
-        eprintln!("skipping: Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)");
-    }
-    ok
-}
-
+/// Two epochs of 6 steps, a checkpoint every 2 steps; `extra_training`
+/// adds lines to `[training]`.
 fn config(out: &Path, tau: f64, extra_training: &str) -> String {
-    format!(
-        r#"
-[model]
-arch = "resnet18"
-num_classes = 10
-width = 8
-small_stem = true
-in_channels = 1
-
-[data]
-format = "fashion-mnist-idx"
-train = "{FASHION}"
-val = "{FASHION}"
-mean = [72.94]
-std = [90.02]
-resolution = {{ start = 28 }}
-val_resolution = 28
-val_crop_ratio = 1.0
-
-[topography]
-tau = {tau:?}
-layers = [{{ patterns = ["layer*.**"], factor = 3.0, clamp_factor = true }}]
-
-[optimizer]
-weight_decay = 5e-4
-label_smoothing = 0.1
-
-[lr]
-peak = 0.1
-warmup_epochs = 1
-shape = "linear"
-
-[training]
-epochs = 2
+    let training = format!(
+        "epochs = 2
 batch_size = 32
 seed = 7
 max_steps_per_epoch = 6
@@ -62,25 +23,15 @@ checkpoint_every_steps = 2
 log_every_steps = 1
 threads = 1
 {extra_training}
-
-[output]
-dir = "{}"
-"#,
-        out.display()
-    )
+"
+    );
+    fashion_config(out, tau, 1.0, &training)
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn topotrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_topotrain"))
-        .args(args)
-        .output()
-        .expect("topotrain runs")
 }
 
 fn fit(config: &Path, extra: &[&str]) -> Output {
@@ -158,18 +109,9 @@ fn assert_same_weights(a: &Path, b: &Path) {
     }
 }
 
-fn ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "topotrain failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
-    if !have_data() {
+    if !have_fashion() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -177,7 +119,7 @@ fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
     let resumed = dir.path().join("resumed");
     let a = write_config(dir.path(), "a.toml", &config(&straight, 1.0, ""));
     let b = write_config(dir.path(), "b.toml", &config(&resumed, 1.0, ""));
-    ok(&fit(&a, &[]));
+    assert_success(&fit(&a, &[]));
 
     // Step 9 is mid-epoch 2, one step after the step-8 checkpoint.
     let killed = fit(&b, &["--abort-after-steps", "9"]);
@@ -189,13 +131,13 @@ fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
         "restarting without --resume must refuse"
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    ok(&fit(&b, &["--resume"]));
+    assert_success(&fit(&b, &["--resume"]));
     assert_same_results(&straight, &resumed);
 }
 
 #[test]
 fn sigkill_and_resume_matches_an_uninterrupted_run() {
-    if !have_data() {
+    if !have_fashion() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +145,7 @@ fn sigkill_and_resume_matches_an_uninterrupted_run() {
     let killed = dir.path().join("killed");
     let a = write_config(dir.path(), "a.toml", &config(&straight, 2.0, ""));
     let b = write_config(dir.path(), "b.toml", &config(&killed, 2.0, ""));
-    ok(&fit(&a, &[]));
+    assert_success(&fit(&a, &[]));
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_topotrain"))
         .args(["fit", "--quiet", "--config", b.to_str().unwrap()])
@@ -219,13 +161,13 @@ fn sigkill_and_resume_matches_an_uninterrupted_run() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(latest.exists(), "no checkpoint within 2 minutes");
-    ok(&fit(&b, &["--resume"]));
+    assert_success(&fit(&b, &["--resume"]));
     assert_same_results(&straight, &killed);
 }
 
 #[test]
 fn divergence_stops_with_the_step() {
-    if !have_data() {
+    if !have_fashion() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -262,7 +204,7 @@ fn config_errors_name_the_key() {
 
 #[test]
 fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
-    if !have_data() {
+    if !have_fashion() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -281,7 +223,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         "0,5",
     ];
     let first = topotrain(&args);
-    ok(&first);
+    assert_success(&first);
     let table = std::fs::read_to_string(base.join("sweep.md")).unwrap();
     assert!(
         table.contains("| 0 |") && table.contains("| 5 |"),
@@ -292,7 +234,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
     assert_eq!(rows.as_array().unwrap().len(), 2);
     // Finished runs are not trained again.
     let second = topotrain(&args);
-    ok(&second);
+    assert_success(&second);
     assert!(String::from_utf8_lossy(&second.stderr).contains("finished earlier"));
 
     // eval on the run directory and on the exported safetensors agree.
@@ -308,7 +250,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         "--batch",
         "64",
     ]);
-    ok(&on_run);
+    assert_success(&on_run);
     let weights = run.join("final.safetensors");
     let on_weights = topotrain(&[
         "eval",
@@ -329,7 +271,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         "--crop-ratio",
         "1.0",
     ]);
-    ok(&on_weights);
+    assert_success(&on_weights);
     let parse = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
     let (x, y) = (parse(&on_run), parse(&on_weights));
     assert_eq!(x["top1"], y["top1"]);

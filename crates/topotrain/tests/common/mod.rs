@@ -1,0 +1,97 @@
+//! Pieces shared by the end-to-end tests: where the data lives, running the
+//! binary, and the tiny Fashion-MNIST run config.
+// Each test binary uses a different subset of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+/// `../shared` beside the workspace, or `$TOPOTRAIN_SHARED`.
+pub fn shared() -> PathBuf {
+    std::env::var_os("TOPOTRAIN_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+/// Whether Fashion-MNIST is installed; says why a test is skipped if not.
+pub fn have_fashion() -> bool {
+    let ok = Path::new(FASHION)
+        .join("train-images-idx3-ubyte.gz")
+        .exists();
+    if !ok {
+        eprintln!("skipping: Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)");
+    }
+    ok
+}
+
+/// Runs the topotrain binary; the caller checks the outcome.
+pub fn topotrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args(args)
+        .output()
+        .expect("topotrain runs")
+}
+
+/// Runs the topotrain binary and fails the test unless it succeeded.
+pub fn topotrain_ok(args: &[&str]) -> Output {
+    let output = topotrain(args);
+    assert_success(&output);
+    output
+}
+
+/// Fails the test, showing the program's output, unless it succeeded.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "topotrain failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A width-8 ResNet-18 (small stem, one channel) on Fashion-MNIST with
+/// TopoLoss at `tau` on every conv of the residual stages, written to `out`;
+/// `training` is the whole `[training]` section's body.
+pub fn fashion_config(out: &Path, tau: f64, warmup_epochs: f64, training: &str) -> String {
+    format!(
+        r#"
+[model]
+arch = "resnet18"
+num_classes = 10
+width = 8
+small_stem = true
+in_channels = 1
+
+[data]
+format = "fashion-mnist-idx"
+train = "{FASHION}"
+val = "{FASHION}"
+mean = [72.94]
+std = [90.02]
+resolution = {{ start = 28 }}
+val_resolution = 28
+val_crop_ratio = 1.0
+
+[topography]
+tau = {tau:?}
+layers = [{{ patterns = ["layer*.**"], factor = 3.0, clamp_factor = true }}]
+
+[optimizer]
+weight_decay = 5e-4
+label_smoothing = 0.1
+
+[lr]
+peak = 0.1
+warmup_epochs = {warmup_epochs:?}
+shape = "linear"
+
+[training]
+{training}
+[output]
+dir = "{}"
+"#,
+        out.display()
+    )
+}
