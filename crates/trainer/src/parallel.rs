@@ -10,8 +10,9 @@
 //! per-shard statistics (PyTorch's DDP without SyncBatchNorm does the same),
 //! and the running statistics kept are the first device's.
 //!
-//! Several nodes run one process each; [`shard_range`] gives each process
-//! (rank) its share of an epoch's batches.
+//! Sharding the data between processes (one per node) is data-prep's
+//! loader's job (`LoaderConfig::rank` and `world_size`); [`shard_range`]
+//! splits one batch between the devices of a process.
 
 use std::ops::Range;
 
