@@ -115,6 +115,32 @@ pub enum TopoEngine {
     Device,
 }
 
+impl TopoEngine {
+    /// `Auto` made concrete: the host kernel when the model lives in host
+    /// memory, tensor ops on the device for an accelerator.
+    pub fn resolve(self, on_accelerator: bool) -> TopoEngine {
+        match self {
+            TopoEngine::Auto if on_accelerator => TopoEngine::Device,
+            TopoEngine::Auto => TopoEngine::Host,
+            chosen => chosen,
+        }
+    }
+}
+
+impl std::str::FromStr for TopoEngine {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(TopoEngine::Auto),
+            "host" => Ok(TopoEngine::Host),
+            "device" => Ok(TopoEngine::Device),
+            _ => Err(format!(
+                "unknown TopoLoss engine '{text}': use auto, host or device"
+            )),
+        }
+    }
+}
+
 /// Errors of building or applying a topography.
 #[derive(Debug, thiserror::Error)]
 pub enum TopographyError {
@@ -707,5 +733,18 @@ mod tests {
         bias.layers[0].source = SheetSource::Bias;
         let error = Topography::new(&model, &bias).unwrap_err().to_string();
         assert!(error.contains("no bias"), "{error}");
+    }
+
+    #[test]
+    fn auto_engine_follows_the_device() {
+        assert_eq!(TopoEngine::Auto.resolve(false), TopoEngine::Host);
+        assert_eq!(TopoEngine::Auto.resolve(true), TopoEngine::Device);
+        assert_eq!(TopoEngine::Host.resolve(true), TopoEngine::Host);
+        assert_eq!(TopoEngine::Device.resolve(false), TopoEngine::Device);
+        assert_eq!("device".parse(), Ok(TopoEngine::Device));
+        assert!("gpu"
+            .parse::<TopoEngine>()
+            .unwrap_err()
+            .contains("auto, host or device"));
     }
 }

@@ -43,11 +43,7 @@ impl BackendJob for Job {
         let model = Architecture::from_name(&args.arch, 1000)?.init::<B>(&device)?;
         let config = TopographyConfig::uniform(&["**".to_string()], args.factor, 1.0);
         let topography = Topography::new(&model, &config)?;
-        let engine = if choice.is_cpu() {
-            TopoEngine::Host
-        } else {
-            TopoEngine::Device
-        };
+        let engine = TopoEngine::Auto.resolve(!choice.is_cpu());
         let mut times = Vec::with_capacity(args.repeats);
         for run in 0..args.repeats.max(1) + 2 {
             let mut grads = GradientsParams::new();

@@ -47,19 +47,13 @@ pub struct BenchTrainArgs {
     /// Blur factor for --topo-tau.
     #[arg(long, default_value_t = 3.0)]
     pub topo_factor: f64,
-    /// Where TopoLoss runs: host (CPU kernel) or device (tensor ops on the
-    /// model's device); default: host on the CPU, device on a GPU.
-    #[arg(long)]
-    pub topo_engine: Option<EngineArg>,
+    /// Where TopoLoss runs: host (CPU kernel), device (tensor ops on the
+    /// model's device) or auto (host on the CPU, device on a GPU).
+    #[arg(long, default_value = "auto")]
+    pub topo_engine: TopoEngine,
     /// Print only `{"sec_per_step": ...}` and the other fields as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum EngineArg {
-    Host,
-    Device,
 }
 
 pub fn run(args: BenchTrainArgs) -> Result<()> {
@@ -84,10 +78,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     }
     let topography = args.topo_tau.map(|tau| BenchTopography {
         config: TopographyConfig::uniform(&args.topo_layers, args.topo_factor, tau),
-        engine: match (args.topo_engine, args.device.is_cpu()) {
-            (Some(EngineArg::Host), _) | (None, true) => TopoEngine::Host,
-            (Some(EngineArg::Device), _) | (None, false) => TopoEngine::Device,
-        },
+        engine: args.topo_engine.resolve(!args.device.is_cpu()),
     });
     let result = run_on(
         args.device,

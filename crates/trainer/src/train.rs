@@ -118,16 +118,11 @@ pub fn fit<B: AutodiffBackend>(
             );
         }
     }
-    let engine = match config.topography.as_ref().map(|t| t.engine) {
-        Some(TopoEngine::Auto) | None => {
-            if options.accelerator {
-                TopoEngine::Device
-            } else {
-                TopoEngine::Host
-            }
-        }
-        Some(e) => e,
-    };
+    let engine = config
+        .topography
+        .as_ref()
+        .map_or(TopoEngine::Auto, |t| t.engine)
+        .resolve(options.accelerator);
     let o = &config.optimizer;
     // Weight decay is added to the gradients (BatchNorm exempt, see
     // `weight_decay`), so the optimiser itself has none.
