@@ -42,6 +42,6 @@ echo
 echo "| tau | test top-1 | mean TopoLoss (tau = 1) | sheet smoothness | picture |"
 echo "| ---: | ---: | ---: | ---: | --- |"
 for summary in runs/fashion_mnist_tau*/summary.json; do
-    printf "| %s | %s | %s | %s | %s |\n" "$(field "$summary" tau)" "$(field "$summary" val_top1)" \
+    printf "| %s | %.4f | %.4f | %.3f | %s |\n" "$(field "$summary" tau)" "$(field "$summary" val_top1)" \
         "$(field "$summary" mean_topo_loss)" "$(field "$summary" smoothness)" "$(field "$summary" png)"
 done
