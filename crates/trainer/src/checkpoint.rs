@@ -48,6 +48,9 @@ pub struct Running {
     pub correct: u64,
     pub task_loss: f64,
     pub topo_loss: f64,
+    /// Training seconds of the epoch so far (for its images per second).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Metrics of one finished epoch.

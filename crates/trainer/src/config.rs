@@ -309,6 +309,8 @@ impl RunConfig {
     }
 
     /// Checks ranges and consistency; errors name the key and the value.
+    // `!(x > 0.0)` on purpose: NaN fails the check too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Result<()> {
         fn bad<T: std::fmt::Debug>(key: &str, value: T, why: &str) -> anyhow::Error {
             anyhow::anyhow!("{key} = {value:?}: {why}")

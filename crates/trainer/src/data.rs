@@ -114,8 +114,10 @@ impl DataSet {
                         resolution,
                     } => {
                         let mut c = data_prep::LoaderConfig::train(batch_size, resolution);
-                        let mut crop = data_prep::RandomResizedCrop::default();
-                        crop.scale = (crop_scale[0], crop_scale[1]);
+                        let crop = data_prep::RandomResizedCrop {
+                            scale: (crop_scale[0], crop_scale[1]),
+                            ..Default::default()
+                        };
                         c.pipeline = data_prep::Pipeline::Train(data_prep::TrainAugment {
                             crop,
                             flip: *flip,

@@ -262,11 +262,16 @@ pub fn fit<B: AutodiffBackend>(
             state.running.correct += correct;
             state.running.task_loss += task_loss;
             state.running.topo_loss += topo_loss;
-            state.train_seconds += step_start.elapsed().as_secs_f64();
+            let step_seconds = step_start.elapsed().as_secs_f64();
+            state.running.seconds += step_seconds;
+            state.train_seconds += step_seconds;
             let images_per_sec =
                 epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             let tau = report.as_ref().map_or(0.0, mean_tau);
-            if state.step % config.training.log_every_steps as u64 == 0 {
+            if state
+                .step
+                .is_multiple_of(config.training.log_every_steps as u64)
+            {
                 metrics.write(&StepLine {
                     kind: "train",
                     epoch: epoch + 1,
@@ -296,7 +301,7 @@ pub fn fit<B: AutodiffBackend>(
                 last_report = report;
             }
             let every = config.training.checkpoint_every_steps as u64;
-            if every > 0 && state.step % every == 0 && state.batch < steps_per_epoch {
+            if every > 0 && state.step.is_multiple_of(every) && state.batch < steps_per_epoch {
                 last_checkpoint = Some(save(
                     &run_dir, config, &state, &model, &optimizer, &recorder,
                 )?);
@@ -313,7 +318,7 @@ pub fn fit<B: AutodiffBackend>(
 
         // End of epoch: evaluate, record, checkpoint.
         let last_epoch = epoch + 1 == epochs;
-        let eval = if last_epoch || (epoch + 1) % config.training.eval_every_epochs == 0 {
+        let eval = if last_epoch || (epoch + 1).is_multiple_of(config.training.eval_every_epochs) {
             Some(run_eval(config, &model.valid(), &val_data, &device)?)
         } else {
             None
@@ -339,7 +344,7 @@ pub fn fit<B: AutodiffBackend>(
             val_top1: eval.as_ref().map(|e| e.top1),
             val_top5: eval.as_ref().map(|e| e.top5),
             val_loss: eval.as_ref().map(|e| e.loss),
-            images_per_sec: r.images as f64 / state.train_seconds.max(1e-9),
+            images_per_sec: r.images as f64 / r.seconds.max(1e-9),
         };
         eprintln!(
             "epoch {}/{}: train loss {:.4} acc {:.2}% topo {:.4}{} ({:.0} img/s, {:.1}s)",
