@@ -5,6 +5,7 @@
 use std::error::Error;
 use std::path::Path;
 
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::RgbImage;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -44,12 +45,20 @@ pub(crate) fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
             source: image::ImageError::IoError(source),
         })?;
     }
-    image
-        .save_with_format(path, image::ImageFormat::Png)
-        .map_err(|source| AnalysisError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    let write_error = |source| AnalysisError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file =
+        std::fs::File::create(path).map_err(|e| write_error(image::ImageError::IoError(e)))?;
+    // Figures are mostly flat colour: the best compression makes them about
+    // three times smaller than the default, for milliseconds more.
+    let encoder = PngEncoder::new_with_quality(
+        std::io::BufWriter::new(file),
+        CompressionType::Best,
+        PngFilter::Adaptive,
+    );
+    image.write_with_encoder(encoder).map_err(write_error)
 }
 
 /// Draws an RGB image with each pixel as a `block x block` square whose top

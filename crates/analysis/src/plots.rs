@@ -102,12 +102,35 @@ fn axes<'a, 'b>(
     Ok(chart)
 }
 
-/// The legend of the labelled series, in the lower left corner (where
-/// accuracy-against-cost curves leave room).
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
+/// The corner of the `xr x yr` plot whose quarter holds the fewest of
+/// `points` (the first such of lower left, lower right, upper left, upper
+/// right), so the legend box covers as little data as possible.
+fn emptiest_corner(points: &[(f64, f64)], xr: (f64, f64), yr: (f64, f64)) -> SeriesLabelPosition {
+    let mid = ((xr.0 + xr.1) / 2.0, (yr.0 + yr.1) / 2.0);
+    let corners = [
+        (SeriesLabelPosition::LowerLeft, false, false),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::UpperRight, true, true),
+    ];
+    let count = |right: bool, upper: bool| {
+        points
+            .iter()
+            .filter(|p| (p.0 > mid.0) == right && (p.1 > mid.1) == upper)
+            .count()
+    };
+    corners
+        .into_iter()
+        .min_by_key(|&(_, right, upper)| count(right, upper))
+        .map(|(position, _, _)| position)
+        .unwrap_or(SeriesLabelPosition::LowerLeft)
+}
+
+/// The legend of the labelled series, at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> DrawResult {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(position)
         .label_font(("sans-serif", LABEL_SIZE))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
@@ -148,7 +171,8 @@ pub fn line_chart(labels: Labels, series: &[Series]) -> Result<RgbImage> {
             )?;
         }
         if series.iter().any(|s| !s.label.is_empty()) {
-            legend(&mut chart)?;
+            let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
+            legend(&mut chart, emptiest_corner(&all, xr, yr))?;
         }
         Ok(())
     })
@@ -218,7 +242,7 @@ pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage>
                 );
             chart.draw_series(std::iter::once(marker))?;
         }
-        legend(&mut chart)?;
+        legend(&mut chart, emptiest_corner(&xy, xr, yr))?;
         Ok(())
     })
 }
@@ -238,6 +262,22 @@ mod tests {
         x: "parameters kept (%)",
         y: "top-1 accuracy (%)",
     };
+
+    #[test]
+    fn legend_goes_to_the_emptiest_corner() {
+        let (xr, yr) = ((0.0, 10.0), (0.0, 10.0));
+        // Points in the lower left (collapsed variants) and upper right.
+        let points = [(1.0, 1.0), (2.0, 1.0), (9.0, 9.0)];
+        assert!(matches!(
+            emptiest_corner(&points, xr, yr),
+            SeriesLabelPosition::LowerRight
+        ));
+        let rising = [(1.0, 1.0), (5.5, 4.0), (9.0, 9.0), (6.0, 9.0), (9.0, 2.0)];
+        assert!(matches!(
+            emptiest_corner(&rising, xr, yr),
+            SeriesLabelPosition::UpperLeft
+        ));
+    }
 
     #[test]
     fn pareto_front_keeps_only_undominated_points() {

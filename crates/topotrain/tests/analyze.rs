@@ -282,17 +282,25 @@ fn dimensionality_streams_and_stays_in_bounds() {
     );
 }
 
-/// The paper's finding: effective dimensionality falls as tau rises. On
-/// these tiny models the margin is small (about 10%: 1.55 at tau 0, 1.39 at
-/// tau 5, when written) and not robust to the recipe: runs
-/// with TopoLoss on the 16 3x3 convs only (no 1x1 down-sampling convs),
-/// measured there, gave 1.52 at tau 0 and 1.65 at tau 5. The untrained
-/// model's ED is printed, not ordered: the paper does not report it, and
-/// across random initialisations it was 1.37 and 2.48 (2.10 with the
-/// runs' seed, as now). A failure here
-/// after a recipe change is a finding to report, not a bug to hide.
+/// The paper's finding: effective dimensionality falls as tau rises.
+///
+/// It does not hold reliably on these tiny models, so the test is ignored
+/// but kept runnable (`--include-ignored`; it fails today). Mean ED over
+/// 1,000 test images of the 100-step fixture runs, measured with the same
+/// analysis code each time; only the trained weights differ:
+///
+/// | recipe | tau 0 | tau 5 |
+/// | --- | ---: | ---: |
+/// | before the trainer merge, TopoLoss on the 19 convs | 1.55 | 1.39 |
+/// | before the trainer merge, on the 16 3x3 convs only | 1.52 | 1.65 |
+/// | after it (BatchNorm without weight decay, new shuffle), 19 convs | 1.44 | 1.67 |
+///
+/// One direction (roughly the overall response level) holds most of the
+/// variance, and which way tau moves the rest is within what recipe details
+/// change. The untrained model's ED (2.10 with the runs' seed; 1.37 and 2.48
+/// with others) is printed, not ordered: the paper does not report it.
 #[test]
-#[ignore = "failed on main once the trainer and analyze branches were merged (the trainer recipe changed: BatchNorm without weight decay, data-prep shuffle); cause not yet found, see issue 5"]
+#[ignore = "ED ordering is noise-level on the tiny test models: tau 0 vs tau 5 flips with recipe details (1.55/1.39, 1.52/1.65, 1.44/1.67); see the comment above"]
 fn dimensionality_falls_as_tau_rises() {
     if !have_fashion() {
         return;

@@ -228,6 +228,15 @@ pub fn run(args: DimensionalityArgs) -> Result<()> {
     if let Some(dir) = args.output.dir()? {
         analysis::ensure_font()?;
         let path = dir.join("dimensionality.png");
+        let x_label = match (layers.first(), layers.last()) {
+            (Some(first), Some(last)) if layers.len() > 1 => format!(
+                "layer in forward order (0 = {}, {} = {})",
+                first.layer,
+                layers.len() - 1,
+                last.layer
+            ),
+            _ => "layer".to_string(),
+        };
         let title = format!(
             "{}: effective dimensionality, mean {mean:.2}",
             display_name(&args.model.checkpoint)
@@ -235,7 +244,7 @@ pub fn run(args: DimensionalityArgs) -> Result<()> {
         line_chart_png(
             Labels {
                 title: &title,
-                x: "layer (forward order)",
+                x: &x_label,
                 y: "effective dimensionality",
             },
             &[Series {
