@@ -13,6 +13,7 @@ mod device;
 mod eval;
 mod fit;
 mod inspect;
+mod language;
 mod prep;
 mod sweep;
 
@@ -45,6 +46,11 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Save the outputs of named modules of a checkpoint on an input batch (eval mode).
     Activations(activations::ActivationsArgs),
+    /// LoRA fine-tuning of a GPT checkpoint (base weights frozen).
+    Finetune(language::FinetuneArgs),
+    /// Analyses of trained language models.
+    #[command(subcommand)]
+    Analyze(language::AnalyzeCommand),
 }
 
 fn main() {
@@ -57,6 +63,8 @@ fn main() {
         Command::Sweep(args) => sweep::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Activations(args) => activations::run(args),
+        Command::Finetune(args) => language::run_finetune(args),
+        Command::Analyze(command) => language::run_analyze(command),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -11,6 +11,8 @@
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
+//! - [`language`]: GPT language models: training on token files, LoRA
+//!   fine-tuning, pruning.
 
 pub mod bench;
 pub mod checkpoint;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod language;
 pub mod sweep;
 pub mod train;
 
