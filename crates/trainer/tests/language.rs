@@ -8,7 +8,7 @@ use std::path::Path;
 use data_prep::text::{kjv_text, prep_text};
 use trainer::language::{fit_language, open_tokens, prune_curve, LanguageConfig};
 
-fn config(data: &Path, out: &Path) -> String {
+fn config_text(data: &Path, out: &Path) -> String {
     format!(
         r#"
 [gpt]
@@ -65,7 +65,7 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
 
     // Training: validation loss falls, metrics carry perplexity and TopoLoss.
     let run = dir.path().join("pre");
-    let config = LanguageConfig::parse(&config(&data, &run)).unwrap();
+    let config = LanguageConfig::parse(&config_text(&data, &run)).unwrap();
     let summary = fit_language::<trainer::CpuTrain>(&config, Default::default(), false).unwrap();
     assert!(
         summary.val_loss < summary.initial_val_loss - 1.0,
@@ -88,7 +88,7 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
     // LoRA on c_fc: the merged result differs from the base in c_fc only.
     let base = summary.final_weights.clone();
     let tuned = dir.path().join("lora");
-    let lora_config = config(&data, &tuned)
+    let lora_config = config_text(&data, &tuned)
         .replace(
             "[gpt]\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\nvocab_size = 50257\n",
             &format!(
