@@ -33,8 +33,13 @@ use crate::error::{DataError, Result};
 pub const TOKENIZER: &str = "gpt2 (tiktoken r50k_base)";
 /// GPT-2's vocabulary: 50256 merges/bytes plus `<|endoftext|>`.
 pub const GPT2_VOCAB_SIZE: usize = 50257;
-/// The `bible` invocation printing the whole King James Bible.
-pub const KJV_COMMAND: [&str; 3] = ["bible", "-f", "gen1:1-rev22:21"];
+/// The `bible` program and its flag for plain output; the verse range follows.
+pub const KJV_COMMAND: [&str; 2] = ["bible", "-f"];
+/// The whole King James Bible as a `bible` verse range.
+pub const KJV_WHOLE: &str = "gen1:1-rev22:21";
+/// The Old and New Testaments, for pre-training on one and fine-tuning on the other.
+pub const KJV_OLD_TESTAMENT: &str = "gen1:1-mal4:6";
+pub const KJV_NEW_TESTAMENT: &str = "mat1:1-rev22:21";
 /// Bytes of text tokenised per parallel task.
 const CHUNK_BYTES: usize = 1 << 16;
 
@@ -95,27 +100,26 @@ fn without_reference(line: &str) -> &str {
     }
 }
 
-/// Runs Debian's `bible` program and returns the whole King James Bible,
-/// verse references stripped, one verse per line.
-pub fn kjv_text() -> Result<String> {
-    let [program, args @ ..] = KJV_COMMAND;
+/// Runs Debian's `bible` program and returns the verses of `range` (e.g.
+/// [`KJV_WHOLE`]), references stripped, one verse per line.
+pub fn kjv_text(range: &str) -> Result<String> {
+    let [program, flag] = KJV_COMMAND;
+    let invocation = format!("{program} {flag} {range}");
     let output = Command::new(program)
-        .args(args)
+        .args([flag, range])
         .output()
         .map_err(|e| DataError::BadSource {
             path: PathBuf::from(program),
             problem: format!(
-                "cannot run `{}` ({e}); install Debian's bible-kjv package \
-                 (`apt-get install bible-kjv`, done by scripts/setup.sh)",
-                KJV_COMMAND.join(" ")
+                "cannot run `{invocation}` ({e}); install Debian's bible-kjv package \
+                 (`apt-get install bible-kjv`, done by scripts/setup.sh)"
             ),
         })?;
     if !output.status.success() {
         return Err(DataError::BadSource {
             path: PathBuf::from(program),
             problem: format!(
-                "`{}` failed ({}): {}",
-                KJV_COMMAND.join(" "),
+                "`{invocation}` failed ({}): {}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             ),
@@ -125,11 +129,19 @@ pub fn kjv_text() -> Result<String> {
         path: PathBuf::from(program),
         problem: format!("output is not UTF-8: {e}"),
     })?;
+    if text.trim().is_empty() {
+        return Err(DataError::BadSource {
+            path: PathBuf::from(program),
+            problem: format!(
+                "`{invocation}` printed nothing; is `{range}` a verse range such as {KJV_WHOLE}?"
+            ),
+        });
+    }
     Ok(strip_verse_references(&text))
 }
 
-/// Where the KJV text came from, with the package version when dpkg knows it.
-pub fn kjv_provenance() -> String {
+/// Where the KJV text of `range` came from, with the package version when dpkg knows it.
+pub fn kjv_provenance(range: &str) -> String {
     let version = Command::new("dpkg-query")
         .args(["-W", "-f", "${Version}", "bible-kjv-text"])
         .output()
@@ -138,7 +150,7 @@ pub fn kjv_provenance() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|v| !v.is_empty());
     format!(
-        "King James Bible (public domain), Debian package bible-kjv-text {}, `{}`, verse references stripped",
+        "King James Bible (public domain), Debian package bible-kjv-text {}, `{} {range}`, verse references stripped",
         version.as_deref().unwrap_or("(version unknown)"),
         KJV_COMMAND.join(" ")
     )

@@ -14,9 +14,13 @@
 //!
 //! Every block's `mlp.c_fc` (`n_embd -> 4 n_embd`) is a topographic
 //! candidate: TopoNets put TopoLoss on exactly these layers.
+//!
+//! For fine-tuning, [`Gpt::with_lora`] freezes all weights and adds LoRA
+//! adapters ([`Lora`], [`LoraConfig`]) beside chosen Linear layers of every
+//! block; [`Gpt::merge_lora`] folds them back into plain weights.
 
 use burn::config::Config;
-use burn::module::{Initializer, Module};
+use burn::module::{Initializer, Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
 };
@@ -25,6 +29,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
+
+use serde::{Deserialize, Serialize};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::taps::{join_name, Taps};
@@ -144,6 +150,8 @@ impl GptConfig {
                 attn: CausalSelfAttention {
                     c_attn: linear(dim, 3 * dim, INIT_STD),
                     c_proj: linear(dim, dim, residual_std),
+                    c_attn_lora: None,
+                    c_proj_lora: None,
                     resid_dropout: dropout(),
                     n_head: self.n_head,
                 },
@@ -151,6 +159,8 @@ impl GptConfig {
                 mlp: Mlp {
                     c_fc: linear(dim, self.mlp_dim(), INIT_STD),
                     c_proj: linear(self.mlp_dim(), dim, residual_std),
+                    c_fc_lora: None,
+                    c_proj_lora: None,
                     dropout: dropout(),
                 },
             })
@@ -212,6 +222,9 @@ pub struct Block<B: Backend> {
 pub struct CausalSelfAttention<B: Backend> {
     pub c_attn: Linear<B>,
     pub c_proj: Linear<B>,
+    /// LoRA adapters of `c_attn` / `c_proj` (fine-tuning only).
+    pub c_attn_lora: Option<Lora<B>>,
+    pub c_proj_lora: Option<Lora<B>>,
     pub resid_dropout: Dropout,
     pub n_head: usize,
 }
@@ -222,7 +235,95 @@ pub struct Mlp<B: Backend> {
     /// `n_embd -> 4 n_embd`: the topographic layer of TopoNets.
     pub c_fc: Linear<B>,
     pub c_proj: Linear<B>,
+    /// LoRA adapters of `c_fc` / `c_proj` (fine-tuning only).
+    pub c_fc_lora: Option<Lora<B>>,
+    pub c_proj_lora: Option<Lora<B>>,
     pub dropout: Dropout,
+}
+
+/// A low-rank adapter (LoRA, Hu et al. 2021) beside a frozen Linear layer:
+/// adds `scale * x A B` to its output, `A` `[in, rank]`, `B` `[rank, out]`
+/// (Burn's `[in, out]` orientation), `scale = alpha / rank`. `B` starts at
+/// zero, so a fresh adapter leaves the model unchanged.
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    pub lora_a: Param<Tensor<B, 2>>,
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub scale: f64,
+}
+
+impl<B: Backend> Lora<B> {
+    fn new(input: usize, output: usize, config: &LoraConfig, device: &B::Device) -> Self {
+        // PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0.
+        let bound = 1.0 / (input as f64).sqrt();
+        Lora {
+            lora_a: Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            }
+            .init([input, config.rank], device),
+            lora_b: Initializer::Zeros.init([config.rank, output], device),
+            scale: config.alpha / config.rank as f64,
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.matmul(self.lora_a.val().unsqueeze::<3>())
+            .matmul(self.lora_b.val().unsqueeze::<3>())
+            * self.scale
+    }
+
+    /// `scale * A B`, the change of the adapted layer's `[in, out]` weight.
+    fn weight_delta(&self) -> Tensor<B, 2> {
+        self.lora_a.val().matmul(self.lora_b.val()) * self.scale
+    }
+}
+
+/// Block layers LoRA can adapt (names inside a block).
+pub const LORA_TARGETS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// The `[lora]` section of a fine-tuning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank of every adapter.
+    pub rank: usize,
+    /// Scale numerator: adapters add `alpha / rank * x A B`.
+    pub alpha: f64,
+    /// Which layers of every block get an adapter, from [`LORA_TARGETS`].
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    /// Checks rank, alpha and target names.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.rank == 0 {
+            return Err(ModelError::InvalidConfig("LoRA rank must be > 0".into()));
+        }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return Err(ModelError::InvalidConfig(format!(
+                "LoRA alpha {} must be positive",
+                self.alpha
+            )));
+        }
+        if self.targets.is_empty() {
+            return Err(ModelError::InvalidConfig(format!(
+                "LoRA targets are empty; choose from {}",
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        if let Some(bad) = self
+            .targets
+            .iter()
+            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+        {
+            return Err(ModelError::InvalidConfig(format!(
+                "LoRA target '{bad}' is not one of {}",
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl<B: Backend> CausalSelfAttention<B> {
@@ -230,7 +331,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         let [batch, tokens, dim] = x.dims();
         let heads = self.n_head;
         let head_dim = dim / heads;
-        let qkv = self.c_attn.forward(x);
+        let qkv = adapted(&self.c_attn, &self.c_attn_lora, x);
         // Columns [k*dim, (k+1)*dim) of c_attn's output are q, k, v.
         let split = |k: usize| {
             qkv.clone()
@@ -245,7 +346,8 @@ impl<B: Backend> CausalSelfAttention<B> {
         let context = attention(split(0), split(1), split(2), None, None, options)
             .swap_dims(1, 2)
             .reshape([batch, tokens, dim]);
-        self.resid_dropout.forward(self.c_proj.forward(context))
+        self.resid_dropout
+            .forward(adapted(&self.c_proj, &self.c_proj_lora, context))
     }
 }
 
@@ -256,11 +358,28 @@ impl<B: Backend> Block<B> {
         let x = x + y;
         let y = taps.offer_in(name, "ln_2", self.ln_2.forward(x.clone()));
         let mlp = join_name(name, "mlp");
-        let y = taps.offer_in(&mlp, "c_fc", self.mlp.c_fc.forward(y));
+        let y = taps.offer_in(
+            &mlp,
+            "c_fc",
+            adapted(&self.mlp.c_fc, &self.mlp.c_fc_lora, y),
+        );
         let y = taps.offer_in(&mlp, "gelu", gelu(y));
-        let y = taps.offer_in(&mlp, "c_proj", self.mlp.c_proj.forward(y));
+        let y = adapted(&self.mlp.c_proj, &self.mlp.c_proj_lora, y);
+        let y = taps.offer_in(&mlp, "c_proj", y);
         let y = taps.offer(&mlp, self.mlp.dropout.forward(y));
         taps.offer(name, x + y)
+    }
+}
+
+/// A Linear layer's output plus its adapter's, if any.
+fn adapted<B: Backend>(
+    linear: &Linear<B>,
+    lora: &Option<Lora<B>>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match lora {
+        Some(adapter) => linear.forward(x.clone()) + adapter.forward(x),
+        None => linear.forward(x),
     }
 }
 
@@ -307,9 +426,100 @@ impl<B: Backend> Gpt<B> {
         let x = taps.offer("transformer.ln_f", t.ln_f.forward(x));
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(t.wte.weight.val().transpose().unsqueeze::<3>()),
+            None => {
+                // One [batch * tokens, n_embd] x [n_embd, vocab] product (a
+                // broadcast batched matmul is much slower on the CPU backend).
+                let [batch, tokens, dim] = x.dims();
+                let vocab = t.wte.weight.dims()[0];
+                x.reshape([batch * tokens, dim])
+                    .matmul(t.wte.weight.val().transpose())
+                    .reshape([batch, tokens, vocab])
+            }
         };
         taps.offer("lm_head", logits)
+    }
+
+    /// Freezes every weight and adds fresh LoRA adapters to the `targets`
+    /// of every block: training then changes the adapters only.
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        let mut model = self.no_grad();
+        let wants = |name: &str| config.targets.iter().any(|t| t == name);
+        let adapter = |linear: &Linear<B>| {
+            let [input, output] = linear.weight.dims();
+            Some(Lora::new(input, output, config, device))
+        };
+        for block in &mut model.transformer.h {
+            let (attn, mlp) = (&mut block.attn, &mut block.mlp);
+            if wants("attn.c_attn") {
+                attn.c_attn_lora = adapter(&attn.c_attn);
+            }
+            if wants("attn.c_proj") {
+                attn.c_proj_lora = adapter(&attn.c_proj);
+            }
+            if wants("mlp.c_fc") {
+                mlp.c_fc_lora = adapter(&mlp.c_fc);
+            }
+            if wants("mlp.c_proj") {
+                mlp.c_proj_lora = adapter(&mlp.c_proj);
+            }
+        }
+        Ok(model)
+    }
+
+    /// Folds every adapter into its layer's weight and drops the adapters:
+    /// a plain GPT computing the same function.
+    pub fn merge_lora(mut self) -> Self {
+        fn merge<B: Backend>(linear: &mut Linear<B>, lora: &mut Option<Lora<B>>) {
+            if let Some(adapter) = lora.take() {
+                let delta = adapter.weight_delta();
+                linear.weight = linear.weight.clone().map(|w| w + delta);
+            }
+        }
+        for block in &mut self.transformer.h {
+            merge(&mut block.attn.c_attn, &mut block.attn.c_attn_lora);
+            merge(&mut block.attn.c_proj, &mut block.attn.c_proj_lora);
+            merge(&mut block.mlp.c_fc, &mut block.mlp.c_fc_lora);
+            merge(&mut block.mlp.c_proj, &mut block.mlp.c_proj_lora);
+        }
+        self
+    }
+
+    /// The Linear layer of a topographic-candidate name
+    /// (`transformer.h.N.mlp.c_fc`, ..., `lm_head` when untied).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
+        if name == "lm_head" {
+            return self.lm_head.as_mut();
+        }
+        let rest = name.strip_prefix("transformer.h.")?;
+        let (index, layer) = rest.split_once('.')?;
+        let block = self.transformer.h.get_mut(index.parse::<usize>().ok()?)?;
+        match layer {
+            "attn.c_attn" => Some(&mut block.attn.c_attn),
+            "attn.c_proj" => Some(&mut block.attn.c_proj),
+            "mlp.c_fc" => Some(&mut block.mlp.c_fc),
+            "mlp.c_proj" => Some(&mut block.mlp.c_proj),
+            _ => None,
+        }
+    }
+
+    /// Parameters in LoRA adapters.
+    pub fn lora_parameters(&self) -> usize {
+        let count = |lora: &Option<Lora<B>>| {
+            lora.as_ref().map_or(0, |l| {
+                l.lora_a.val().shape().num_elements() + l.lora_b.val().shape().num_elements()
+            })
+        };
+        self.transformer
+            .h
+            .iter()
+            .map(|b| {
+                count(&b.attn.c_attn_lora)
+                    + count(&b.attn.c_proj_lora)
+                    + count(&b.mlp.c_fc_lora)
+                    + count(&b.mlp.c_proj_lora)
+            })
+            .sum()
     }
 
     /// Checks that `dims` is a batch of token sequences this network accepts.

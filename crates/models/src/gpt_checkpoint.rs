@@ -283,6 +283,13 @@ pub fn load_gpt_weights<B: Backend>(
 /// as metadata. Overwrites an existing file.
 pub fn save_gpt<B: Backend>(model: &Gpt<B>, path: impl AsRef<Path>) -> Result<(), ModelError> {
     let path = path.as_ref();
+    if model.lora_parameters() > 0 {
+        return Err(ModelError::Write {
+            path: path.to_path_buf(),
+            message: "the model has LoRA adapters; merge them (Gpt::merge_lora) before saving"
+                .to_string(),
+        });
+    }
     let config = serde_json::to_string(&model.config()).map_err(|e| ModelError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),

@@ -32,7 +32,7 @@ pub use checkpoint::{
     CheckpointFormat, CheckpointInfo,
 };
 pub use error::ModelError;
-pub use gpt::{Gpt, GptConfig};
+pub use gpt::{Gpt, GptConfig, LoraConfig, LORA_TARGETS};
 pub use gpt_checkpoint::{inspect_gpt_checkpoint, load_gpt, save_gpt, GptCheckpointInfo};
 pub use hooks::{
     select, LayerKind, LayerPattern, ModuleInfo, NativeGradient, TopoCandidate, Topographic,

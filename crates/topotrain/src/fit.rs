@@ -62,6 +62,9 @@ pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
 }
 
 pub fn run(args: FitArgs) -> Result<()> {
+    if is_language_config(&args.config) {
+        return crate::language::run_fit(&args);
+    }
     let config = load_config(&args)?;
     let options = FitOptions {
         resume: args.resume,
@@ -72,6 +75,12 @@ pub fn run(args: FitArgs) -> Result<()> {
     let summary = fit_on_device(&config, options)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// Whether the config file is a language config (unreadable files are left
+/// to the vision loader, which reports them).
+fn is_language_config(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| trainer::language::is_language_config(&text))
 }
 
 /// Trains on the config's device.

@@ -14,6 +14,7 @@ mod device;
 mod eval;
 mod fit;
 mod inspect;
+mod language;
 mod prep;
 mod sweep;
 mod validation;
@@ -47,6 +48,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Save the outputs of named modules of a checkpoint on an input batch (eval mode).
     Activations(activations::ActivationsArgs),
+    /// LoRA fine-tuning of a GPT checkpoint (base weights frozen).
+    Finetune(language::FinetuneArgs),
     /// Analyses of a checkpoint: sheets, smoothness, dimensionality, selectivity, pruning, sweep report.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
@@ -62,6 +65,7 @@ fn main() {
         Command::Sweep(args) => sweep::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Activations(args) => activations::run(args),
+        Command::Finetune(args) => language::run_finetune(args),
         Command::Analyze(cmd) => analyze::run(cmd),
     };
     if let Err(error) = result {

@@ -68,12 +68,16 @@ pub enum PrepCommand {
         #[arg(long)]
         strip_verse_references: bool,
     },
-    /// The King James Bible from Debian's bible-kjv package (`bible -f gen1:1-rev22:21`,
+    /// The King James Bible from Debian's bible-kjv package (`bible -f RANGE`,
     /// verse references stripped), tokenised as `prep text` does.
     Kjv {
         /// Output folder.
         #[arg(long, default_value = "data/kjv")]
         out: PathBuf,
+        /// Verses to take: the whole Bible (gen1:1-rev22:21), the Old Testament
+        /// (gen1:1-mal4:6), the New (mat1:1-rev22:21), or any `bible` range.
+        #[arg(long, default_value = text::KJV_WHOLE)]
+        range: String,
         #[command(flatten)]
         split: TextSplitArgs,
     },
@@ -170,9 +174,10 @@ pub fn run(command: PrepCommand) -> anyhow::Result<()> {
             );
             return prep_tokens(&text, &source, &out, split.val_fraction);
         }
-        PrepCommand::Kjv { out, split } => {
-            let text = text::kjv_text()?;
-            return prep_tokens(&text, &text::kjv_provenance(), &out, split.val_fraction);
+        PrepCommand::Kjv { out, range, split } => {
+            let text = text::kjv_text(&range)?;
+            let source = text::kjv_provenance(&range);
+            return prep_tokens(&text, &source, &out, split.val_fraction);
         }
         PrepCommand::Imagenet {
             src,

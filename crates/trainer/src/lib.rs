@@ -13,6 +13,8 @@
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`weight_decay`]: L2 decay with BatchNorm parameters exempt (ffcv).
+//! - [`language`]: GPT language models: training on token files, LoRA
+//!   fine-tuning, pruning.
 
 pub mod bench;
 pub mod checkpoint;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod language;
 pub mod parallel;
 pub mod sheet;
 pub mod sweep;

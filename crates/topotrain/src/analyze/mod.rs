@@ -22,7 +22,7 @@ use crate::validation::run_config;
 
 mod data;
 mod dimensionality;
-mod prune;
+pub mod prune;
 mod selectivity;
 mod sheets;
 mod smoothness;

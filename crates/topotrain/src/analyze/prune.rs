@@ -2,6 +2,9 @@
 //! (topographic) layers are L1-pruned at several sparsities, or their weight
 //! sheets down-sampled by several factors, and each variant is evaluated:
 //! accuracy against the share of those layers' weights kept.
+//!
+//! A GPT checkpoint goes to [`crate::language::prune`] instead: L1 pruning
+//! of its `c_fc` layers, scored by validation loss on a token folder.
 
 use std::collections::HashMap;
 
@@ -39,6 +42,8 @@ pub struct PruneArgs {
     pub factors: Vec<f64>,
     #[arg(long, value_enum, default_value = "per-layer")]
     pub scope: Scope,
+    #[command(flatten)]
+    pub language: crate::language::LanguagePruneArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -117,6 +122,9 @@ fn with_weights(
 pub fn run(args: PruneArgs) -> Result<()> {
     for &s in &args.sparsity {
         check_range("--sparsity", s, 0.0, 1.0)?;
+    }
+    if crate::language::is_gpt_checkpoint(&args.model.checkpoint) {
+        return crate::language::prune(&args);
     }
     for &f in &args.factors {
         check_range("--factors", f, 1.0, f64::MAX)?;

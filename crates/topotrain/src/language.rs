@@ -1,0 +1,208 @@
+//! Language-model commands (see `trainer::language`): `fit` with a language
+//! config, `finetune` (LoRA on a base checkpoint) and `analyze prune`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use serde::Serialize;
+use trainer::language::{
+    fit_language, open_tokens, prune_curve, LanguageConfig, LanguageSummary, PruneRow,
+};
+
+use crate::device::{run_on, BackendJob, DeviceChoice};
+
+use crate::analyze::prune::PruneArgs;
+use crate::fit::FitArgs;
+
+/// `topotrain fit` on a language config.
+pub fn run_fit(args: &FitArgs) -> Result<()> {
+    if args.resume || args.epochs.is_some() {
+        bail!("--resume and --epochs do not apply to language configs (set training.steps)");
+    }
+    let mut config = LanguageConfig::load(&args.config)?;
+    if let Some(tau) = args.tau {
+        config = config.with_tau(tau)?;
+    }
+    apply_common(&mut config, &args.device, &args.out, args.threads)?;
+    print_summary(&fit_on_device(&config)?)
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// The fine-tuning config (see configs/gpt_tiny_lora.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Base checkpoint (overrides `base`).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// LoRA rank (overrides lora.rank).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// LoRA alpha (overrides lora.alpha).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Run directory (overrides output.dir).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// "cpu" or "cuda[:N]" (overrides training.device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// CPU threads (overrides training.threads; 0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `topotrain finetune`: LoRA adapters on a frozen base model.
+pub fn run_finetune(args: FinetuneArgs) -> Result<()> {
+    let mut config = LanguageConfig::load(&args.config)?;
+    if let Some(base) = args.base {
+        config.base = Some(base);
+        config.gpt = None;
+    }
+    let Some(lora) = config.lora.as_mut() else {
+        bail!(
+            "{} has no [lora] section; `finetune` trains LoRA adapters",
+            args.config.display()
+        );
+    };
+    if let Some(rank) = args.rank {
+        lora.rank = rank;
+    }
+    if let Some(alpha) = args.alpha {
+        lora.alpha = alpha;
+    }
+    apply_common(&mut config, &args.device, &args.out, args.threads)?;
+    print_summary(&fit_on_device(&config)?)
+}
+
+fn apply_common(
+    config: &mut LanguageConfig,
+    device: &Option<String>,
+    out: &Option<PathBuf>,
+    threads: Option<usize>,
+) -> Result<()> {
+    if let Some(device) = device {
+        config.training.device = device.clone();
+    }
+    if let Some(out) = out {
+        config.output.dir = out.clone();
+    }
+    if let Some(threads) = threads {
+        config.training.threads = threads;
+    }
+    config.validate()
+}
+
+fn print_summary(summary: &LanguageSummary) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(summary)?);
+    Ok(())
+}
+
+fn fit_on_device(config: &LanguageConfig) -> Result<LanguageSummary> {
+    trainer::device::set_cpu_threads(config.training.threads);
+    let choice: DeviceChoice = config.training.device.parse().map_err(anyhow::Error::msg)?;
+    run_on(choice, LanguageFit { config })
+}
+
+/// A language run on whichever backend the config names.
+struct LanguageFit<'a> {
+    config: &'a LanguageConfig,
+}
+
+impl BackendJob for LanguageFit<'_> {
+    type Output = LanguageSummary;
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        choice: DeviceChoice,
+    ) -> Result<Self::Output> {
+        fit_language::<B>(self.config, device, !choice.is_cpu())
+    }
+}
+
+/// Options of `topotrain analyze prune` that only language models use.
+#[derive(Args, Clone, Debug)]
+pub struct LanguagePruneArgs {
+    /// Language models: tokens per validation window (default: the model's block size).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Language models: batches of `--batch` validation windows evaluated per sparsity.
+    #[arg(long, default_value_t = 20)]
+    pub eval_batches: usize,
+}
+
+#[derive(Serialize)]
+struct LanguagePruneReport {
+    checkpoint: String,
+    data: String,
+    layers: Vec<String>,
+    block_size: usize,
+    windows: usize,
+    rows: Vec<PruneRow>,
+}
+
+/// Whether `path` is a GPT checkpoint (a file holding a token embedding).
+pub fn is_gpt_checkpoint(path: &Path) -> bool {
+    path.is_file() && models::inspect_gpt_checkpoint(path).is_ok()
+}
+
+/// `topotrain analyze prune` on a GPT checkpoint: L1 unstructured pruning of
+/// the selected layers (default every block's `c_fc`), then the validation
+/// loss of the token folder `--data` (its val.bin) per sparsity.
+pub fn prune(args: &PruneArgs) -> Result<()> {
+    let batch_size = args.data.batch;
+    let eval_batches = args.language.eval_batches;
+    if batch_size == 0 || eval_batches == 0 {
+        bail!("--batch and --eval-batches must be at least 1");
+    }
+    let checkpoint = &args.model.checkpoint;
+    let device = Default::default();
+    let model: models::Gpt<trainer::Cpu> = models::load_gpt(checkpoint, &device)
+        .with_context(|| format!("cannot load {}", checkpoint.display()))?;
+    let block_size = args
+        .language
+        .block_size
+        .unwrap_or(model.config().block_size);
+    let (_, val) = open_tokens(&args.data.data, model.config().vocab_size)?;
+    let layers = args
+        .model
+        .layers
+        .clone()
+        .unwrap_or_else(|| vec!["transformer.h.*.mlp.c_fc".to_string()]);
+    let patterns: Vec<&str> = layers.iter().map(String::as_str).collect();
+    let rows = prune_curve(
+        &model,
+        &patterns,
+        &args.sparsity,
+        &val,
+        block_size,
+        batch_size,
+        eval_batches,
+    )?;
+    let report = LanguagePruneReport {
+        checkpoint: checkpoint.display().to_string(),
+        data: args.data.data.display().to_string(),
+        layers,
+        block_size,
+        windows: batch_size * eval_batches,
+        rows,
+    };
+    args.output.finish("prune", &report, || {
+        let mut table = format!(
+            "{}\n| sparsity | val loss | val perplexity | weights pruned |\n|---:|---:|---:|---:|\n",
+            report.checkpoint
+        );
+        for row in &report.rows {
+            table += &format!(
+                "| {:.0}% | {:.4} | {:.1} | {} |\n",
+                100.0 * row.sparsity,
+                row.val_loss,
+                row.val_perplexity,
+                row.pruned_weights
+            );
+        }
+        table
+    })
+}

@@ -1,0 +1,842 @@
+//! Language-model runs: GPT training on a token dataset (`topotrain prep
+//! text` / `prep kjv`), LoRA fine-tuning, and L1 pruning of `c_fc`.
+//!
+//! A language config is a TOML file with a `[gpt]` section (the network,
+//! NanoGPT's `GPTConfig` fields) for training from scratch, or a `base`
+//! checkpoint and a `[lora]` section for fine-tuning; `[data]`,
+//! `[topography]` (as for vision; TopoNets select
+//! `transformer.h.*.mlp.c_fc`), `[optimizer]`, `[training]` and `[output]`
+//! as below. `topotrain fit` recognises it by those sections.
+//!
+//! The recipe is NanoGPT's: random windows of `block_size` tokens, next-token
+//! cross-entropy, AdamW (betas 0.9/0.95, decoupled weight decay), a linear
+//! warm-up then cosine decay to `min_lr`, gradient accumulation over
+//! `grad_accum` micro-batches, gradient clipping. Two differences: Burn's
+//! AdamW decays every parameter (NanoGPT spares biases and norms), and
+//! Burn's clipping bounds each parameter's gradient norm, not the global
+//! norm. TopoLoss is added once per optimiser step, after accumulation.
+//!
+//! Validation uses fixed windows spread evenly over the validation file, so
+//! every evaluation (and every pruned model) sees the same tokens; the
+//! metrics log has the loss and perplexity = exp(loss).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use data_prep::text::{read_meta, TokenFile};
+use models::topography::{TopoEngine, TopoReport, Topography, TopographyConfig};
+use models::{load_gpt, save_gpt, Gpt, GptConfig, LoraConfig, Topographic};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::write_atomic;
+use crate::config::OutputSection;
+
+/// One language-model run (training or LoRA fine-tuning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageConfig {
+    /// The network to train from scratch; omitted fields take NanoGPT's
+    /// GPT-2 defaults ([`GptConfig::new`]).
+    #[serde(default, deserialize_with = "gpt_with_defaults")]
+    pub gpt: Option<GptConfig>,
+    /// Fine-tuning: the GPT checkpoint to start from (ours or NanoGPT's).
+    #[serde(default)]
+    pub base: Option<PathBuf>,
+    /// Fine-tuning: freeze `base` and train LoRA adapters only.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    pub data: TextDataSection,
+    #[serde(default)]
+    pub topography: Option<TopographyConfig>,
+    pub optimizer: AdamWSection,
+    pub training: LanguageTrainingSection,
+    pub output: OutputSection,
+}
+
+/// `[gpt]` over [`GptConfig::new`]'s defaults; unknown keys are errors.
+fn gpt_with_defaults<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<GptConfig>, D::Error> {
+    use serde::de::Error;
+    let given = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+    let serde_json::Value::Object(mut merged) =
+        serde_json::to_value(GptConfig::new()).map_err(D::Error::custom)?
+    else {
+        return Err(D::Error::custom("GptConfig does not serialise to a table"));
+    };
+    for (key, value) in given {
+        if !merged.contains_key(&key) {
+            let known: Vec<&String> = merged.keys().collect();
+            return Err(D::Error::custom(format!(
+                "unknown field `{key}` in [gpt]; known: {known:?}"
+            )));
+        }
+        merged.insert(key, value);
+    }
+    serde_json::from_value(serde_json::Value::Object(merged))
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// `[data]`: a folder written by `topotrain prep text` / `prep kjv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextDataSection {
+    pub dir: PathBuf,
+}
+
+/// `[optimizer]`: AdamW with warm-up and cosine decay (per optimiser step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Steps of linear warm-up.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Bound on each parameter's gradient norm (0 = no clipping).
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+}
+
+fn default_weight_decay() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+
+impl AdamWSection {
+    /// NanoGPT's `get_lr`: linear warm-up to `lr`, cosine to `min_lr` at `steps`.
+    pub fn lr_at(&self, step: usize, steps: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / (self.warmup_steps + 1) as f64;
+        }
+        let span = steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let coefficient = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.min_lr + coefficient * (self.lr - self.min_lr)
+    }
+}
+
+/// `[training]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageTrainingSection {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed into one optimiser step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Tokens per sequence (default: the model's block size).
+    #[serde(default)]
+    pub block_size: Option<usize>,
+    /// Evaluate every N steps (and before the first and after the last).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    /// Validation batches (of `batch_size` windows) per evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Log a metrics line every N steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// CPU threads (0 = all cores).
+    #[serde(default)]
+    pub threads: usize,
+    /// "cpu" or "cuda[:N]".
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_eval_every() -> usize {
+    100
+}
+fn default_eval_batches() -> usize {
+    20
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Whether a TOML text is a language config (it has `[gpt]`, `[lora]` or `base`).
+pub fn is_language_config(text: &str) -> bool {
+    text.parse::<toml::Table>()
+        .map(|t| t.contains_key("gpt") || t.contains_key("lora") || t.contains_key("base"))
+        .unwrap_or(false)
+}
+
+impl LanguageConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: LanguageConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency; errors name the key and the value.
+    pub fn validate(&self) -> Result<()> {
+        fn bad<T: std::fmt::Debug>(key: &str, value: T, why: &str) -> anyhow::Error {
+            anyhow::anyhow!("{key} = {value:?}: {why}")
+        }
+        match (&self.gpt, &self.base) {
+            (Some(_), Some(base)) => return Err(bad("base", base, "give either [gpt] (train from scratch) or base (fine-tune), not both")),
+            (None, None) => bail!("the config needs a [gpt] section (train from scratch) or base = \"CHECKPOINT\" (fine-tune)"),
+            (Some(gpt), None) => gpt.validate()?,
+            (None, Some(_)) => {}
+        }
+        if let Some(lora) = &self.lora {
+            if self.base.is_none() {
+                return Err(bad(
+                    "lora",
+                    lora,
+                    "LoRA fine-tunes a base checkpoint; set base",
+                ));
+            }
+            lora.validate()?;
+            if self.topography.is_some() {
+                bail!("[topography] with [lora]: the topographic layers are frozen while fine-tuning; drop one of them");
+            }
+        }
+        let o = &self.optimizer;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(bad("optimizer.lr", o.lr, "must be positive"));
+        }
+        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            return Err(bad(
+                "optimizer.min_lr",
+                o.min_lr,
+                "must be in [0, optimizer.lr]",
+            ));
+        }
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(bad(
+                "optimizer.weight_decay",
+                o.weight_decay,
+                "must be >= 0",
+            ));
+        }
+        for (key, beta) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(bad(key, beta, "must be in [0, 1)"));
+            }
+        }
+        if !(o.grad_clip >= 0.0 && o.grad_clip.is_finite()) {
+            return Err(bad("optimizer.grad_clip", o.grad_clip, "must be >= 0"));
+        }
+        let t = &self.training;
+        for (key, value) in [
+            ("training.steps", t.steps),
+            ("training.batch_size", t.batch_size),
+            ("training.grad_accum", t.grad_accum),
+            ("training.eval_every", t.eval_every),
+            ("training.eval_batches", t.eval_batches),
+            ("training.log_every", t.log_every),
+        ] {
+            if value == 0 {
+                return Err(bad(key, value, "must be at least 1"));
+            }
+        }
+        if t.block_size == Some(0) {
+            return Err(bad("training.block_size", 0, "must be at least 1"));
+        }
+        t.device
+            .parse::<crate::DeviceChoice>()
+            .map_err(|e| bad("training.device", &t.device, &e))?;
+        if let Some(topography) = &self.topography {
+            topography
+                .tau
+                .validate()
+                .map_err(|e| bad("topography.tau", &topography.tau, &e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Copy with a constant tau for every topographic layer.
+    pub fn with_tau(&self, tau: f64) -> Result<Self> {
+        let mut config = self.clone();
+        let Some(topography) = config.topography.as_mut() else {
+            bail!("the config has no [topography] section, so tau cannot be set");
+        };
+        topography.tau = topoloss::TauSchedule::constant(tau);
+        for layer in &mut topography.layers {
+            layer.tau = None;
+        }
+        Ok(config)
+    }
+}
+
+/// The end-of-run summary (`summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageSummary {
+    pub run_dir: PathBuf,
+    pub model: String,
+    pub steps: usize,
+    /// Tokens per optimiser step: batch_size x grad_accum x block_size.
+    pub tokens_per_step: usize,
+    pub initial_val_loss: f64,
+    pub val_loss: f64,
+    pub val_perplexity: f64,
+    /// Mean task loss of the last `log_every` steps.
+    pub train_loss: f64,
+    /// Tau at the last step (0 without a topography).
+    pub tau: f64,
+    /// Unscaled (tau = 1) TopoLoss per topographic layer at the end.
+    pub topo_layers: BTreeMap<String, f64>,
+    /// LoRA: rank and trainable adapter parameters.
+    pub lora_rank: Option<usize>,
+    pub trainable_parameters: usize,
+    pub train_seconds: f64,
+    pub tokens_per_sec: f64,
+    /// The final weights (LoRA adapters merged in).
+    pub final_weights: PathBuf,
+}
+
+#[derive(Serialize)]
+struct TrainLine {
+    kind: &'static str,
+    step: usize,
+    lr: f64,
+    tau: f64,
+    task_loss: f64,
+    topo_loss: f64,
+    topo_layers: BTreeMap<String, f64>,
+    tokens_per_sec: f64,
+}
+
+#[derive(Serialize)]
+struct EvalLine {
+    kind: &'static str,
+    step: usize,
+    val_loss: f64,
+    val_perplexity: f64,
+}
+
+/// Trains (or fine-tunes) `config` on `device`.
+pub fn fit_language<B: AutodiffBackend>(
+    config: &LanguageConfig,
+    device: B::Device,
+    accelerator: bool,
+) -> Result<LanguageSummary> {
+    let run_dir = config.output.dir.clone();
+    let final_weights = run_dir.join("final.safetensors");
+    if final_weights.exists() {
+        bail!(
+            "{} already holds a finished run; choose another output.dir",
+            run_dir.display()
+        );
+    }
+    fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    fs::write(run_dir.join("config.toml"), toml::to_string_pretty(config)?)?;
+
+    let t = &config.training;
+    B::seed(&device, t.seed);
+    let mut model: Gpt<B> = match (&config.gpt, &config.base) {
+        (Some(gpt), _) => gpt.init(&device)?,
+        (None, Some(base)) => load_gpt(base, &device)
+            .with_context(|| format!("cannot load the base model {}", base.display()))?,
+        (None, None) => bail!("no [gpt] and no base"),
+    };
+    if let Some(lora) = &config.lora {
+        model = model.with_lora(lora, &device)?;
+    }
+    let gpt = model.config();
+    let block = t.block_size.unwrap_or(gpt.block_size);
+    ensure!(
+        block <= gpt.block_size,
+        "training.block_size = {block} is longer than the model's block_size {}",
+        gpt.block_size
+    );
+    let (train, val) = open_tokens(&config.data.dir, gpt.vocab_size)?;
+    for file in [&train, &val] {
+        ensure!(
+            file.len() > block + 1,
+            "{} has {} tokens, too few for windows of {block}",
+            file.path().display(),
+            file.len()
+        );
+    }
+
+    let topography = match &config.topography {
+        Some(c) => Some(Topography::new(&model, c)?),
+        None => None,
+    };
+    let engine = match config.topography.as_ref().map(|c| c.engine) {
+        Some(TopoEngine::Auto) | None if accelerator => TopoEngine::Device,
+        Some(TopoEngine::Auto) | None => TopoEngine::Host,
+        Some(engine) => engine,
+    };
+    let o = &config.optimizer;
+    let mut adamw = AdamWConfig::new()
+        .with_beta_1(o.beta1 as f32)
+        .with_beta_2(o.beta2 as f32)
+        .with_epsilon(1e-8)
+        .with_weight_decay(o.weight_decay as f32);
+    if o.grad_clip > 0.0 {
+        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(o.grad_clip as f32)));
+    }
+    let mut optimizer = adamw.init::<B, Gpt<B>>();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let trainable = trainable_parameters(&model, config.lora.is_some());
+
+    let mut metrics = JsonLines::create(&run_dir.join("metrics.jsonl"))?;
+    let val_windows = eval_windows(&val, block, t.batch_size * t.eval_batches);
+    let evaluate = |model: &Gpt<B>| -> Result<f64> {
+        evaluate_windows(&model.valid(), &val, &val_windows, block, t.batch_size)
+    };
+    let initial_val_loss = evaluate(&model)?;
+    metrics.write(&EvalLine {
+        kind: "eval",
+        step: 0,
+        val_loss: initial_val_loss,
+        val_perplexity: initial_val_loss.exp(),
+    })?;
+    eprintln!(
+        "{}: {} trainable parameters, val loss {initial_val_loss:.4} at step 0",
+        gpt.describe(),
+        trainable
+    );
+
+    let tokens_per_step = t.batch_size * t.grad_accum * block;
+    let mut train_seconds = 0.0;
+    let mut recent_losses: Vec<f64> = Vec::new();
+    let mut val_loss = initial_val_loss;
+    let mut last_report: Option<TopoReport> = None;
+    for step in 0..t.steps {
+        let start = Instant::now();
+        let lr = o.lr_at(step, t.steps);
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        let mut task_loss = 0.0;
+        for micro in 0..t.grad_accum {
+            let starts = train_windows(&train, block, t.batch_size, t.seed, step, micro);
+            let (x, y) = window_batch::<B>(&train, &starts, block, &device);
+            let loss = lm_loss(&model, x, y, &loss_fn) / t.grad_accum as f64;
+            task_loss += loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+        let mut grads = accumulator.grads();
+        let report = match &topography {
+            Some(topo) => Some(topo.add_to_gradients(&model, step as u64, engine, &mut grads)?),
+            None => None,
+        };
+        let topo_loss = report.as_ref().map_or(0.0, |r| r.total);
+        if !task_loss.is_finite() || !topo_loss.is_finite() {
+            bail!(
+                "training diverged at step {}: task loss {task_loss}, TopoLoss {topo_loss}",
+                step + 1
+            );
+        }
+        model = optimizer.step(lr, model, grads);
+        train_seconds += start.elapsed().as_secs_f64();
+        recent_losses.push(task_loss);
+        let done = step + 1;
+        if done % t.log_every == 0 || done == t.steps {
+            let mean = recent_losses.iter().sum::<f64>() / recent_losses.len() as f64;
+            metrics.write(&TrainLine {
+                kind: "train",
+                step: done,
+                lr,
+                tau: report.as_ref().map_or(0.0, mean_tau),
+                task_loss: mean,
+                topo_loss,
+                topo_layers: layer_map(report.as_ref()),
+                tokens_per_sec: tokens_per_step as f64 * done as f64 / train_seconds.max(1e-9),
+            })?;
+            if done < t.steps {
+                recent_losses.clear();
+            }
+        }
+        if report.is_some() {
+            last_report = report;
+        }
+        if done % t.eval_every == 0 || done == t.steps {
+            val_loss = evaluate(&model)?;
+            metrics.write(&EvalLine {
+                kind: "eval",
+                step: done,
+                val_loss,
+                val_perplexity: val_loss.exp(),
+            })?;
+            eprintln!(
+                "step {done}/{}: train loss {task_loss:.4} topo {topo_loss:.4} | val loss {val_loss:.4} ppl {:.1} ({:.0} tok/s)",
+                t.steps,
+                val_loss.exp(),
+                tokens_per_step as f64 * done as f64 / train_seconds.max(1e-9)
+            );
+        }
+    }
+    let report = match &topography {
+        Some(topo) => Some(topo.report(&model, t.steps as u64)?),
+        None => None,
+    };
+    let finished = model.valid().merge_lora();
+    save_gpt(&finished, &final_weights)?;
+    let summary = LanguageSummary {
+        run_dir: run_dir.clone(),
+        model: gpt.describe(),
+        steps: t.steps,
+        tokens_per_step,
+        initial_val_loss,
+        val_loss,
+        val_perplexity: val_loss.exp(),
+        train_loss: recent_losses.iter().sum::<f64>() / recent_losses.len().max(1) as f64,
+        tau: report
+            .as_ref()
+            .or(last_report.as_ref())
+            .map_or(0.0, mean_tau),
+        topo_layers: layer_map(report.as_ref()),
+        lora_rank: config.lora.as_ref().map(|l| l.rank),
+        trainable_parameters: trainable,
+        train_seconds,
+        tokens_per_sec: tokens_per_step as f64 * t.steps as f64 / train_seconds.max(1e-9),
+        final_weights,
+    };
+    write_atomic(
+        &run_dir.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+/// Opens `<dir>/train.bin` and `val.bin`, checking ids against the model's vocabulary.
+pub fn open_tokens(dir: &Path, vocab_size: usize) -> Result<(TokenFile, TokenFile)> {
+    let meta = read_meta(dir).with_context(|| {
+        format!(
+            "{} is not a token dataset; create one with `topotrain prep kjv --out {}`",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    ensure!(
+        meta.vocab_size <= vocab_size,
+        "{}: tokens of a {}-entry vocabulary ({}) do not fit the model's vocab_size {vocab_size}",
+        dir.display(),
+        meta.vocab_size,
+        meta.tokenizer
+    );
+    Ok((
+        TokenFile::open(dir.join("train.bin"), vocab_size)?,
+        TokenFile::open(dir.join("val.bin"), vocab_size)?,
+    ))
+}
+
+fn trainable_parameters<B: AutodiffBackend>(model: &Gpt<B>, lora: bool) -> usize {
+    if lora {
+        model.lora_parameters()
+    } else {
+        model.num_params()
+    }
+}
+
+/// Mean next-token cross-entropy of `model` on token windows `(x, y)`.
+pub fn lm_loss<B: Backend>(
+    model: &Gpt<B>,
+    x: Tensor<B, 2, Int>,
+    y: Tensor<B, 2, Int>,
+    loss_fn: &burn::nn::loss::CrossEntropyLoss<B>,
+) -> Tensor<B, 1> {
+    let logits = model.forward(x);
+    let [batch, tokens, vocab] = logits.dims();
+    loss_fn.forward(
+        logits.reshape([batch * tokens, vocab]),
+        y.reshape([batch * tokens]),
+    )
+}
+
+/// Inputs `tokens[s..s+block]` and targets `tokens[s+1..s+block+1]` per start `s`.
+pub fn window_batch<B: Backend>(
+    tokens: &TokenFile,
+    starts: &[usize],
+    block: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    let mut x = Vec::with_capacity(starts.len() * block);
+    let mut y = Vec::with_capacity(starts.len() * block);
+    for &s in starts {
+        tokens.extend_window(s, block, &mut x);
+        tokens.extend_window(s + 1, block, &mut y);
+    }
+    let shape = [starts.len(), block];
+    (
+        Tensor::from_data(TensorData::new(x, shape), device),
+        Tensor::from_data(TensorData::new(y, shape), device),
+    )
+}
+
+/// Window starts of micro-batch `micro` of step `step`: a pure function of
+/// the seed and the position, so runs are reproducible.
+fn train_windows(
+    tokens: &TokenFile,
+    block: usize,
+    batch: usize,
+    seed: u64,
+    step: usize,
+    micro: usize,
+) -> Vec<usize> {
+    let choices = (tokens.len() - block - 1) as u64;
+    let base = splitmix64(splitmix64(seed) ^ step as u64) ^ ((micro as u64) << 32);
+    (0..batch)
+        .map(|i| (splitmix64(base ^ i as u64) % choices) as usize)
+        .collect()
+}
+
+/// `count` window starts spread evenly over the file (the same every time).
+pub fn eval_windows(tokens: &TokenFile, block: usize, count: usize) -> Vec<usize> {
+    let last = tokens.len() - block - 1;
+    (0..count)
+        .map(|i| i * last / count.max(2).saturating_sub(1).max(1))
+        .map(|s| s.min(last))
+        .collect()
+}
+
+/// Mean loss over `windows`, in batches of `batch_size` (no gradients).
+pub fn evaluate_windows<B: Backend>(
+    model: &Gpt<B>,
+    tokens: &TokenFile,
+    windows: &[usize],
+    block: usize,
+    batch_size: usize,
+) -> Result<f64> {
+    let device = model.transformer.wte.weight.device();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut total = 0.0;
+    for chunk in windows.chunks(batch_size) {
+        let (x, y) = window_batch::<B>(tokens, chunk, block, &device);
+        let loss: f64 = lm_loss(model, x, y, &loss_fn).into_scalar().elem();
+        total += loss * chunk.len() as f64;
+    }
+    let mean = total / windows.len().max(1) as f64;
+    ensure!(mean.is_finite(), "the validation loss is {mean}");
+    Ok(mean)
+}
+
+/// SplitMix64: a fast, well-mixed 64-bit hash.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn mean_tau(report: &TopoReport) -> f64 {
+    if report.layers.is_empty() {
+        0.0
+    } else {
+        report.layers.iter().map(|l| l.tau).sum::<f64>() / report.layers.len() as f64
+    }
+}
+
+fn layer_map(report: Option<&TopoReport>) -> BTreeMap<String, f64> {
+    report
+        .map(|r| {
+            r.layers
+                .iter()
+                .map(|l| (l.name.clone(), l.unscaled_loss))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `metrics.jsonl` of a language run: one JSON object per line.
+struct JsonLines {
+    file: fs::File,
+}
+
+impl JsonLines {
+    fn create(path: &Path) -> Result<Self> {
+        let file =
+            fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(JsonLines { file })
+    }
+
+    fn write(&mut self, line: &impl Serialize) -> Result<()> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        self.file.write_all(text.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// One row of a pruning curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneRow {
+    pub sparsity: f64,
+    pub val_loss: f64,
+    pub val_perplexity: f64,
+    /// Weights set to zero over the pruned layers.
+    pub pruned_weights: usize,
+}
+
+/// L1 unstructured pruning of the layers matching `patterns` (each layer
+/// loses `sparsity` of its own weights, as `prune.l1_unstructured`), then
+/// the validation loss on fixed windows, for each sparsity.
+pub fn prune_curve<B: Backend>(
+    model: &Gpt<B>,
+    patterns: &[&str],
+    sparsities: &[f64],
+    val: &TokenFile,
+    block: usize,
+    batch_size: usize,
+    eval_batches: usize,
+) -> Result<Vec<PruneRow>> {
+    let layers = model.select_layers(patterns)?;
+    let weights: Vec<Vec<f32>> = layers
+        .iter()
+        .map(|c| {
+            c.weight
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("cannot read the weights: {e:?}"))?;
+    let windows = eval_windows(val, block, batch_size * eval_batches);
+    let mut rows = Vec::new();
+    for &sparsity in sparsities {
+        let slices: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
+        let masks =
+            analysis::prune::l1_masks(&slices, sparsity, analysis::prune::PruneScope::PerLayer)?;
+        let mut pruned = model.clone();
+        let mut pruned_weights = 0;
+        for ((layer, values), mask) in layers.iter().zip(&weights).zip(&masks) {
+            pruned_weights += mask.iter().filter(|keep| !**keep).count();
+            let kept = analysis::prune::apply_mask(values, mask)?;
+            let [out, input] = layer.flat_shape();
+            let device = layer.weight.device();
+            // [out, in] (PyTorch) back to Burn's [in, out].
+            let new =
+                Tensor::<B, 2>::from_data(TensorData::new(kept, [out, input]), &device).transpose();
+            let linear = pruned
+                .linear_mut(&layer.name)
+                .with_context(|| format!("no Linear layer {}", layer.name))?;
+            linear.weight = linear.weight.clone().map(|_| new);
+        }
+        let val_loss = evaluate_windows(&pruned, val, &windows, block, batch_size)?;
+        rows.push(PruneRow {
+            sparsity,
+            val_loss,
+            val_perplexity: val_loss.exp(),
+            pruned_weights,
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const TINY: &str = r#"
+[gpt]
+n_layer = 1
+n_head = 2
+n_embd = 16
+block_size = 16
+vocab_size = 50257
+
+[data]
+dir = "data/kjv"
+
+[topography]
+tau = 1.0
+layers = [{ patterns = ["transformer.h.*.mlp.c_fc"] }]
+
+[optimizer]
+lr = 1e-3
+min_lr = 1e-4
+warmup_steps = 2
+
+[training]
+steps = 10
+batch_size = 4
+
+[output]
+dir = "runs/lm-test"
+"#;
+
+    #[test]
+    fn parses_and_names_bad_values() {
+        let config = LanguageConfig::parse(TINY).unwrap();
+        assert_eq!(config.gpt.as_ref().unwrap().n_embd, 16);
+        assert_eq!(config.training.grad_accum, 1);
+        assert!(is_language_config(TINY));
+        let bad = TINY.replace("lr = 1e-3", "lr = -1.0");
+        let error = format!("{:#}", LanguageConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("optimizer.lr"), "{error}");
+        let typo = TINY.replace("warmup_steps", "warmup_stpes");
+        let error = format!("{:#}", LanguageConfig::parse(&typo).unwrap_err());
+        assert!(error.contains("warmup_stpes"), "{error}");
+        let both = TINY.replace("[data]", "base = \"x.safetensors\"\n[data]");
+        assert!(LanguageConfig::parse(&both).is_err());
+    }
+
+    #[test]
+    fn lr_warms_up_then_follows_a_cosine() {
+        let o = LanguageConfig::parse(TINY).unwrap().optimizer;
+        assert!((o.lr_at(0, 10) - 1e-3 / 3.0).abs() < 1e-12);
+        assert!((o.lr_at(2, 10) - 1e-3).abs() < 1e-12);
+        assert!((o.lr_at(6, 10) - 5.5e-4).abs() < 1e-12);
+        assert!((o.lr_at(10, 10) - 1e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn training_windows_are_reproducible_and_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bin");
+        data_prep::text::write_tokens(&path, &(0..100u16).collect::<Vec<_>>()).unwrap();
+        let tokens = TokenFile::open(&path, 50257).unwrap();
+        let a = train_windows(&tokens, 8, 16, 3, 5, 0);
+        assert_eq!(a, train_windows(&tokens, 8, 16, 3, 5, 0));
+        assert_ne!(a, train_windows(&tokens, 8, 16, 3, 5, 1));
+        assert!(a.iter().all(|&s| s + 8 < 100));
+        let e = eval_windows(&tokens, 8, 5);
+        assert_eq!(e, [0, 22, 45, 68, 91]);
+        let (x, y) = window_batch::<crate::Cpu>(&tokens, &[3], 4, &Default::default());
+        assert_eq!(x.into_data().to_vec::<i64>().unwrap(), [3, 4, 5, 6]);
+        assert_eq!(y.into_data().to_vec::<i64>().unwrap(), [4, 5, 6, 7]);
+    }
+}
