@@ -1,0 +1,135 @@
+//! The language-model commands end to end through the binary: `prep kjv`,
+//! `fit` on a language config, `finetune` at LoRA ranks 2/4/8 and
+//! `analyze prune` on the GPT checkpoint. Needs Debian's bible-kjv
+//! (scripts/setup.sh installs it).
+
+mod common;
+
+use std::path::Path;
+
+use common::topotrain_ok;
+
+fn have_bible() -> bool {
+    let ok = Path::new("/usr/bin/bible").exists();
+    if !ok {
+        eprintln!("skipping: Debian's bible-kjv is not installed (apt-get install bible-kjv)");
+    }
+    ok
+}
+
+/// A one-block GPT; `head` is the section that says what to train (a `[gpt]`
+/// section, or `base = ...` with `[lora]`).
+fn config(head: &str, data: &Path, out: &Path, steps: usize) -> String {
+    format!(
+        r#"
+{head}
+
+[data]
+dir = "{data}"
+
+[optimizer]
+lr = 1e-2
+min_lr = 1e-3
+warmup_steps = 1
+
+[training]
+steps = {steps}
+batch_size = 4
+grad_accum = 1
+eval_every = {steps}
+eval_batches = 2
+log_every = 1
+
+[output]
+dir = "{out}"
+"#,
+        data = data.display(),
+        out = out.display()
+    )
+}
+
+fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).expect("the command prints JSON")
+}
+
+#[test]
+fn prep_fit_finetune_and_prune_through_the_binary() {
+    if !have_bible() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("genesis");
+    let data_arg = data.to_str().unwrap();
+    topotrain_ok(&[
+        "prep",
+        "kjv",
+        "--range",
+        "gen1:1-gen4:26",
+        "--out",
+        data_arg,
+    ]);
+    assert!(data.join("train.bin").exists() && data.join("val.bin").exists());
+
+    let run = dir.path().join("base");
+    let base_config = dir.path().join("base.toml");
+    let gpt =
+        "[gpt]\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 16\nvocab_size = 50257\n\n\
+               [topography]\ntau = 1.0\nlayers = [{ patterns = [\"transformer.h.*.mlp.c_fc\"] }]";
+    std::fs::write(&base_config, config(gpt, &data, &run, 3)).unwrap();
+    let summary = json(&topotrain_ok(&[
+        "fit",
+        "--config",
+        base_config.to_str().unwrap(),
+    ]));
+    let base = run.join("final.safetensors");
+    assert!(base.exists(), "fit wrote {}", base.display());
+    assert!(summary["topo_layers"]["transformer.h.0.mlp.c_fc"].is_number());
+
+    // LoRA on c_fc (32 -> 128): rank r adds r * (32 + 128) trainable weights.
+    let lora_config = dir.path().join("lora.toml");
+    let lora = format!(
+        "base = \"{}\"\n\n[lora]\nrank = 4\nalpha = 8.0\ntargets = [\"mlp.c_fc\"]",
+        base.display()
+    );
+    std::fs::write(&lora_config, config(&lora, &data, &run, 1)).unwrap();
+    for rank in [2, 4, 8] {
+        let out = dir.path().join(format!("lora_r{rank}"));
+        let tuned = json(&topotrain_ok(&[
+            "finetune",
+            "--config",
+            lora_config.to_str().unwrap(),
+            "--rank",
+            &rank.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        assert_eq!(tuned["lora_rank"], rank);
+        assert_eq!(tuned["trainable_parameters"], rank * (32 + 128));
+    }
+
+    // analyze prune recognises the GPT checkpoint and scores val loss.
+    let figures = dir.path().join("figures");
+    let report = json(&topotrain_ok(&[
+        "analyze",
+        "prune",
+        "--checkpoint",
+        base.to_str().unwrap(),
+        "--data",
+        data_arg,
+        "--sparsity",
+        "0,0.5",
+        "--batch",
+        "4",
+        "--eval-batches",
+        "2",
+        "--json",
+        "--out",
+        figures.to_str().unwrap(),
+    ]));
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["pruned_weights"], 0);
+    assert_eq!(rows[1]["pruned_weights"], 32 * 128 / 2);
+    assert!(rows[0]["val_loss"].as_f64().unwrap().is_finite());
+    assert!(figures.join("prune.json").exists());
+}
