@@ -140,6 +140,35 @@ impl<B: Backend> TopoCandidate<B> {
         })
     }
 
+    /// Removes the weight's gradient from `grads` and returns it as `[out, e]`
+    /// (the inverse of [`TopoCandidate::native_gradient`]), if it has one.
+    pub fn take_flat_gradient<G: Backend>(
+        &self,
+        grads: &mut GradientsParams,
+    ) -> Option<Tensor<G, 2>> {
+        let [out, e] = self.flat_shape();
+        match self.kind {
+            LayerKind::Conv2d => grads
+                .remove::<G, 4>(self.param_id)
+                .map(|g| g.reshape([out, e])),
+            LayerKind::Linear => grads.remove::<G, 2>(self.param_id).map(|g| g.transpose()),
+        }
+    }
+
+    /// Makes `grad` (w.r.t. the `[out, e]` weight) the weight's gradient in
+    /// `grads`, replacing any.
+    pub fn set_gradient<G: Backend>(
+        &self,
+        grads: &mut GradientsParams,
+        grad: Tensor<G, 2>,
+    ) -> Result<(), ModelError> {
+        match self.native_gradient(grad)? {
+            NativeGradient::Conv2d(g) => grads.register(self.param_id, g),
+            NativeGradient::Linear(g) => grads.register(self.param_id, g),
+        }
+        Ok(())
+    }
+
     /// Adds `grad` (w.r.t. the `[out, e]` weight) to the weight's gradient
     /// in `grads`, registering it if the task loss gave none. `G` is the
     /// backend the optimizer's gradients live on (the autodiff inner backend).

@@ -294,7 +294,7 @@ impl Topography {
         let mut device_losses = Vec::with_capacity(self.layers.len());
         for (layer, candidate) in self.layers.iter().zip(&candidates) {
             let scaled_tau = layer.tau.value(step) * layer_weight;
-            let gradient = match engine {
+            match engine {
                 TopoEngine::Device => {
                     let (loss, gradient) = layer.device_loss_and_grad::<B::InnerBackend>(
                         candidate.weight.clone().inner(),
@@ -302,16 +302,13 @@ impl Topography {
                         scaled_tau,
                     )?;
                     device_losses.push(loss);
-                    gradient
+                    if scaled_tau != 0.0 {
+                        layer.add_gradient(candidate, gradient, grads)?;
+                    }
                 }
                 TopoEngine::Host | TopoEngine::Auto => {
-                    let (loss, gradient) = layer.host_loss_and_grad(candidate, scaled_tau)?;
-                    host_losses.push(loss);
-                    gradient
+                    host_losses.push(layer.host_loss_adding_grad(candidate, scaled_tau, grads)?);
                 }
-            };
-            if scaled_tau != 0.0 {
-                layer.add_gradient(candidate, gradient, grads)?;
             }
         }
         if !device_losses.is_empty() {
@@ -400,12 +397,14 @@ impl TopoLayer {
             SheetSource::Bias => candidate
                 .bias
                 .clone()
-                .ok_or_else(|| TopographyError::NoBias {
-                    layer: self.name.clone(),
-                })?
+                .ok_or_else(|| self.no_bias())?
                 .into_data(),
             _ => candidate.weight.clone().into_data(),
         };
+        self.host_f32(data)
+    }
+
+    fn host_f32(&self, data: TensorData) -> Result<Vec<f32>, TopographyError> {
         data.convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| TopographyError::Data {
@@ -414,29 +413,64 @@ impl TopoLayer {
             })
     }
 
-    fn host_loss_and_grad<B: AutodiffBackend>(
+    fn no_bias(&self) -> TopographyError {
+        TopographyError::NoBias {
+            layer: self.name.clone(),
+        }
+    }
+
+    /// The host kernel: returns the loss at tau = 1 and, unless `tau` is 0,
+    /// adds the gradient at `tau` to the layer's gradient in `grads`. The
+    /// existing gradient is copied to the host and the kernel accumulates
+    /// into it, which costs one contiguous copy each way instead of a tensor
+    /// addition (strided, for a conv's weight gradient, on the CPU backend);
+    /// the gradient put back is contiguous, which the optimiser's
+    /// element-wise ops also run faster on.
+    fn host_loss_adding_grad<B: AutodiffBackend>(
         &self,
         candidate: &TopoCandidate<B>,
         tau: f64,
-    ) -> Result<(f64, LayerGradient<B::InnerBackend>), TopographyError> {
+        grads: &mut GradientsParams,
+    ) -> Result<f64, TopographyError> {
         let values = self.host_values(candidate)?;
-        let mut grad = vec![0.0f32; values.len()];
-        // Loss at tau = 1 for the report; the gradient is linear in tau.
-        let unscaled = self.loss.loss_and_grad(&values, 1.0, &mut grad)?;
-        let tau = tau as f32;
-        grad.iter_mut().for_each(|g| *g *= tau);
-        let device = candidate.weight.clone().inner().device();
-        let gradient = match self.loss.source {
-            SheetSource::Bias => LayerGradient::Bias(Tensor::from_data(
-                TensorData::new(grad, [self.loss.out_units]),
-                &device,
-            )),
-            _ => LayerGradient::Weight(Tensor::from_data(
-                TensorData::new(grad, [self.loss.out_units, self.loss.unit_len]),
-                &device,
-            )),
+        if tau == 0.0 {
+            return Ok(self.loss.loss(&values, 1.0)?);
+        }
+        let bias_id = candidate.bias_param_id;
+        let existing = match self.loss.source {
+            SheetSource::Bias => {
+                let id = bias_id.ok_or_else(|| self.no_bias())?;
+                grads
+                    .remove::<B::InnerBackend, 1>(id)
+                    .map(Tensor::into_data)
+            }
+            _ => candidate
+                .take_flat_gradient::<B::InnerBackend>(grads)
+                .map(Tensor::into_data),
         };
-        Ok((unscaled, gradient))
+        let mut grad = match existing {
+            Some(data) => self.host_f32(data)?,
+            None => vec![0.0f32; values.len()],
+        };
+        let loss = self.loss.loss_and_add_grad(&values, tau, &mut grad)?;
+        let device = candidate.weight.clone().inner().device();
+        match (self.loss.source, bias_id) {
+            (SheetSource::Bias, Some(id)) => grads.register(
+                id,
+                Tensor::<B::InnerBackend, 1>::from_data(
+                    TensorData::new(grad, [self.loss.out_units]),
+                    &device,
+                ),
+            ),
+            _ => candidate.set_gradient(
+                grads,
+                Tensor::<B::InnerBackend, 2>::from_data(
+                    TensorData::new(grad, [self.loss.out_units, self.loss.unit_len]),
+                    &device,
+                ),
+            )?,
+        }
+        Ok(loss / tau)
     }
 
     /// The closed form as tensor ops on the weights' own device. Returns the
@@ -458,9 +492,7 @@ impl TopoLayer {
                 (loss, LayerGradient::Weight(grad.transpose()))
             }
             SheetSource::Bias => {
-                let bias = bias.ok_or_else(|| TopographyError::NoBias {
-                    layer: self.name.clone(),
-                })?;
+                let bias = bias.ok_or_else(|| self.no_bias())?;
                 let (loss, grad) = self.device_sheet(bias.reshape([out, 1]), tau, true);
                 (loss, LayerGradient::Bias(grad.reshape([out])))
             }
@@ -530,12 +562,7 @@ impl TopoLayer {
         match gradient {
             LayerGradient::Weight(grad) => candidate.accumulate_gradient(grads, grad)?,
             LayerGradient::Bias(grad) => {
-                let id: ParamId =
-                    candidate
-                        .bias_param_id
-                        .ok_or_else(|| TopographyError::NoBias {
-                            layer: self.name.clone(),
-                        })?;
+                let id: ParamId = candidate.bias_param_id.ok_or_else(|| self.no_bias())?;
                 let total = match grads.remove::<B::InnerBackend, 1>(id) {
                     Some(existing) => existing + grad,
                     None => grad,
@@ -613,6 +640,86 @@ mod tests {
                 candidate.name
             );
         }
+    }
+
+    /// The task loss's gradients for a fixed batch.
+    fn task_gradients(model: &crate::ResNet<Train>) -> GradientsParams {
+        let values: Vec<f32> = (0..2 * 3 * 8 * 8)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let input = Tensor::<Train, 4>::from_data(
+            TensorData::new(values, [2, 3, 8, 8]),
+            &Default::default(),
+        );
+        let loss = model.forward(input).powi_scalar(2).mean();
+        GradientsParams::from_grads(loss.backward(), model)
+    }
+
+    fn flat_bias_grad(grads: &GradientsParams, candidate: &TopoCandidate<Train>) -> Vec<f32> {
+        grads
+            .get::<Flex, 1>(candidate.bias_param_id.unwrap())
+            .unwrap()
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap()
+    }
+
+    fn assert_close(got: &[f32], expected: &[f32], what: &str) {
+        assert_eq!(got.len(), expected.len(), "{what}");
+        let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let error = got
+            .iter()
+            .zip(expected)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            error <= 1e-5 * scale,
+            "{what}: error {error}, scale {scale}"
+        );
+    }
+
+    #[test]
+    fn gradients_add_to_the_task_gradients_on_both_engines() {
+        let model = tiny_resnet();
+        let weights = Topography::new(&model, &config(2.0, 2.0)).unwrap();
+        let mut bias_config = TopographyConfig::uniform(&["fc".to_string()], 2.0, 3.0);
+        bias_config.layers[0].source = SheetSource::Bias;
+        let bias = Topography::new(&model, &bias_config).unwrap();
+        let task = task_gradients(&model);
+        let (mut alone, mut host, mut device) = (
+            GradientsParams::new(),
+            task_gradients(&model),
+            task_gradients(&model),
+        );
+        for (engine, grads) in [
+            (TopoEngine::Host, &mut alone),
+            (TopoEngine::Host, &mut host),
+            (TopoEngine::Device, &mut device),
+        ] {
+            weights.add_to_gradients(&model, 0, engine, grads).unwrap();
+            bias.add_to_gradients(&model, 0, engine, grads).unwrap();
+        }
+        for candidate in model.topo_candidates() {
+            let name = &candidate.name;
+            let expected: Vec<f32> = flat_grad(&task, &candidate)
+                .iter()
+                .zip(flat_grad(&alone, &candidate))
+                .map(|(t, a)| t + a)
+                .collect();
+            assert_close(&flat_grad(&host, &candidate), &expected, name);
+            assert_close(&flat_grad(&device, &candidate), &expected, name);
+        }
+        let fc = model
+            .topo_candidates()
+            .into_iter()
+            .find(|c| c.name == "fc")
+            .unwrap();
+        let expected: Vec<f32> = flat_bias_grad(&task, &fc)
+            .iter()
+            .zip(flat_bias_grad(&alone, &fc))
+            .map(|(t, a)| t + a)
+            .collect();
+        assert_close(&flat_bias_grad(&host, &fc), &expected, "fc bias");
+        assert_close(&flat_bias_grad(&device, &fc), &expected, "fc bias");
     }
 
     #[test]
