@@ -9,6 +9,7 @@
 //! - [`hooks`]: the Conv2d/Linear layers TopoLoss can act on
 //!   ([`Topographic`], [`TopoCandidate`]), pattern selection and the
 //!   mapping of gradients back to Burn's parameter shapes.
+//! - [`norm`]: batch normalisation arranged for the CPU backend.
 //! - [`taps`]: capturing intermediate module outputs by name.
 //! - [`topography`]: TopoLoss on a model's selected layers, its gradient
 //!   added to training's gradients on the host or on the device.
@@ -22,6 +23,7 @@ pub mod gpt;
 pub mod gpt_checkpoint;
 pub mod hooks;
 pub mod model;
+pub mod norm;
 pub mod resnet;
 pub mod taps;
 pub mod topography;

@@ -20,6 +20,7 @@ use burn::tensor::Tensor;
 
 use crate::blurpool::MaybeBlurConv2d;
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
+use crate::norm::batch_norm;
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -264,18 +265,18 @@ impl<B: Backend> ResidualBlock<B> {
             Some(downsample) => {
                 let prefix = join_name(name, "downsample");
                 let y = tap_conv(&downsample.conv, x.clone(), &prefix, "0", taps);
-                let y = taps.offer_in(&prefix, "1", downsample.bn.forward(y));
+                let y = taps.offer_in(&prefix, "1", batch_norm(&downsample.bn, y));
                 taps.offer(&prefix, y)
             }
             None => x.clone(),
         };
         let y = tap_conv(&self.conv1, x, name, "conv1", taps);
-        let y = relu(taps.offer_in(name, "bn1", self.bn1.forward(y)));
+        let y = relu(taps.offer_in(name, "bn1", batch_norm(&self.bn1, y)));
         let y = tap_conv(&self.conv2, y, name, "conv2", taps);
-        let mut y = taps.offer_in(name, "bn2", self.bn2.forward(y));
+        let mut y = taps.offer_in(name, "bn2", batch_norm(&self.bn2, y));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
             let z = tap_conv(conv3, relu(y), name, "conv3", taps);
-            y = taps.offer_in(name, "bn3", bn3.forward(z));
+            y = taps.offer_in(name, "bn3", batch_norm(bn3, z));
         }
         taps.offer(name, relu(y + identity))
     }
@@ -375,7 +376,7 @@ impl<B: Backend> ResNet<B> {
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
         let x = taps.offer("conv1", self.conv1.forward(x));
-        let mut x = relu(taps.offer("bn1", self.bn1.forward(x)));
+        let mut x = relu(taps.offer("bn1", batch_norm(&self.bn1, x)));
         if let Some(maxpool) = &self.maxpool {
             x = taps.offer("maxpool", maxpool.forward(x));
         }
