@@ -8,6 +8,7 @@ TopoLoss here is the authors' definition written with F.interpolate (as their
 by the factor and back up, loss = 1 - mean cos(w, blur(w)), mean over layers.
 
     python3 scripts/bench_torch_train.py --arch resnet18 --batch 256 --res 176
+    python3 scripts/bench_torch_train.py --device cpu --threads 2 --batch 8 --res 64
 """
 import argparse
 import json
@@ -47,10 +48,14 @@ def main():
     parser.add_argument("--factor", type=float, default=3.0)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args()
 
     torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     model = getattr(torchvision.models, args.arch)(num_classes=1000).to(device)
     memory_format = torch.channels_last if args.bf16 else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -64,7 +69,7 @@ def main():
     first_step = 0.0
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = loss_fn(model(x), y)
         if args.topo_tau is not None:
             loss = loss + args.topo_tau * topo_loss(convs, args.factor)
@@ -84,6 +89,8 @@ def main():
         "arch": args.arch,
         "batch": args.batch,
         "res": args.res,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
         "bf16": args.bf16,
         "topo_layers": len(convs) if args.topo_tau is not None else 0,
         "first_step_s": first_step,
