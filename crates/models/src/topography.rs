@@ -183,6 +183,25 @@ pub struct TopoReport {
     pub layers: Vec<LayerReport>,
 }
 
+impl TopoReport {
+    /// The mean tau over the layers (0 with none): the tau a run reports.
+    pub fn mean_tau(&self) -> f64 {
+        if self.layers.is_empty() {
+            0.0
+        } else {
+            self.layers.iter().map(|l| l.tau).sum::<f64>() / self.layers.len() as f64
+        }
+    }
+
+    /// Each layer's loss at tau = 1, by name (the metrics' `topo_layers`).
+    pub fn layer_losses(&self) -> std::collections::BTreeMap<String, f64> {
+        self.layers
+            .iter()
+            .map(|l| (l.name.clone(), l.unscaled_loss))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerReport {
     pub name: String,

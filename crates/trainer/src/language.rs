@@ -479,10 +479,13 @@ pub fn fit_language<B: AutodiffBackend>(
                 kind: "train",
                 step: done,
                 lr,
-                tau: report.as_ref().map_or(0.0, mean_tau),
+                tau: report.as_ref().map_or(0.0, TopoReport::mean_tau),
                 task_loss: mean,
                 topo_loss,
-                topo_layers: layer_map(report.as_ref()),
+                topo_layers: report
+                    .as_ref()
+                    .map(TopoReport::layer_losses)
+                    .unwrap_or_default(),
                 tokens_per_sec: tokens_per_step as f64 * done as f64 / train_seconds.max(1e-9),
             })?;
             if done < t.steps {
@@ -526,8 +529,11 @@ pub fn fit_language<B: AutodiffBackend>(
         tau: report
             .as_ref()
             .or(last_report.as_ref())
-            .map_or(0.0, mean_tau),
-        topo_layers: layer_map(report.as_ref()),
+            .map_or(0.0, TopoReport::mean_tau),
+        topo_layers: report
+            .as_ref()
+            .map(TopoReport::layer_losses)
+            .unwrap_or_default(),
         lora_rank: config.lora.as_ref().map(|l| l.rank),
         trainable_parameters: trainable,
         train_seconds,
@@ -659,25 +665,6 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-fn mean_tau(report: &TopoReport) -> f64 {
-    if report.layers.is_empty() {
-        0.0
-    } else {
-        report.layers.iter().map(|l| l.tau).sum::<f64>() / report.layers.len() as f64
-    }
-}
-
-fn layer_map(report: Option<&TopoReport>) -> BTreeMap<String, f64> {
-    report
-        .map(|r| {
-            r.layers
-                .iter()
-                .map(|l| (l.name.clone(), l.unscaled_loss))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `metrics.jsonl` of a language run: one JSON object per line.

@@ -267,7 +267,7 @@ pub fn fit<B: AutodiffBackend>(
             state.train_seconds += step_seconds;
             let images_per_sec =
                 epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
-            let tau = report.as_ref().map_or(0.0, mean_tau);
+            let tau = report.as_ref().map_or(0.0, TopoReport::mean_tau);
             if state
                 .step
                 .is_multiple_of(config.training.log_every_steps as u64)
@@ -281,7 +281,10 @@ pub fn fit<B: AutodiffBackend>(
                     resolution,
                     task_loss,
                     topo_loss,
-                    topo_layers: layer_map(report.as_ref()),
+                    topo_layers: report
+                        .as_ref()
+                        .map(TopoReport::layer_losses)
+                        .unwrap_or_default(),
                     train_acc: correct as f64 / n as f64,
                     images_per_sec,
                 })?;
@@ -336,11 +339,14 @@ pub fn fit<B: AutodiffBackend>(
             tau: report
                 .as_ref()
                 .or(last_report.as_ref())
-                .map_or(0.0, mean_tau),
+                .map_or(0.0, TopoReport::mean_tau),
             train_loss: r.task_loss / r.steps.max(1) as f64,
             train_acc: r.correct as f64 / r.images.max(1) as f64,
             topo_loss: r.topo_loss / r.steps.max(1) as f64,
-            topo_layers: layer_map(report.as_ref()),
+            topo_layers: report
+                .as_ref()
+                .map(TopoReport::layer_losses)
+                .unwrap_or_default(),
             val_top1: eval.as_ref().map(|e| e.top1),
             val_top5: eval.as_ref().map(|e| e.top5),
             val_loss: eval.as_ref().map(|e| e.loss),
@@ -492,25 +498,6 @@ fn summarise(
         final_weights,
         sheet: None,
     })
-}
-
-fn mean_tau(report: &TopoReport) -> f64 {
-    if report.layers.is_empty() {
-        0.0
-    } else {
-        report.layers.iter().map(|l| l.tau).sum::<f64>() / report.layers.len() as f64
-    }
-}
-
-fn layer_map(report: Option<&TopoReport>) -> BTreeMap<String, f64> {
-    report
-        .map(|r| {
-            r.layers
-                .iter()
-                .map(|l| (l.name.clone(), l.unscaled_loss))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A batch as normalised float images and integer labels on `device`.
