@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use models::{Activation, Taps, Topographic};
 use serde::Serialize;
 use trainer::language::{
-    fit_language, open_tokens, prune_curve, LanguageConfig, LanguageSummary, PruneRow,
+    eval_windows, fit_language, open_tokens, prune_curve, window_batch, LanguageConfig,
+    LanguageSummary, PruneRow,
 };
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
 
+use crate::analyze::data::Responses;
+use crate::analyze::dimensionality::{Accumulator, DatasetDimensionality, DimensionalityArgs};
 use crate::analyze::prune::PruneArgs;
 use crate::fit::FitArgs;
 
@@ -143,6 +147,9 @@ struct LanguagePruneReport {
     rows: Vec<PruneRow>,
 }
 
+/// The paper's topographic layers of a GPT: every block's MLP input projection.
+pub const GPT_TOPOGRAPHIC_LAYERS: &str = "transformer.h.*.mlp.c_fc";
+
 /// Whether `path` is a GPT checkpoint (a file holding a token embedding).
 pub fn is_gpt_checkpoint(path: &Path) -> bool {
     path.is_file() && models::inspect_gpt_checkpoint(path).is_ok()
@@ -170,7 +177,7 @@ pub fn prune(args: &PruneArgs) -> Result<()> {
         .model
         .layers
         .clone()
-        .unwrap_or_else(|| vec!["transformer.h.*.mlp.c_fc".to_string()]);
+        .unwrap_or_else(|| vec![GPT_TOPOGRAPHIC_LAYERS.to_string()]);
     let patterns: Vec<&str> = layers.iter().map(String::as_str).collect();
     let rows = prune_curve(
         &model,
@@ -205,4 +212,97 @@ pub fn prune(args: &PruneArgs) -> Result<()> {
         }
         table
     })
+}
+
+/// What `analyze dimensionality` measured on a GPT.
+pub struct GptDimensionality {
+    /// Tokens per window.
+    pub block_size: usize,
+    pub dimensionality: DatasetDimensionality,
+}
+
+/// `topotrain analyze dimensionality` on a GPT checkpoint: the effective
+/// dimensionality of the selected layers' outputs (default every block's
+/// `c_fc`) over windows of the token folder `--data` (its val.bin), each
+/// token position one sample of a layer's units. `--max-images` caps the
+/// windows (default: as many as fit the file, spread evenly) and `--batch`
+/// is windows per forward pass.
+pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
+    if args.modules.modules.is_some() {
+        bail!("--modules applies to vision models; for a GPT name the layers with --layers");
+    }
+    let batch = args.data.batch;
+    if batch == 0 || args.passes == 0 {
+        bail!("--batch and --passes must be at least 1");
+    }
+    let checkpoint = &args.model.checkpoint;
+    let model: models::Gpt<trainer::Cpu> = models::load_gpt(checkpoint, &Default::default())
+        .with_context(|| format!("cannot load {}", checkpoint.display()))?;
+    let block_size = model.config().block_size;
+    let (_, val) = open_tokens(&args.data.data, model.config().vocab_size)?;
+    if val.len() <= block_size + 1 {
+        bail!(
+            "{}: val.bin has {} tokens, fewer than one window of {block_size}",
+            args.data.data.display(),
+            val.len()
+        );
+    }
+    let patterns = args
+        .model
+        .layers
+        .clone()
+        .unwrap_or_else(|| vec![GPT_TOPOGRAPHIC_LAYERS.to_string()]);
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let names: Vec<String> = model
+        .select_layers(&patterns)?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let count = args
+        .data
+        .max_images
+        .unwrap_or(val.len() / block_size)
+        .max(1);
+    let windows = eval_windows(&val, block_size, count);
+    let mut accumulator = Accumulator::new(&names);
+    let bar = crate::analyze::progress((windows.len() * args.passes) as u64, "dimensionality");
+    for _ in 0..args.passes {
+        for starts in windows.chunks(batch) {
+            let t = std::time::Instant::now();
+            let (x, _) =
+                window_batch::<trainer::Cpu>(&val, starts, block_size, &Default::default());
+            accumulator.data_seconds += t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let mut taps = Taps::wanting(&names);
+            model.forward_tapped(x, &mut taps);
+            let responses = taps
+                .into_captured()
+                .into_iter()
+                .map(|(name, activation)| token_responses(&name, activation))
+                .collect::<Result<Vec<_>>>()?;
+            accumulator.forward_seconds += t.elapsed().as_secs_f64();
+            accumulator.add(&responses, starts.len() * block_size)?;
+            bar.inc(starts.len() as u64);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(GptDimensionality {
+        block_size,
+        dimensionality: accumulator.finish()?,
+    })
+}
+
+/// A `[windows, tokens, units]` output as `[windows * tokens, units]` rows.
+fn token_responses(name: &str, activation: Activation<trainer::Cpu>) -> Result<Responses> {
+    let Activation::Rank3(t) = activation else {
+        bail!("{name}: expected a [windows, tokens, units] output");
+    };
+    let [windows, tokens, units] = t.dims();
+    let values = t
+        .reshape([windows * tokens, units])
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read the responses of {name}: {e:?}"))?;
+    Ok(Responses { values, units })
 }

@@ -1,6 +1,6 @@
 //! The language-model commands end to end through the binary: `prep kjv`,
 //! `fit` on a language config, `finetune` at LoRA ranks 2/4/8 and
-//! `analyze prune` on the GPT checkpoint. Needs Debian's bible-kjv
+//! `analyze prune|sheets|smoothness|dimensionality` on the GPT checkpoint. Needs Debian's bible-kjv
 //! (scripts/setup.sh installs it).
 
 mod common;
@@ -132,4 +132,45 @@ fn prep_fit_finetune_and_prune_through_the_binary() {
     assert_eq!(rows[1]["pruned_weights"], 32 * 128 / 2);
     assert!(rows[0]["val_loss"].as_f64().unwrap().is_finite());
     assert!(figures.join("prune.json").exists());
+
+    // Sheets and smoothness of c_fc (128 units: an 8 x 16 sheet), and the
+    // effective dimensionality of its responses over token positions.
+    let checkpoint = base.to_str().unwrap();
+    let sheets = json(&topotrain_ok(&[
+        "analyze",
+        "sheets",
+        "--checkpoint",
+        checkpoint,
+        "--json",
+    ]));
+    assert_eq!(sheets["layers"][0]["layer"], "transformer.h.0.mlp.c_fc");
+    assert_eq!(sheets["layers"][0]["sheet_h"], 8);
+    assert_eq!(sheets["layers"][0]["sheet_w"], 16);
+    let smoothness = json(&topotrain_ok(&[
+        "analyze",
+        "smoothness",
+        "--checkpoint",
+        checkpoint,
+        "--json",
+    ]));
+    assert!(smoothness["mean_score"].as_f64().unwrap().is_finite());
+    let ed = json(&topotrain_ok(&[
+        "analyze",
+        "dimensionality",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        data_arg,
+        "--max-images",
+        "6",
+        "--batch",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(ed["timing"]["images"], 6 * 16, "6 windows of 16 tokens");
+    assert_eq!(ed["layers"][0]["features"], 128);
+    let value = ed["layers"][0]["effective_dimensionality"]
+        .as_f64()
+        .unwrap();
+    assert!((1.0..=128.0).contains(&value), "ED {value}");
 }

@@ -4,7 +4,9 @@
 //!
 //! Units are channels (conv outputs averaged over positions), so a layer's
 //! covariance is `channels x channels` whatever the number of images. The
-//! forward pass and the covariance updates are timed separately.
+//! forward pass and the covariance updates are timed separately. A GPT
+//! checkpoint goes to [`crate::language::dimensionality`]: token positions
+//! of validation windows are the samples.
 
 use std::time::Instant;
 
@@ -15,7 +17,7 @@ use clap::Args;
 use serde::Serialize;
 use trainer::data::Split;
 
-use super::data::{batch_tensor, forward_responses, open_dataset, DataArgs, Input};
+use super::data::{batch_tensor, forward_responses, open_dataset, DataArgs, Input, Responses};
 use super::{display_name, progress, Cpu, CpuDevice, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
@@ -49,6 +51,7 @@ pub struct LayerDimensionality {
 /// Where the time went.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timing {
+    /// Images (tokens, for a language model) whose responses were used.
     pub images: u64,
     /// Data loading and normalisation.
     pub data_seconds: f64,
@@ -66,6 +69,7 @@ pub struct Timing {
 pub struct DimensionalityReport {
     pub checkpoint: String,
     pub data: String,
+    /// Input side in pixels (tokens per window, for a language model).
     pub resolution: usize,
     pub mean_effective_dimensionality: f64,
     pub layers: Vec<LayerDimensionality>,
@@ -89,6 +93,94 @@ pub struct DatasetDimensionality {
     pub layers: Vec<LayerDimensionality>,
     pub mean: f64,
     pub timing: Timing,
+}
+
+/// Per-layer response covariances accumulated batch by batch, with the
+/// time each part took: the streaming core shared by image and token data.
+pub struct Accumulator {
+    layers: Vec<String>,
+    covariances: Vec<Option<StreamingCovariance>>,
+    start: Instant,
+    pub seen: usize,
+    pub data_seconds: f64,
+    pub forward_seconds: f64,
+    covariance_seconds: f64,
+}
+
+impl Accumulator {
+    pub fn new(layers: &[String]) -> Self {
+        Accumulator {
+            layers: layers.to_vec(),
+            covariances: vec![None; layers.len()],
+            start: Instant::now(),
+            seen: 0,
+            data_seconds: 0.0,
+            forward_seconds: 0.0,
+            covariance_seconds: 0.0,
+        }
+    }
+
+    /// Adds `samples` rows of each layer's `[samples, units]` responses (in
+    /// the order of the layers).
+    pub fn add(&mut self, responses: &[Responses], samples: usize) -> Result<()> {
+        let t = Instant::now();
+        for (cov, layer) in self.covariances.iter_mut().zip(responses) {
+            let cov = match cov {
+                Some(c) => c,
+                None => cov.insert(StreamingCovariance::new(layer.units)?),
+            };
+            cov.update(&layer.values, samples)?;
+        }
+        self.covariance_seconds += t.elapsed().as_secs_f64();
+        self.seen += samples;
+        Ok(())
+    }
+
+    /// Each layer's effective dimensionality, their mean and the timing.
+    pub fn finish(self) -> Result<DatasetDimensionality> {
+        let t = Instant::now();
+        let results: Vec<Dimensionality> = self
+            .covariances
+            .iter()
+            .zip(&self.layers)
+            .map(|(c, name)| {
+                c.as_ref()
+                    .with_context(|| format!("{name}: no samples reached the layer"))?
+                    .dimensionality()
+                    .with_context(|| format!("effective dimensionality of {name}"))
+            })
+            .collect::<Result<_>>()?;
+        let eigen_s = t.elapsed().as_secs_f64();
+        let mean = mean_dimensionality(&results);
+        let layers = self
+            .layers
+            .iter()
+            .zip(results)
+            .map(|(name, d)| LayerDimensionality {
+                layer: name.clone(),
+                features: d.features,
+                effective_dimensionality: d.effective_dimensionality,
+                top_eigenvalues: d
+                    .eigenvalues
+                    .iter()
+                    .take(TOP_EIGENVALUES)
+                    .copied()
+                    .collect(),
+            })
+            .collect();
+        Ok(DatasetDimensionality {
+            layers,
+            mean,
+            timing: Timing {
+                images: self.seen as u64,
+                data_seconds: self.data_seconds,
+                forward_seconds: self.forward_seconds,
+                covariance_seconds: self.covariance_seconds,
+                eigen_seconds: eigen_s,
+                total_seconds: self.start.elapsed().as_secs_f64(),
+            },
+        })
+    }
 }
 
 /// Effective dimensionality of `layers` of `model` over `data`, each
@@ -115,10 +207,7 @@ pub fn dataset_dimensionality(
     if total < 2 {
         bail!("effective dimensionality needs at least 2 images, the data gives {total}");
     }
-    let start = Instant::now();
-    let mut covariances: Vec<Option<StreamingCovariance>> = vec![None; layers.len()];
-    let (mut data_s, mut forward_s, mut cov_s) = (0.0, 0.0, 0.0);
-    let mut seen = 0usize;
+    let mut accumulator = Accumulator::new(layers);
     let bar = progress(total as u64, "dimensionality");
     let split = Split::Val {
         resolution: input.res,
@@ -126,7 +215,7 @@ pub fn dataset_dimensionality(
     'passes: for _ in 0..passes {
         let mut batches = data.batches(split, 0, batch)?;
         loop {
-            if seen == total {
+            if accumulator.seen == total {
                 break 'passes;
             }
             let t = Instant::now();
@@ -134,73 +223,29 @@ pub fn dataset_dimensionality(
                 break;
             };
             let b = b?;
-            let keep = b.len().min(total - seen);
+            let keep = b.len().min(total - accumulator.seen);
             let x = batch_tensor(&b, input, device);
             let x = if keep < b.len() {
                 x.narrow(0, 0, keep)
             } else {
                 x
             };
-            data_s += t.elapsed().as_secs_f64();
+            accumulator.data_seconds += t.elapsed().as_secs_f64();
             let (responses, seconds) = forward_responses(model, x, layers)?;
-            forward_s += seconds;
-            let t = Instant::now();
-            for (cov, layer) in covariances.iter_mut().zip(&responses) {
-                let cov = match cov {
-                    Some(c) => c,
-                    None => cov.insert(StreamingCovariance::new(layer.units)?),
-                };
-                cov.update(&layer.values, keep)?;
-            }
-            cov_s += t.elapsed().as_secs_f64();
-            seen += keep;
+            accumulator.forward_seconds += seconds;
+            accumulator.add(&responses, keep)?;
             bar.inc(keep as u64);
         }
     }
     bar.finish_and_clear();
-    let t = Instant::now();
-    let results: Vec<Dimensionality> = covariances
-        .iter()
-        .zip(layers)
-        .map(|(c, name)| {
-            c.as_ref()
-                .with_context(|| format!("{name}: no images reached the layer"))?
-                .dimensionality()
-                .with_context(|| format!("effective dimensionality of {name}"))
-        })
-        .collect::<Result<_>>()?;
-    let eigen_s = t.elapsed().as_secs_f64();
-    let mean = mean_dimensionality(&results);
-    let layers = layers
-        .iter()
-        .zip(results)
-        .map(|(name, d)| LayerDimensionality {
-            layer: name.clone(),
-            features: d.features,
-            effective_dimensionality: d.effective_dimensionality,
-            top_eigenvalues: d
-                .eigenvalues
-                .iter()
-                .take(TOP_EIGENVALUES)
-                .copied()
-                .collect(),
-        })
-        .collect();
-    Ok(DatasetDimensionality {
-        layers,
-        mean,
-        timing: Timing {
-            images: seen as u64,
-            data_seconds: data_s,
-            forward_seconds: forward_s,
-            covariance_seconds: cov_s,
-            eigen_seconds: eigen_s,
-            total_seconds: start.elapsed().as_secs_f64(),
-        },
-    })
+    accumulator.finish()
 }
 
 pub fn run(args: DimensionalityArgs) -> Result<()> {
+    if crate::language::is_gpt_checkpoint(&args.model.checkpoint) {
+        let result = crate::language::dimensionality(&args)?;
+        return report(&args, result.block_size, result.dimensionality);
+    }
     let loaded = Loaded::open(&args.model)?;
     let names = loaded.response_modules(&args.modules)?;
     let input = args
@@ -208,11 +253,7 @@ pub fn run(args: DimensionalityArgs) -> Result<()> {
         .input
         .resolve(loaded.run.as_ref(), loaded.in_channels())?;
     let data = open_dataset(&args.data.data, &input)?;
-    let DatasetDimensionality {
-        layers,
-        mean,
-        timing,
-    } = dataset_dimensionality(
+    let result = dataset_dimensionality(
         &loaded.model,
         &names,
         &data,
@@ -224,6 +265,21 @@ pub fn run(args: DimensionalityArgs) -> Result<()> {
         },
         &loaded.device,
     )?;
+    report(&args, input.res, result)
+}
+
+/// Draws the chart (with `--out`) and prints or writes the report;
+/// `resolution` is the input size (pixels, or tokens per window).
+fn report(
+    args: &DimensionalityArgs,
+    resolution: usize,
+    result: DatasetDimensionality,
+) -> Result<()> {
+    let DatasetDimensionality {
+        layers,
+        mean,
+        timing,
+    } = result;
     let mut png = None;
     if let Some(dir) = args.output.dir()? {
         analysis::ensure_font()?;
@@ -262,7 +318,7 @@ pub fn run(args: DimensionalityArgs) -> Result<()> {
     let report = DimensionalityReport {
         checkpoint: args.model.checkpoint.display().to_string(),
         data: args.data.data.display().to_string(),
-        resolution: input.res,
+        resolution,
         mean_effective_dimensionality: mean,
         layers,
         timing,

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::validation::run_config;
 
-mod data;
-mod dimensionality;
+pub mod data;
+pub mod dimensionality;
 pub mod prune;
 mod selectivity;
 mod sheets;
@@ -200,6 +200,24 @@ pub struct Loaded {
     pub device: CpuDevice,
 }
 
+impl ModelArgs {
+    /// The selected layers' weights, for the analyses that need nothing else
+    /// (sheets, smoothness). A GPT checkpoint's layers default to every
+    /// block's `mlp.c_fc`, the paper's topographic layers.
+    pub fn layer_weights(&self) -> Result<Vec<LayerWeights>> {
+        if !crate::language::is_gpt_checkpoint(&self.checkpoint) {
+            return Loaded::open(self)?.layers();
+        }
+        let model: models::Gpt<Cpu> = models::load_gpt(&self.checkpoint, &Default::default())
+            .with_context(|| format!("cannot load {}", self.checkpoint.display()))?;
+        let patterns = self
+            .layers
+            .clone()
+            .unwrap_or_else(|| vec![crate::language::GPT_TOPOGRAPHIC_LAYERS.to_string()]);
+        layer_weights(&model, &patterns)
+    }
+}
+
 impl Loaded {
     pub fn open(args: &ModelArgs) -> Result<Self> {
         let device = Default::default();
@@ -254,10 +272,9 @@ pub fn input_channels<B: burn::tensor::backend::Backend>(model: &models::Model<B
 
 /// The host weights of the layers of `model` matching `patterns`.
 pub fn layer_weights<B: burn::tensor::backend::Backend>(
-    model: &models::Model<B>,
+    model: &impl models::Topographic<B>,
     patterns: &[String],
 ) -> Result<Vec<LayerWeights>> {
-    use models::Topographic;
     let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let candidates = model.select_layers(&patterns)?;
     candidates

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{display_name, file_stem, Loaded, ModelArgs, OutputArgs};
+use super::{display_name, file_stem, ModelArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct SheetsArgs {
@@ -40,8 +40,7 @@ struct SheetsReport {
 }
 
 pub fn run(args: SheetsArgs) -> Result<()> {
-    let loaded = Loaded::open(&args.model)?;
-    let layers = loaded.layers()?;
+    let layers = args.model.layer_weights()?;
     let chosen = match &args.layer {
         Some(name) => match layers.iter().find(|l| &l.name == name) {
             Some(l) => l,

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::{display_name, LayerWeights, Loaded, ModelArgs, OutputArgs};
+use super::{display_name, LayerWeights, ModelArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct SmoothnessArgs {
@@ -106,8 +106,7 @@ fn chart_series(layers: &[LayerSmoothness]) -> Vec<Series> {
 }
 
 pub fn run(args: SmoothnessArgs) -> Result<()> {
-    let loaded = Loaded::open(&args.model)?;
-    let layers = layers_smoothness(&loaded.layers()?)?;
+    let layers = layers_smoothness(&args.model.layer_weights()?)?;
     let curves: Vec<SmoothnessCurve> = layers.iter().map(|l| l.curve.clone()).collect();
     let mean = mean_score(&curves);
     let mut png = None;
