@@ -1,4 +1,5 @@
-//! The shipped configs: every one parses and says what its name says, and
+//! The shipped configs: every one (vision and language) parses and says what
+//! its name says, and
 //! the ImageNet ones (ResNet-18, ResNet-50, ViT-B/32) train a few steps on
 //! the shared ImageNet-mini, prepared by `topotrain prep imagenet`. Only
 //! the size of the run is overridden (batch, resolution, steps, device), so
@@ -6,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use trainer::language::{is_language_config, LanguageConfig};
 use trainer::RunConfig;
 
 mod common;
@@ -33,8 +35,12 @@ fn every_config_parses_and_matches_its_name() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let config = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
         let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if is_language_config(&std::fs::read_to_string(&path).unwrap()) {
+            check_language_config(&path, &stem);
+            continue;
+        }
+        let config = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
         let topography = config.topography.as_ref().expect("[topography]");
         let (arch, tau, epochs) = name_parts(&stem);
         assert_eq!(topography.tau.value(0), tau, "{stem}: tau");
@@ -63,6 +69,25 @@ fn every_config_parses_and_matches_its_name() {
 }
 
 /// `configs/<name>.toml` resized to a few seconds of CPU work on `data`.
+/// `gpt_tiny_tau5.toml` trains a GPT with TopoLoss at tau 5 on c_fc;
+/// `gpt_tiny_lora.toml` fine-tunes a base with LoRA adapters.
+fn check_language_config(path: &Path, stem: &str) {
+    let config = LanguageConfig::load(path).unwrap_or_else(|e| panic!("{e:#}"));
+    if stem.ends_with("_lora") {
+        assert!(config.lora.is_some() && config.base.is_some(), "{stem}");
+        return;
+    }
+    assert!(config.gpt.is_some(), "{stem}: [gpt]");
+    let (_, tau, _) = name_parts(stem);
+    let topography = config.topography.as_ref().expect("[topography]");
+    assert_eq!(topography.tau.value(0), tau, "{stem}: tau");
+    assert_eq!(
+        topography.layers[0].patterns,
+        ["transformer.h.*.mlp.c_fc"],
+        "{stem}: TopoLoss on c_fc"
+    );
+}
+
 fn small_run(name: &str, data: &Path, out: &Path) -> PathBuf {
     let text = std::fs::read_to_string(configs_dir().join(format!("{name}.toml"))).unwrap();
     let mut value: toml::Table = text.parse().unwrap();
