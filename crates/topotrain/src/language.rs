@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use models::{Activation, Taps, Topographic};
+use models::{Taps, Topographic};
 use serde::Serialize;
 use trainer::language::{
     eval_windows, fit_language, open_tokens, prune_curve, window_batch, LanguageConfig,
@@ -15,7 +15,7 @@ use trainer::language::{
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
 
-use crate::analyze::data::Responses;
+use crate::analyze::data::{unit_responses, Samples};
 use crate::analyze::dimensionality::{Accumulator, DatasetDimensionality, DimensionalityArgs};
 use crate::analyze::prune::PruneArgs;
 use crate::fit::FitArgs;
@@ -224,7 +224,8 @@ pub struct GptDimensionality {
 /// `topotrain analyze dimensionality` on a GPT checkpoint: the effective
 /// dimensionality of the selected layers' outputs (default every block's
 /// `c_fc`) over windows of the token folder `--data` (its val.bin), each
-/// token position one sample of a layer's units. `--max-images` caps the
+/// token position one sample of a layer's units (`--samples images`: one
+/// per window, averaged over its tokens). `--max-images` caps the
 /// windows (default: as many as fit the file, spread evenly) and `--batch`
 /// is windows per forward pass.
 pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
@@ -264,6 +265,11 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
         .unwrap_or(val.len() / block_size)
         .max(1);
     let windows = eval_windows(&val, block_size, count);
+    let samples = args.samples.unwrap_or(Samples::Positions);
+    let per_window = match samples {
+        Samples::Positions => block_size,
+        Samples::Images => 1,
+    };
     let mut accumulator = Accumulator::new(&names);
     let bar = crate::analyze::progress((windows.len() * args.passes) as u64, "dimensionality");
     for _ in 0..args.passes {
@@ -278,10 +284,10 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
             let responses = taps
                 .into_captured()
                 .into_iter()
-                .map(|(name, activation)| token_responses(&name, activation))
+                .map(|(_, activation)| unit_responses(activation, samples))
                 .collect::<Result<Vec<_>>>()?;
             accumulator.forward_seconds += t.elapsed().as_secs_f64();
-            accumulator.add(&responses, starts.len() * block_size)?;
+            accumulator.add(&responses, starts.len() * per_window)?;
             bar.inc(starts.len() as u64);
         }
     }
@@ -290,19 +296,4 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
         block_size,
         dimensionality: accumulator.finish()?,
     })
-}
-
-/// A `[windows, tokens, units]` output as `[windows * tokens, units]` rows.
-fn token_responses(name: &str, activation: Activation<trainer::Cpu>) -> Result<Responses> {
-    let Activation::Rank3(t) = activation else {
-        bail!("{name}: expected a [windows, tokens, units] output");
-    };
-    let [windows, tokens, units] = t.dims();
-    let values = t
-        .reshape([windows * tokens, units])
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("cannot read the responses of {name}: {e:?}"))?;
-    Ok(Responses { values, units })
 }

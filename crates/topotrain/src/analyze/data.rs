@@ -175,22 +175,42 @@ pub struct Responses {
     pub units: usize,
 }
 
-/// A layer's output reduced to one value per unit and image, `[n, units]`:
-/// conv channels averaged over positions (as `analysis::dimensionality::
-/// channel_means` defines the features), ViT features over tokens. The
-/// reduction runs on the backend, so only `[n, units]` values are copied to
-/// the host rather than whole feature maps (`64 x 56 x 56` floats per image
-/// at ResNet-18's first stage).
-pub fn unit_responses(activation: Activation<Cpu>) -> Result<Responses> {
-    let reduced: Tensor<Cpu, 2> = match activation {
-        Activation::Rank2(t) => t,
-        Activation::Rank3(t) => {
+/// What one sample of a layer's responses is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Samples {
+    /// One vector per image: conv channels averaged over positions, ViT
+    /// features over tokens.
+    Images,
+    /// One vector per image and position (conv) or token (transformer): the
+    /// units' joint response at each place.
+    Positions,
+}
+
+/// A layer's output as rows of unit responses, `[samples, units]`: one row
+/// per image (conv channels averaged over positions, as
+/// `analysis::dimensionality::channel_means` defines the features; ViT
+/// features over tokens) or one per position / token. The reshaping runs on
+/// the backend, so for images only `[n, units]` values are copied to the
+/// host rather than whole feature maps (`64 x 56 x 56` floats per image at
+/// ResNet-18's first stage).
+pub fn unit_responses(activation: Activation<Cpu>, samples: Samples) -> Result<Responses> {
+    let reduced: Tensor<Cpu, 2> = match (activation, samples) {
+        (Activation::Rank2(t), _) => t,
+        (Activation::Rank3(t), Samples::Images) => {
             let [n, _, d] = t.dims();
             t.mean_dim(1).reshape([n, d])
         }
-        Activation::Rank4(t) => {
+        (Activation::Rank3(t), Samples::Positions) => {
+            let [n, tokens, d] = t.dims();
+            t.reshape([n * tokens, d])
+        }
+        (Activation::Rank4(t), Samples::Images) => {
             let [n, c, h, w] = t.dims();
             t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+        }
+        (Activation::Rank4(t), Samples::Positions) => {
+            let [n, c, h, w] = t.dims();
+            t.permute([0, 2, 3, 1]).reshape([n * h * w, c])
         }
     };
     let units = reduced.dims()[1];
@@ -202,12 +222,13 @@ pub fn unit_responses(activation: Activation<Cpu>) -> Result<Responses> {
     Ok(Responses { values, units })
 }
 
-/// Runs `x` through `model`, returning each named layer's `[n, units]`
+/// Runs `x` through `model`, returning each named layer's `[samples, units]`
 /// responses (in the order of `names`) and the time spent.
 pub fn forward_responses(
     model: &models::Model<Cpu>,
     x: Tensor<Cpu, 4>,
     names: &[String],
+    samples: Samples,
 ) -> Result<(Vec<Responses>, f64)> {
     let start = Instant::now();
     let (_, captured) = model.forward_with_taps(x, names)?;
@@ -218,7 +239,7 @@ pub fn forward_responses(
         let activation = by_name
             .remove(name)
             .with_context(|| format!("layer {name} produced no output to tap"))?;
-        out.push(unit_responses(activation)?);
+        out.push(unit_responses(activation, samples)?);
     }
     Ok((out, start.elapsed().as_secs_f64()))
 }

@@ -17,7 +17,9 @@ use clap::Args;
 use serde::Serialize;
 use trainer::data::Split;
 
-use super::data::{batch_tensor, forward_responses, open_dataset, DataArgs, Input, Responses};
+use super::data::{
+    batch_tensor, forward_responses, open_dataset, DataArgs, Input, Responses, Samples,
+};
 use super::{display_name, progress, Cpu, CpuDevice, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
@@ -32,6 +34,10 @@ pub struct DimensionalityArgs {
     /// covariance, hence ED, of repeated images is unchanged).
     #[arg(long, default_value_t = 1)]
     pub passes: usize,
+    /// One sample per image (default for vision models), or per image and
+    /// position / token (default for GPTs, where each token is a sample).
+    #[arg(long, value_enum)]
+    pub samples: Option<Samples>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -77,10 +83,12 @@ pub struct DimensionalityReport {
     pub png: Option<String>,
 }
 
-/// How many images go through the network, and in what batches.
+/// How many images go through the network, in what batches, and what a
+/// sample of a layer's responses is.
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {
     pub batch: usize,
+    pub samples: Samples,
     /// At most this many images (default: all, times `passes`).
     pub max_images: Option<usize>,
     /// Times over the data (for timing on a small set).
@@ -120,19 +128,19 @@ impl Accumulator {
         }
     }
 
-    /// Adds `samples` rows of each layer's `[samples, units]` responses (in
-    /// the order of the layers).
-    pub fn add(&mut self, responses: &[Responses], samples: usize) -> Result<()> {
+    /// Adds each layer's `[rows, units]` responses (in the order of the
+    /// layers) from `inputs` more images (or tokens).
+    pub fn add(&mut self, responses: &[Responses], inputs: usize) -> Result<()> {
         let t = Instant::now();
         for (cov, layer) in self.covariances.iter_mut().zip(responses) {
             let cov = match cov {
                 Some(c) => c,
                 None => cov.insert(StreamingCovariance::new(layer.units)?),
             };
-            cov.update(&layer.values, samples)?;
+            cov.update(&layer.values, layer.values.len() / layer.units.max(1))?;
         }
         self.covariance_seconds += t.elapsed().as_secs_f64();
-        self.seen += samples;
+        self.seen += inputs;
         Ok(())
     }
 
@@ -195,6 +203,7 @@ pub fn dataset_dimensionality(
 ) -> Result<DatasetDimensionality> {
     let Sampling {
         batch,
+        samples,
         max_images,
         passes,
     } = sampling;
@@ -231,7 +240,7 @@ pub fn dataset_dimensionality(
                 x
             };
             accumulator.data_seconds += t.elapsed().as_secs_f64();
-            let (responses, seconds) = forward_responses(model, x, layers)?;
+            let (responses, seconds) = forward_responses(model, x, layers, samples)?;
             accumulator.forward_seconds += seconds;
             accumulator.add(&responses, keep)?;
             bar.inc(keep as u64);
@@ -260,6 +269,7 @@ pub fn run(args: DimensionalityArgs) -> Result<()> {
         &input,
         Sampling {
             batch: args.data.batch,
+            samples: args.samples.unwrap_or(Samples::Images),
             max_images: args.data.max_images,
             passes: args.passes,
         },

@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::data::{forward_responses, InputArgs, Stimuli};
+use super::data::{forward_responses, InputArgs, Samples, Stimuli};
 use super::{file_stem, progress, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
@@ -127,6 +127,7 @@ pub fn run(args: SelectivityArgs) -> Result<()> {
             &loaded.model,
             stimuli.tensor(start, end, &loaded.device),
             &names,
+            Samples::Images,
         )?;
         for ((all, u), layer) in responses.iter_mut().zip(units.iter_mut()).zip(batch) {
             all.extend(layer.values);

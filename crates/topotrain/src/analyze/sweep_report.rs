@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::data::Samples;
 use super::data::{open_dataset, InputArgs};
 use super::dimensionality::{dataset_dimensionality, Sampling};
 use super::smoothness::layers_smoothness;
@@ -120,6 +121,7 @@ pub fn run(args: SweepReportArgs) -> Result<()> {
                     &input,
                     Sampling {
                         batch: args.batch,
+                        samples: Samples::Images,
                         max_images: Some(args.max_images),
                         passes: 1,
                     },
