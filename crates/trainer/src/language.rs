@@ -823,7 +823,8 @@ dir = "runs/lm-test"
         let e = eval_windows(&tokens, 8, 5);
         assert_eq!(e, [0, 22, 45, 68, 91]);
         let (x, y) = window_batch::<crate::Cpu>(&tokens, &[3], 4, &Default::default());
-        assert_eq!(x.into_data().to_vec::<i64>().unwrap(), [3, 4, 5, 6]);
-        assert_eq!(y.into_data().to_vec::<i64>().unwrap(), [4, 5, 6, 7]);
+        let ids = |t: Tensor<crate::Cpu, 2, Int>| t.into_data().convert::<i64>().to_vec::<i64>();
+        assert_eq!(ids(x).unwrap(), [3, 4, 5, 6]);
+        assert_eq!(ids(y).unwrap(), [4, 5, 6, 7]);
     }
 }

@@ -240,8 +240,17 @@ mod tests {
         let mut compared = 0;
         for (a, b) in single.iter().zip(&split) {
             assert_eq!(a.len(), b.len());
+            // Against the parameter's largest gradient: BatchNorm's backward
+            // subtracts means, so small entries carry the rounding of sums
+            // over 3 vs 6 images at a larger relative size (up to about
+            // 2e-4 of the scale was seen over repeated runs). A wrong shard
+            // or share would be off by a large fraction of the scale.
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             for (x, y) in a.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-5 + 1e-3 * x.abs(), "{x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-6 + 1e-3 * scale,
+                    "{x} vs {y} (scale {scale})"
+                );
                 compared += 1;
             }
         }
