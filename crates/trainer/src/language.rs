@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -34,12 +33,14 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer}
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use data_prep::text::{read_meta, TokenFile};
+use data_prep::transform::mix64;
 use models::topography::{TopoEngine, TopoReport, Topography, TopographyConfig};
 use models::{load_gpt, save_gpt, Gpt, GptConfig, LoraConfig, Topographic};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
 use crate::config::OutputSection;
+use crate::train::MetricsLog;
 
 /// One language-model run (training or LoRA fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,7 +422,7 @@ pub fn fit_language<B: AutodiffBackend>(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let trainable = trainable_parameters(&model, config.lora.is_some());
 
-    let mut metrics = JsonLines::create(&run_dir.join("metrics.jsonl"))?;
+    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), 0)?;
     let val_windows = eval_windows(&val, block, t.batch_size * t.eval_batches);
     let evaluate = |model: &Gpt<B>| -> Result<f64> {
         evaluate_windows(&model.valid(), &val, &val_windows, block, t.batch_size)
@@ -659,32 +660,9 @@ pub fn evaluate_windows<B: Backend>(
     Ok(mean)
 }
 
-/// SplitMix64: a fast, well-mixed 64-bit hash.
+/// SplitMix64 (one step of the generator, then its finaliser).
 fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `metrics.jsonl` of a language run: one JSON object per line.
-struct JsonLines {
-    file: fs::File,
-}
-
-impl JsonLines {
-    fn create(path: &Path) -> Result<Self> {
-        let file =
-            fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(JsonLines { file })
-    }
-
-    fn write(&mut self, line: &impl Serialize) -> Result<()> {
-        let mut text = serde_json::to_string(line)?;
-        text.push('\n');
-        self.file.write_all(text.as_bytes())?;
-        Ok(())
-    }
+    mix64(x.wrapping_add(0x9E37_79B9_7F4A_7C15))
 }
 
 /// One row of a pruning curve.

@@ -568,13 +568,14 @@ struct EpochLine {
 
 /// `metrics.jsonl`: one JSON object per line. On resume, lines past the
 /// checkpoint's step (written by the killed run after it) are dropped, so
-/// the log reads as if the run had never stopped.
-struct MetricsLog {
+/// the log reads as if the run had never stopped; a new run (step 0)
+/// starts an empty log.
+pub(crate) struct MetricsLog {
     file: fs::File,
 }
 
 impl MetricsLog {
-    fn open(path: &Path, resume_step: u64) -> Result<Self> {
+    pub(crate) fn open(path: &Path, resume_step: u64) -> Result<Self> {
         let kept = match fs::read_to_string(path) {
             Ok(text) => text
                 .lines()
@@ -598,7 +599,7 @@ impl MetricsLog {
         Ok(MetricsLog { file })
     }
 
-    fn write(&mut self, line: &impl Serialize) -> Result<()> {
+    pub(crate) fn write(&mut self, line: &impl Serialize) -> Result<()> {
         let mut text = serde_json::to_string(line)?;
         text.push('\n');
         self.file.write_all(text.as_bytes())?;
