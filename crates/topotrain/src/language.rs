@@ -1,5 +1,6 @@
 //! Language-model commands (see `trainer::language`): `fit` with a language
-//! config, `finetune` (LoRA on a base checkpoint) and `analyze prune`.
+//! config, `finetune` (LoRA on a base checkpoint), and the GPT side of
+//! `analyze prune`, `sheets`, `smoothness` and `dimensionality`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use crate::device::{run_on, BackendJob, DeviceChoice};
 use crate::analyze::data::{unit_responses, Samples};
 use crate::analyze::dimensionality::{Accumulator, DatasetDimensionality, DimensionalityArgs};
 use crate::analyze::prune::PruneArgs;
+use crate::analyze::ModelArgs;
 use crate::fit::FitArgs;
 
 /// `topotrain fit` on a language config.
@@ -148,11 +150,23 @@ struct LanguagePruneReport {
 }
 
 /// The paper's topographic layers of a GPT: every block's MLP input projection.
-pub const GPT_TOPOGRAPHIC_LAYERS: &str = "transformer.h.*.mlp.c_fc";
+const GPT_TOPOGRAPHIC_LAYERS: &str = "transformer.h.*.mlp.c_fc";
 
 /// Whether `path` is a GPT checkpoint (a file holding a token embedding).
 pub fn is_gpt_checkpoint(path: &Path) -> bool {
     path.is_file() && models::inspect_gpt_checkpoint(path).is_ok()
+}
+
+/// The GPT of `--checkpoint` on the CPU and the layer patterns to analyse:
+/// `--layers`, else every block's `c_fc`.
+pub fn open_gpt(args: &ModelArgs) -> Result<(models::Gpt<trainer::Cpu>, Vec<String>)> {
+    let model = models::load_gpt(&args.checkpoint, &Default::default())
+        .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+    let layers = args
+        .layers
+        .clone()
+        .unwrap_or_else(|| vec![GPT_TOPOGRAPHIC_LAYERS.to_string()]);
+    Ok((model, layers))
 }
 
 /// `topotrain analyze prune` on a GPT checkpoint: L1 unstructured pruning of
@@ -164,20 +178,12 @@ pub fn prune(args: &PruneArgs) -> Result<()> {
     if batch_size == 0 || eval_batches == 0 {
         bail!("--batch and --eval-batches must be at least 1");
     }
-    let checkpoint = &args.model.checkpoint;
-    let device = Default::default();
-    let model: models::Gpt<trainer::Cpu> = models::load_gpt(checkpoint, &device)
-        .with_context(|| format!("cannot load {}", checkpoint.display()))?;
+    let (model, layers) = open_gpt(&args.model)?;
     let block_size = args
         .language
         .block_size
         .unwrap_or(model.config().block_size);
     let (_, val) = open_tokens(&args.data.data, model.config().vocab_size)?;
-    let layers = args
-        .model
-        .layers
-        .clone()
-        .unwrap_or_else(|| vec![GPT_TOPOGRAPHIC_LAYERS.to_string()]);
     let patterns: Vec<&str> = layers.iter().map(String::as_str).collect();
     let rows = prune_curve(
         &model,
@@ -189,7 +195,7 @@ pub fn prune(args: &PruneArgs) -> Result<()> {
         eval_batches,
     )?;
     let report = LanguagePruneReport {
-        checkpoint: checkpoint.display().to_string(),
+        checkpoint: args.model.checkpoint.display().to_string(),
         data: args.data.data.display().to_string(),
         layers,
         block_size,
@@ -236,9 +242,7 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
     if batch == 0 || args.passes == 0 {
         bail!("--batch and --passes must be at least 1");
     }
-    let checkpoint = &args.model.checkpoint;
-    let model: models::Gpt<trainer::Cpu> = models::load_gpt(checkpoint, &Default::default())
-        .with_context(|| format!("cannot load {}", checkpoint.display()))?;
+    let (model, patterns) = open_gpt(&args.model)?;
     let block_size = model.config().block_size;
     let (_, val) = open_tokens(&args.data.data, model.config().vocab_size)?;
     if val.len() <= block_size + 1 {
@@ -248,11 +252,6 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
             val.len()
         );
     }
-    let patterns = args
-        .model
-        .layers
-        .clone()
-        .unwrap_or_else(|| vec![GPT_TOPOGRAPHIC_LAYERS.to_string()]);
     let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let names: Vec<String> = model
         .select_layers(&patterns)?

@@ -208,12 +208,7 @@ impl ModelArgs {
         if !crate::language::is_gpt_checkpoint(&self.checkpoint) {
             return Loaded::open(self)?.layers();
         }
-        let model: models::Gpt<Cpu> = models::load_gpt(&self.checkpoint, &Default::default())
-            .with_context(|| format!("cannot load {}", self.checkpoint.display()))?;
-        let patterns = self
-            .layers
-            .clone()
-            .unwrap_or_else(|| vec![crate::language::GPT_TOPOGRAPHIC_LAYERS.to_string()]);
+        let (model, patterns) = crate::language::open_gpt(self)?;
         layer_weights(&model, &patterns)
     }
 }
