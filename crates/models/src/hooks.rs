@@ -185,7 +185,9 @@ impl<B: Backend> TopoCandidate<B> {
     }
 }
 
-fn add_gradient<G: Backend, const D: usize>(
+/// Adds `grad` to parameter `id`'s gradient in `grads`, registering it if
+/// there is none.
+pub(crate) fn add_gradient<G: Backend, const D: usize>(
     grads: &mut GradientsParams,
     id: ParamId,
     grad: Tensor<G, D>,

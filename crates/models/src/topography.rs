@@ -11,14 +11,13 @@
 //! - [`TopoEngine::Device`] expresses the same closed form as tensor ops
 //!   (two small dense matmuls per blur), so weights never leave a GPU.
 
-use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use topoloss::{Interpolation, LayerTopoLoss, Reduction, SheetSource, TauSchedule, TopoError};
 
-use crate::hooks::{TopoCandidate, Topographic};
+use crate::hooks::{add_gradient, TopoCandidate, Topographic};
 use crate::ModelError;
 
 /// The `[topography]` section of a run's config.
@@ -581,12 +580,8 @@ impl TopoLayer {
         match gradient {
             LayerGradient::Weight(grad) => candidate.accumulate_gradient(grads, grad)?,
             LayerGradient::Bias(grad) => {
-                let id: ParamId = candidate.bias_param_id.ok_or_else(|| self.no_bias())?;
-                let total = match grads.remove::<B::InnerBackend, 1>(id) {
-                    Some(existing) => existing + grad,
-                    None => grad,
-                };
-                grads.register(id, total);
+                let id = candidate.bias_param_id.ok_or_else(|| self.no_bias())?;
+                add_gradient(grads, id, grad);
             }
         }
         Ok(())
