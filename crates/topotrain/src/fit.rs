@@ -20,6 +20,10 @@ pub struct FitArgs {
     /// "cpu" or "cuda[:N]" (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
+    /// Train data parallel on this many devices from --device's index up
+    /// (overrides training.devices).
+    #[arg(long)]
+    pub devices: Option<usize>,
     /// Run directory (overrides output.dir).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -47,6 +51,9 @@ pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
     }
     if let Some(device) = &args.device {
         config.training.device = device.clone();
+    }
+    if let Some(devices) = args.devices {
+        config.training.devices = devices;
     }
     if let Some(out) = &args.out {
         config.output.dir = out.clone();

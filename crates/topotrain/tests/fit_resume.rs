@@ -165,6 +165,42 @@ fn sigkill_and_resume_matches_an_uninterrupted_run() {
     assert_same_results(&straight, &killed);
 }
 
+/// Data parallelism as `training.devices` drives it, on two CPU replicas
+/// (the CPU backend's one device, twice): each step's batch is split, the
+/// shards' gradients summed. Its exactness against one device is the
+/// trainer's unit test; here the whole run goes through it and resumes
+/// exactly.
+#[test]
+fn two_replicas_train_and_resume_exactly() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let resumed = dir.path().join("resumed");
+    let a = write_config(dir.path(), "a.toml", &config(&straight, 1.0, "devices = 2"));
+    let b = write_config(dir.path(), "b.toml", &config(&resumed, 1.0, ""));
+    let output = fit(&a, &[]);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("data parallel over 2 devices"), "{stderr}");
+    let steps = metrics(&straight)
+        .iter()
+        .filter(|line| line["kind"] == "train")
+        .count();
+    assert_eq!(steps, 12);
+    assert!(summary(&straight)["train_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    // --devices overrides the config; abort mid-epoch 2 and resume.
+    assert!(!fit(&b, &["--devices", "2", "--abort-after-steps", "9"])
+        .status
+        .success());
+    assert_success(&fit(&b, &["--devices", "2", "--resume"]));
+    assert_same_results(&straight, &resumed);
+}
+
 #[test]
 fn divergence_stops_with_the_step() {
     if !have_fashion() {
@@ -190,6 +226,14 @@ fn config_errors_name_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success() && stderr.contains("training.batch_size"),
+        "{stderr}"
+    );
+    let text = config(&dir.path().join("run"), 1.0, "devices = 64");
+    let path = write_config(dir.path(), "devices.toml", &text);
+    let output = fit(&path, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("training.devices = 64"),
         "{stderr}"
     );
     let text = config(&dir.path().join("run"), 1.0, "").replace("seed = 7", "sede = 7");

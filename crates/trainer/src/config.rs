@@ -239,6 +239,11 @@ pub struct TrainingSection {
     /// "cpu" or "cuda[:N]"; `--device` overrides it.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Devices this process trains on, data parallel, from `device`'s
+    /// index up (cuda:0 and 4 use cuda:0..cuda:3); each step's batch is
+    /// split between them. `--devices` overrides it.
+    #[serde(default = "one")]
+    pub devices: usize,
     /// Evaluation batch size (default: the training batch size).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
@@ -427,6 +432,16 @@ impl RunConfig {
                 "training.batch_size",
                 t.batch_size,
                 "must be at least 1",
+            ));
+        }
+        if t.devices == 0 || t.devices > t.batch_size {
+            return Err(bad(
+                "training.devices",
+                t.devices,
+                &format!(
+                    "must be between 1 and training.batch_size ({}): each device takes a share of every batch",
+                    t.batch_size
+                ),
             ));
         }
         if t.eval_every_epochs == 0 {

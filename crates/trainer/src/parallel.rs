@@ -7,19 +7,20 @@
 //! `GradientsParams::to_device` and `GradientsAccumulator`). Each shard's
 //! mean loss is weighted by its share of the batch, so the sum is the
 //! gradient of the whole batch's mean loss, as on one device. BatchNorm sees
-//! per-shard statistics (PyTorch's DDP without SyncBatchNorm does the same),
-//! and the running statistics kept are the first device's.
+//! per-shard statistics (PyTorch's DDP without SyncBatchNorm does the same);
+//! its running statistics move by the mean of the shards' updates.
 //!
 //! Sharding the data between processes (one per node) is data-prep's
 //! loader's job (`LoaderConfig::rank` and `world_size`); [`shard_range`]
 //! splits one batch between the devices of a process.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use anyhow::{anyhow, Result};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::{AutodiffBackend, Backend, Device as _, DeviceId};
 use burn::tensor::{ElementConversion, Tensor};
 
 use crate::data::Batch;
@@ -32,6 +33,37 @@ pub fn shard_range(len: usize, parts: usize, index: usize) -> Range<usize> {
     let start = index * base + index.min(extra);
     let size = base + usize::from(index < extra);
     start.min(len)..(start + size).min(len)
+}
+
+/// `count` devices of `first`'s kind with consecutive indices from
+/// `first`'s (cuda:2 and 3 give cuda:2, cuda:3, cuda:4).
+///
+/// `check_count` refuses devices the machine does not have (for GPUs). The
+/// CPU backend has a single device, so CPU replicas (used to test data
+/// parallelism) share it and are not checked.
+pub fn consecutive_devices<B: Backend>(
+    first: &B::Device,
+    count: usize,
+    check_count: bool,
+) -> Result<Vec<B::Device>> {
+    if count == 0 {
+        return Err(anyhow!("training.devices must be at least 1"));
+    }
+    let id = first.to_id();
+    let present = B::device_count(id.type_id);
+    let wanted = id.index_id as usize + count;
+    if check_count && wanted > present {
+        return Err(anyhow!(
+            "training.devices = {count} from device {} needs devices up to index {}, but this machine has {present} of that kind; lower training.devices (or --devices) or start from a lower device index",
+            id.index_id,
+            wanted - 1
+        ));
+    }
+    let last = u16::try_from(wanted - 1)
+        .map_err(|_| anyhow!("training.devices = {count} is more devices than can be indexed"))?;
+    Ok((id.index_id..=last)
+        .map(|index| B::Device::from_id(DeviceId::new(id.type_id, index)))
+        .collect())
 }
 
 /// The images and labels of `range` of a batch.
@@ -99,7 +131,15 @@ where
     }
     materialize_parameters(model);
     let run_shard = |index: usize, device: &B::Device| -> Result<(GradientsParams, f64, u64)> {
-        let shard = batch_slice(batch, shard_range(batch.len(), devices.len(), index));
+        // One device takes the batch as it is (no copy, no scaling).
+        let shard = if devices.len() == 1 {
+            Cow::Borrowed(batch)
+        } else {
+            Cow::Owned(batch_slice(
+                batch,
+                shard_range(batch.len(), devices.len(), index),
+            ))
+        };
         let replica = if index == 0 {
             model.clone()
         } else {
@@ -108,7 +148,12 @@ where
         let (loss, correct) = shard_loss(&replica, &shard, device)?;
         let share = shard.len() as f64 / batch.len() as f64;
         let loss_value: f64 = loss.clone().into_scalar().elem();
-        let grads = GradientsParams::from_grads((loss * share).backward(), &replica);
+        let weighted = if devices.len() == 1 {
+            loss
+        } else {
+            loss * share
+        };
+        let grads = GradientsParams::from_grads(weighted.backward(), &replica);
         let grads = if index == 0 {
             grads
         } else {
@@ -138,6 +183,16 @@ where
                 .collect()
         })
     };
+    if devices.len() > 1 {
+        // Burn's running statistics (BatchNorm) collect one update per
+        // thread and average them when read from a thread that updated
+        // before, or by `valid()`. The replica threads are new every step,
+        // so nothing would average them until the next evaluation, and each
+        // step's updates would start from stale values; averaging here makes
+        // each step's update the mean of the shards' (exactly repeatable for
+        // two devices: the sum of two does not depend on its order).
+        let _ = model.valid();
+    }
     let mut accumulator = GradientsAccumulator::<M>::new();
     let mut totals = StepTotals {
         loss: 0.0,
@@ -208,20 +263,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn two_replicas_give_the_single_device_gradient() {
-        let device = Default::default();
-        let model: Model<CpuTrain> = tiny_resnet().init(&device).unwrap();
-        // The batch is one half twice over, so each replica's BatchNorm sees
-        // the whole batch's statistics and the gradients must agree.
+    /// Six 8x8 images: three, twice over, so each of two replicas'
+    /// BatchNorm sees the whole batch's statistics.
+    fn doubled_batch() -> Batch {
         let half: Vec<u8> = (0..3 * 64).map(|i| (i * 37 % 251) as u8).collect();
-        let batch = Batch {
+        Batch {
             images: [half.clone(), half].concat(),
             labels: vec![0, 1, 2, 0, 1, 2],
             channels: 1,
             height: 8,
             width: 8,
-        };
+        }
+    }
+
+    #[test]
+    fn two_replicas_give_the_single_device_gradient() {
+        let device = Default::default();
+        let model: Model<CpuTrain> = tiny_resnet().init(&device).unwrap();
+        // Each replica's BatchNorm sees the whole batch's statistics, so the
+        // gradients must agree.
+        let batch = doubled_batch();
         let collect = |grads: &GradientsParams| {
             let mut visitor = Collect(grads, vec![]);
             model.visit(&mut visitor);
@@ -260,6 +321,49 @@ mod tests {
             "only {nonzero} of {compared} gradients are non-zero"
         );
         // (A lost replica would leave half of each gradient: far outside the tolerance.)
+    }
+
+    /// Every float a module holds (parameters and running statistics).
+    fn all_values(model: &Model<CpuTrain>) -> Vec<f32> {
+        struct Values(Vec<f32>);
+        impl ModuleVisitor<<CpuTrain as AutodiffBackend>::InnerBackend> for Values {
+            fn visit_float<const D: usize>(
+                &mut self,
+                param: &Param<Tensor<<CpuTrain as AutodiffBackend>::InnerBackend, D>>,
+            ) {
+                let values = param.val().into_data().convert::<f32>();
+                self.0.extend(values.into_vec::<f32>().unwrap());
+            }
+        }
+        let mut visitor = Values(vec![]);
+        model.valid().visit(&mut visitor);
+        visitor.0
+    }
+
+    #[test]
+    fn running_statistics_follow_every_step_of_the_replicas() {
+        let device = Default::default();
+        let single: Model<CpuTrain> = tiny_resnet().init(&device).unwrap();
+        materialize_parameters(&single);
+        // Same weights, running statistics of its own.
+        let split: Model<CpuTrain> = tiny_resnet()
+            .init(&device)
+            .unwrap()
+            .load_record(single.clone().into_record());
+        let before = all_values(&single);
+        assert_eq!(before, all_values(&split));
+        let batch = doubled_batch();
+        // Several steps: each must start from the previous one's statistics.
+        for _ in 0..3 {
+            data_parallel_gradients(&single, &[device], &batch, shard_loss).unwrap();
+            data_parallel_gradients(&split, &[device, device], &batch, shard_loss).unwrap();
+        }
+        let (single, split) = (all_values(&single), all_values(&split));
+        let moved = single.iter().zip(&before).filter(|(a, b)| a != b).count();
+        assert!(moved > 20, "only {moved} running statistics moved");
+        for (a, b) in single.iter().zip(&split) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]

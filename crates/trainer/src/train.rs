@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use models::topography::{TopoEngine, TopoReport, Topography};
 use models::Model;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, DataSet, Split};
 use crate::eval::{evaluate, EvalResult};
+use crate::parallel;
 use crate::sheet::{write_sheet_picture, SheetPicture};
 use crate::weight_decay::add_weight_decay;
 
@@ -133,9 +134,27 @@ pub fn fit<B: AutodiffBackend>(
             nesterov: o.nesterov,
         }))
         .init::<B, Model<B>>();
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_smoothing((o.label_smoothing > 0.0).then_some(o.label_smoothing as f32))
-        .init(&device);
+    let loss_config = CrossEntropyLossConfig::new()
+        .with_smoothing((o.label_smoothing > 0.0).then_some(o.label_smoothing as f32));
+    let devices =
+        parallel::consecutive_devices::<B>(&device, config.training.devices, options.accelerator)?;
+    if devices.len() > 1 {
+        eprintln!(
+            "data parallel over {} devices ({:?} ... {:?}), {} images each per step",
+            devices.len(),
+            devices[0],
+            devices[devices.len() - 1],
+            config.training.batch_size / devices.len()
+        );
+    }
+    // One replica's forward pass and loss on its shard of the batch.
+    let shard_loss = |replica: &Model<B>, shard: &Batch, on: &B::Device| {
+        let (x, y) = to_tensors::<B>(shard, &config.data.mean, &config.data.std, on);
+        let logits = replica.forward(x);
+        let loss = loss_config.init(on).forward(logits.clone(), y);
+        let correct = count_correct(logits, &shard.labels);
+        Ok((loss, correct))
+    };
 
     let recorder = Rec::new();
     let mut state = TrainState {
@@ -214,22 +233,9 @@ pub fn fit<B: AutodiffBackend>(
                 epoch as f64 + state.batch as f64 / steps_per_epoch as f64,
                 epochs,
             );
-            let (x, y) = to_tensors::<B>(&batch, &config.data.mean, &config.data.std, &device);
-            let logits = model.forward(x);
-            let loss = loss_fn.forward(logits.clone(), y);
-            let task_loss: f64 = loss.clone().into_scalar().elem();
-            let predicted = logits
-                .argmax(1)
-                .into_data()
-                .convert::<i64>()
-                .into_vec::<i64>()
-                .unwrap_or_default();
-            let correct = predicted
-                .iter()
-                .zip(&batch.labels)
-                .filter(|(p, l)| **p == **l as i64)
-                .count() as u64;
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (mut grads, totals) =
+                parallel::data_parallel_gradients(&model, &devices, &batch, shard_loss)?;
+            let (task_loss, correct) = (totals.loss, totals.correct);
             let report = match &topography {
                 Some(t) => Some(t.add_to_gradients(&model, state.step, engine, &mut grads)?),
                 None => None,
@@ -498,6 +504,21 @@ fn summarise(
         final_weights,
         sheet: None,
     })
+}
+
+/// How many rows of `logits` have their largest value at the label.
+fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: &[u32]) -> u64 {
+    let predicted = logits
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    predicted
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| **p == **l as i64)
+        .count() as u64
 }
 
 /// A batch as normalised float images and integer labels on `device`.
