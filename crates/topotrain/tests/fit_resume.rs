@@ -25,7 +25,7 @@ threads = 1
 {extra_training}
 "
     );
-    fashion_config(out, tau, 1.0, &training)
+    fashion_config(out, true, tau, 1.0, &training)
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
