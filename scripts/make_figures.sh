@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes the README's analysis figures (docs/figures/*.png) with the real
-# commands: a tiny tau sweep on Fashion-MNIST (width-8 ResNet-18, 200 steps
-# of 16 images per tau, CPU), then every `topotrain analyze` subcommand on
+# commands: a tiny tau sweep on Fashion-MNIST (width-8 ResNet-18, 400 steps
+# of 32 images per tau, CPU; the recipe of the analyze tests' fixtures), then every `topotrain analyze` subcommand on
 # it, and sheets / selectivity on the shared golden ResNet-18.
 #
 #   scripts/make_figures.sh [WORK_DIR]      (default: runs/figures)
@@ -24,7 +24,7 @@ cat >"$work/base.toml" <<EOF
 arch = "resnet18"
 num_classes = 10
 width = 8
-small_stem = true
+small_stem = false
 in_channels = 1
 
 [data]
@@ -52,9 +52,9 @@ shape = "linear"
 
 [training]
 epochs = 1
-batch_size = 16
+batch_size = 32
 seed = 1
-max_steps_per_epoch = 200
+max_steps_per_epoch = 400
 max_eval_batches = 4
 eval_batch_size = 500
 checkpoint_every_steps = 1000
