@@ -8,7 +8,7 @@
 # BIN: a topotrain built with `--features cuda`. STAGEs (default: all):
 #   small    ResNet-18, batch 8 at 64 px, with every CubeCL compilation and
 #            autotune logged (what the first step spends its time on)
-#   r18      ResNet-18, batch 256 at 176 px, without and with TopoLoss
+#   r18      ResNet-18, batch 256 at 176 px, without and with TopoLoss, f32 and bf16
 #   torch18  the same in PyTorch (fp32, bf16 + channels_last; with/without TopoLoss)
 #   fit      a few hundred training steps on data/imagenet-mini (prepared)
 #   r50      ResNet-50 in topotrain and PyTorch
@@ -56,6 +56,8 @@ for s in $stages; do
     r18)
         stage r18 180 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --json
         stage r18_topo 120 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --topo-tau 1 --json
+        stage r18_bf16 120 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --precision bf16 --json
+        stage r18_bf16_topo 120 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --precision bf16 --topo-tau 1 --json
         ;;
     torch18)
         for variant in "" "--bf16" "--topo-tau 1" "--bf16 --topo-tau 1"; do

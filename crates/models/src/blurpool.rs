@@ -13,6 +13,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::precision::Precision;
+
 /// ffcv's rule for which convolutions get blurred.
 pub fn wants_blurpool(in_channels: usize, stride: usize) -> bool {
     stride > 1 && in_channels >= 16
@@ -48,8 +50,9 @@ impl<B: Backend> BlurPoolConv2d<B> {
         }
     }
 
-    /// Blurs each channel (stride 1, zero padding 1), then applies the conv.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// Blurs each channel (stride 1, zero padding 1), then applies the conv
+    /// (in `precision`; the blur stays in f32).
+    pub fn forward(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
         let channels = x.dims()[1];
         let blurred = conv2d(
             x,
@@ -57,7 +60,7 @@ impl<B: Backend> BlurPoolConv2d<B> {
             None,
             ConvOptions::new([1, 1], [1, 1], [1, 1], channels),
         );
-        self.conv.forward(blurred)
+        precision.conv2d(&self.conv, blurred)
     }
 }
 
@@ -100,10 +103,11 @@ impl<B: Backend> MaybeBlurConv2d<B> {
     }
 
     /// Applies the (possibly blurred) convolution.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// The slot's output, its convolution computed in `precision`.
+    pub fn forward(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
         match self {
-            Self::Plain(conv) => conv.forward(x),
-            Self::Blurred(blurred) => blurred.forward(x),
+            Self::Plain(conv) => precision.conv2d(conv, x),
+            Self::Blurred(blurred) => blurred.forward(x, precision),
         }
     }
 

@@ -10,6 +10,7 @@
 //!   ([`Topographic`], [`TopoCandidate`]), pattern selection and the
 //!   mapping of gradients back to Burn's parameter shapes.
 //! - [`norm`]: batch normalisation arranged for the CPU backend.
+//! - [`precision`]: bf16 convolutions and linear layers over f32 parameters.
 //! - [`taps`]: capturing intermediate module outputs by name.
 //! - [`topography`]: TopoLoss on a model's selected layers, its gradient
 //!   added to training's gradients on the host or on the device.
@@ -24,6 +25,7 @@ pub mod gpt_checkpoint;
 pub mod hooks;
 pub mod model;
 pub mod norm;
+pub mod precision;
 pub mod resnet;
 pub mod taps;
 pub mod topography;
@@ -40,6 +42,7 @@ pub use hooks::{
     select, LayerKind, LayerPattern, ModuleInfo, NativeGradient, TopoCandidate, Topographic,
 };
 pub use model::{Architecture, Model, ARCHITECTURE_NAMES};
+pub use precision::Precision;
 pub use resnet::{ResNet, ResNetConfig};
 pub use taps::{Activation, TappedOutput, Taps};
 pub use vit::{VisionTransformer, VitConfig};

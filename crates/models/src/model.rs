@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
+use crate::precision::Precision;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::taps::{TappedOutput, Taps};
 use crate::vit::{VisionTransformer, VitConfig};
@@ -75,6 +76,21 @@ impl<B: Backend> Model<B> {
         match self {
             Self::ResNet(m) => Architecture::ResNet(m.config()),
             Self::Vit(m) => Architecture::Vit(m.config()),
+        }
+    }
+
+    /// The same network computing its convolutions and linear layers in
+    /// `precision` (parameters stay f32). Implemented for ResNets.
+    pub fn with_precision(self, precision: Precision) -> Result<Self, ModelError> {
+        match self {
+            Self::ResNet(mut m) => {
+                m.precision = precision;
+                Ok(Self::ResNet(m))
+            }
+            Self::Vit(m) if precision == Precision::F32 => Ok(Self::Vit(m)),
+            Self::Vit(_) => Err(ModelError::InvalidConfig(format!(
+                "{precision} compute is implemented for ResNets only; use f32 for a ViT"
+            ))),
         }
     }
 

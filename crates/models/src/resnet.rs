@@ -21,6 +21,7 @@ use burn::tensor::Tensor;
 use crate::blurpool::MaybeBlurConv2d;
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::norm::batch_norm;
+use crate::precision::Precision;
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -169,6 +170,7 @@ impl ResNetConfig {
             layer3,
             layer4,
             fc: LinearConfig::new(in_channels, self.num_classes).init(device),
+            precision: Precision::F32,
         })
     }
 }
@@ -185,6 +187,10 @@ pub struct ResNet<B: Backend> {
     pub layer3: Vec<ResidualBlock<B>>,
     pub layer4: Vec<ResidualBlock<B>>,
     pub fc: Linear<B>,
+    /// What convolutions and the classifier compute in (a run setting, not
+    /// saved with the weights; f32 when built).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 /// A basic block (`conv1`, `conv2`) or a bottleneck (`conv1`..`conv3`).
@@ -260,22 +266,28 @@ impl<B: Backend> ResidualBlock<B> {
         convs
     }
 
-    fn forward(&self, x: Tensor<B, 4>, name: &str, taps: &mut Taps<B>) -> Tensor<B, 4> {
+    fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        name: &str,
+        precision: Precision,
+        taps: &mut Taps<B>,
+    ) -> Tensor<B, 4> {
         let identity = match &self.downsample {
             Some(downsample) => {
                 let prefix = join_name(name, "downsample");
-                let y = tap_conv(&downsample.conv, x.clone(), &prefix, "0", taps);
+                let y = tap_conv(&downsample.conv, x.clone(), precision, &prefix, "0", taps);
                 let y = taps.offer_in(&prefix, "1", batch_norm(&downsample.bn, y));
                 taps.offer(&prefix, y)
             }
             None => x.clone(),
         };
-        let y = tap_conv(&self.conv1, x, name, "conv1", taps);
+        let y = tap_conv(&self.conv1, x, precision, name, "conv1", taps);
         let y = relu(taps.offer_in(name, "bn1", batch_norm(&self.bn1, y)));
-        let y = tap_conv(&self.conv2, y, name, "conv2", taps);
+        let y = tap_conv(&self.conv2, y, precision, name, "conv2", taps);
         let mut y = taps.offer_in(name, "bn2", batch_norm(&self.bn2, y));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            let z = tap_conv(conv3, relu(y), name, "conv3", taps);
+            let z = tap_conv(conv3, relu(y), precision, name, "conv3", taps);
             y = taps.offer_in(name, "bn3", batch_norm(bn3, z));
         }
         taps.offer(name, relu(y + identity))
@@ -308,11 +320,12 @@ impl<B: Backend> ResidualBlock<B> {
 fn tap_conv<B: Backend>(
     conv: &MaybeBlurConv2d<B>,
     x: Tensor<B, 4>,
+    precision: Precision,
     prefix: &str,
     child: &str,
     taps: &mut Taps<B>,
 ) -> Tensor<B, 4> {
-    let y = taps.offer_in(prefix, child, conv.forward(x));
+    let y = taps.offer_in(prefix, child, conv.forward(x, precision));
     match conv {
         MaybeBlurConv2d::Plain(_) => y,
         MaybeBlurConv2d::Blurred(_) => taps.offer_in(&join_name(prefix, child), "conv", y),
@@ -375,20 +388,22 @@ impl<B: Backend> ResNet<B> {
 
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
-        let x = taps.offer("conv1", self.conv1.forward(x));
+        let precision = self.precision;
+        let x = taps.offer("conv1", precision.conv2d(&self.conv1, x));
         let mut x = relu(taps.offer("bn1", batch_norm(&self.bn1, x)));
         if let Some(maxpool) = &self.maxpool {
             x = taps.offer("maxpool", maxpool.forward(x));
         }
         for (stage, blocks) in self.stages() {
             for (i, block) in blocks.iter().enumerate() {
-                x = block.forward(x, &format!("{stage}.{i}"), taps);
+                x = block.forward(x, &format!("{stage}.{i}"), precision, taps);
             }
             x = taps.offer(stage, x);
         }
         let pooled = taps.offer("avgpool", adaptive_avg_pool2d(x, [1, 1]));
         let [batch, channels, _, _] = pooled.dims();
-        taps.offer("fc", self.fc.forward(pooled.reshape([batch, channels])))
+        let logits = precision.linear(&self.fc, pooled.reshape([batch, channels]));
+        taps.offer("fc", logits)
     }
 
     /// Checks that `dims` is an image batch this network accepts.

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use models::topography::{TopoEngine, TopographyConfig};
-use trainer::bench::{BenchTopography, TrainBench};
+use trainer::bench::{BenchSetup, BenchTopography, TrainBench};
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
 
@@ -30,6 +30,10 @@ pub struct BenchTrainArgs {
     pub in_channels: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// f32, or bf16 convolutions and linear layers over f32 weights
+    /// (ResNets; autocast-style mixed precision).
+    #[arg(long, default_value = "f32")]
+    pub precision: models::Precision,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -92,8 +96,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!(
-            "{}: batch {} at {} px, {} TopoLoss layers, {} threads: first step {:.2} s, {:.4} s/step best, {:.4} median ({:.1} img/s)",
+            "{} ({}): batch {} at {} px, {} TopoLoss layers, {} threads: first step {:.2} s, {:.4} s/step best, {:.4} median ({:.1} img/s)",
             result.arch,
+            result.precision,
             result.batch,
             result.res,
             result.topo_layers,
@@ -117,14 +122,15 @@ impl BackendJob for TrainStep<'_> {
     type Output = TrainBench;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceChoice) -> Result<Self::Output> {
         let a = self.args;
-        trainer::bench::train_step::<B>(
-            self.architecture,
-            a.batch,
-            a.res,
-            a.warmup,
-            a.steps,
-            self.topography,
-            &device,
-        )
+        let setup = BenchSetup {
+            architecture: self.architecture,
+            batch: a.batch,
+            res: a.res,
+            warmup: a.warmup,
+            steps: a.steps,
+            precision: a.precision,
+            topography: self.topography,
+        };
+        trainer::bench::train_step::<B>(&setup, &device)
     }
 }

@@ -201,6 +201,35 @@ fn two_replicas_train_and_resume_exactly() {
     assert_same_results(&straight, &resumed);
 }
 
+/// bf16 convolutions over f32 weights train (on the CPU backend here; the
+/// point of it is GPU speed).
+#[test]
+fn bf16_compute_trains() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let path = write_config(
+        dir.path(),
+        "bf16.toml",
+        &config(&run, 1.0, "precision = \"bf16\""),
+    );
+    assert_success(&fit(&path, &[]));
+    let losses: Vec<f64> = metrics(&run)
+        .iter()
+        .filter(|line| line["kind"] == "train")
+        .map(|line| line["task_loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 12);
+    let (first, last) = (
+        losses[..3].iter().sum::<f64>(),
+        losses[9..].iter().sum::<f64>(),
+    );
+    assert!(last < first, "the loss does not fall: {losses:?}");
+    assert!(summary(&run)["val_top1"].as_f64().unwrap() > 0.2);
+}
+
 #[test]
 fn divergence_stops_with_the_step() {
     if !have_fashion() {

@@ -10,7 +10,7 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use models::topography::{TopoEngine, Topography, TopographyConfig};
-use models::{Architecture, Model};
+use models::{Architecture, Model, Precision};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -20,6 +20,8 @@ pub struct TrainBench {
     pub res: usize,
     pub threads: usize,
     pub steps: usize,
+    /// What convolutions and linear layers computed in.
+    pub precision: Precision,
     /// Layers with TopoLoss (0 without topography).
     pub topo_layers: usize,
     /// Wall time of the very first step, kernel compilation and autotuning included.
@@ -39,18 +41,35 @@ pub struct BenchTopography {
     pub engine: TopoEngine,
 }
 
+/// What one benchmark times.
+pub struct BenchSetup<'a> {
+    pub architecture: &'a Architecture,
+    pub batch: usize,
+    pub res: usize,
+    /// Untimed steps first (the first one is reported on its own).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    pub precision: Precision,
+    pub topography: Option<&'a BenchTopography>,
+}
+
 /// Times `steps` training steps after `warmup` untimed ones.
 pub fn train_step<B: AutodiffBackend>(
-    architecture: &Architecture,
-    batch: usize,
-    res: usize,
-    warmup: usize,
-    steps: usize,
-    topography: Option<&BenchTopography>,
+    setup: &BenchSetup,
     device: &B::Device,
 ) -> Result<TrainBench> {
+    let BenchSetup {
+        architecture,
+        batch,
+        res,
+        warmup,
+        steps,
+        precision,
+        topography,
+    } = *setup;
     B::seed(device, 0);
-    let mut model: Model<B> = architecture.init(device)?;
+    let mut model: Model<B> = architecture.init(device)?.with_precision(precision)?;
     let topo = match topography {
         Some(t) => Some((Topography::new(&model, &t.config)?, t.engine)),
         None => None,
@@ -106,6 +125,7 @@ pub fn train_step<B: AutodiffBackend>(
         res,
         threads: rayon::current_num_threads(),
         steps,
+        precision,
         topo_layers: topo.as_ref().map_or(0, |(t, _)| t.layers.len()),
         first_step_s,
         sec_per_step: best,

@@ -244,6 +244,10 @@ pub struct TrainingSection {
     /// split between them. `--devices` overrides it.
     #[serde(default = "one")]
     pub devices: usize,
+    /// "f32", or "bf16": convolutions and linear layers computed in bf16
+    /// over f32 weights, gradients and optimiser state (ResNets).
+    #[serde(default)]
+    pub precision: models::Precision,
     /// Evaluation batch size (default: the training batch size).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
@@ -461,6 +465,15 @@ impl RunConfig {
         t.device
             .parse::<crate::DeviceChoice>()
             .map_err(|e| bad("training.device", &t.device, &e))?;
+        if t.precision != models::Precision::F32
+            && !matches!(self.architecture()?, Architecture::ResNet(_))
+        {
+            return Err(bad(
+                "training.precision",
+                t.precision,
+                "bf16 compute is implemented for ResNets only; use \"f32\"",
+            ));
+        }
         if self.output.keep_checkpoints == 0 {
             return Err(bad(
                 "output.keep_checkpoints",
@@ -628,6 +641,22 @@ dir = "runs/test"
         let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
         assert!(
             error.contains("training.device") && error.contains("tpu"),
+            "{error}"
+        );
+        let bad = SMALL.replace("[training]\n", "[training]\ndevices = 0\n");
+        let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("training.devices"), "{error}");
+        let bf16 = SMALL.replace("[training]\n", "[training]\nprecision = \"bf16\"\n");
+        assert_eq!(
+            RunConfig::parse(&bf16).unwrap().training.precision,
+            models::Precision::Bf16
+        );
+        let vit = bf16
+            .replace("arch = \"resnet18\"", "arch = \"vit_b_32\"")
+            .replace("width = 8\nsmall_stem = true\n", "");
+        let error = format!("{:#}", RunConfig::parse(&vit).unwrap_err());
+        assert!(
+            error.contains("training.precision") && error.contains("ResNets only"),
             "{error}"
         );
     }
