@@ -79,18 +79,18 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// The same network computing its convolutions and linear layers in
-    /// `precision` (parameters stay f32). Implemented for ResNets.
-    pub fn with_precision(self, precision: Precision) -> Result<Self, ModelError> {
+    /// The same network computing its convolutions, linear layers and
+    /// matrix products in `precision` (parameters stay f32).
+    pub fn with_precision(self, precision: Precision) -> Self {
         match self {
             Self::ResNet(mut m) => {
                 m.precision = precision;
-                Ok(Self::ResNet(m))
+                Self::ResNet(m)
             }
-            Self::Vit(m) if precision == Precision::F32 => Ok(Self::Vit(m)),
-            Self::Vit(_) => Err(ModelError::InvalidConfig(format!(
-                "{precision} compute is implemented for ResNets only; use f32 for a ViT"
-            ))),
+            Self::Vit(mut m) => {
+                m.precision = precision;
+                Self::Vit(m)
+            }
         }
     }
 

@@ -20,6 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
+use crate::precision::Precision;
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -178,6 +179,7 @@ impl VitConfig {
                     .with_initializer(Initializer::Zeros)
                     .init(device),
             },
+            precision: Precision::F32,
         })
     }
 }
@@ -191,6 +193,10 @@ pub struct VisionTransformer<B: Backend> {
     pub class_token: Param<Tensor<B, 3>>,
     pub encoder: Encoder<B>,
     pub heads: Heads<B>,
+    /// What the projections, attention products and MLPs compute in (a run
+    /// setting, not saved with the weights; f32 when built).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 /// torchvision's `Encoder`; its layer keys `layers.encoder_layer_N` are
@@ -239,7 +245,7 @@ pub struct Heads<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let [batch, tokens, dim] = x.dims();
         let heads = self.num_heads;
         let head_dim = dim / heads;
@@ -250,30 +256,38 @@ impl<B: Backend> SelfAttention<B> {
         let project = |k: usize| {
             let w = weight.clone().narrow(0, k * dim, dim);
             let b = bias.clone().narrow(0, k * dim, dim);
-            (rows.clone().matmul(w.transpose()) + b.unsqueeze::<2>())
+            (precision.matmul(rows.clone(), w.transpose()) + b.unsqueeze::<2>())
                 .reshape([batch, tokens, heads, head_dim])
                 .swap_dims(1, 2)
         };
         let (q, k, v) = (project(0), project(1), project(2));
-        let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt();
-        let context = softmax(scores, 3)
-            .matmul(v)
+        let scores = precision.matmul(q, k.transpose()) / (head_dim as f64).sqrt();
+        // Softmax in f32, as under PyTorch's autocast.
+        let context = precision
+            .matmul(softmax(scores, 3), v)
             .swap_dims(1, 2)
             .reshape([batch, tokens, dim]);
-        self.out_proj.forward(context)
+        precision.linear(&self.out_proj, context)
     }
 }
 
 impl<B: Backend> EncoderBlock<B> {
-    fn forward(&self, x: Tensor<B, 3>, name: &str, taps: &mut Taps<B>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        name: &str,
+        precision: Precision,
+        taps: &mut Taps<B>,
+    ) -> Tensor<B, 3> {
         let y = taps.offer_in(name, "ln_1", self.ln_1.forward(x.clone()));
         let attention = join_name(name, "self_attention");
-        let y = taps.offer_in(&attention, "out_proj", self.self_attention.forward(y));
+        let y = self.self_attention.forward(y, precision);
+        let y = taps.offer_in(&attention, "out_proj", y);
         let x = taps.offer(&attention, y) + x;
         let y = taps.offer_in(name, "ln_2", self.ln_2.forward(x.clone()));
         let mlp = join_name(name, "mlp");
-        let y = taps.offer_in(&mlp, "0", self.mlp.linear_1.forward(y));
-        let y = taps.offer_in(&mlp, "3", self.mlp.linear_2.forward(gelu(y)));
+        let y = taps.offer_in(&mlp, "0", precision.linear(&self.mlp.linear_1, y));
+        let y = taps.offer_in(&mlp, "3", precision.linear(&self.mlp.linear_2, gelu(y)));
         let y = taps.offer(&mlp, y);
         taps.offer(name, y + x)
     }
@@ -309,7 +323,8 @@ impl<B: Backend> VisionTransformer<B> {
 
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
-        let patches = taps.offer("conv_proj", self.conv_proj.forward(x));
+        let precision = self.precision;
+        let patches = taps.offer("conv_proj", precision.conv2d(&self.conv_proj, x));
         let [batch, dim, grid_h, grid_w] = patches.dims();
         let tokens = patches
             .reshape([batch, dim, grid_h * grid_w])
@@ -317,13 +332,14 @@ impl<B: Backend> VisionTransformer<B> {
         let class_token = self.class_token.val().expand([batch, 1, dim]);
         let mut x = Tensor::cat(vec![class_token, tokens], 1) + self.encoder.pos_embedding.val();
         for (i, layer) in self.encoder.layers.iter().enumerate() {
-            x = layer.forward(x, &layer_name(i), taps);
+            x = layer.forward(x, &layer_name(i), precision, taps);
         }
         let x = taps.offer("encoder.layers", x);
         let x = taps.offer("encoder.ln", self.encoder.ln.forward(x));
         let x = taps.offer("encoder", x);
         let class_output = x.narrow(1, 0, 1).reshape([batch, dim]);
-        let logits = taps.offer("heads.head", self.heads.head.forward(class_output));
+        let logits = precision.linear(&self.heads.head, class_output);
+        let logits = taps.offer("heads.head", logits);
         taps.offer("heads", logits)
     }
 

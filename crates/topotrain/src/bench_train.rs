@@ -30,8 +30,8 @@ pub struct BenchTrainArgs {
     pub in_channels: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// f32, or bf16 convolutions and linear layers over f32 weights
-    /// (ResNets; autocast-style mixed precision).
+    /// f32, or bf16 convolutions, linear layers and matrix products over
+    /// f32 weights (autocast-style mixed precision).
     #[arg(long, default_value = "f32")]
     pub precision: models::Precision,
     /// CPU threads (0 = all cores).

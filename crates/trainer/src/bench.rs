@@ -69,7 +69,7 @@ pub fn train_step<B: AutodiffBackend>(
         topography,
     } = *setup;
     B::seed(device, 0);
-    let mut model: Model<B> = architecture.init(device)?.with_precision(precision)?;
+    let mut model: Model<B> = architecture.init(device)?.with_precision(precision);
     let topo = match topography {
         Some(t) => Some((Topography::new(&model, &t.config)?, t.engine)),
         None => None,

@@ -244,8 +244,8 @@ pub struct TrainingSection {
     /// split between them. `--devices` overrides it.
     #[serde(default = "one")]
     pub devices: usize,
-    /// "f32", or "bf16": convolutions and linear layers computed in bf16
-    /// over f32 weights, gradients and optimiser state (ResNets).
+    /// "f32", or "bf16": convolutions, linear layers and matrix products
+    /// computed in bf16 over f32 weights, gradients and optimiser state.
     #[serde(default)]
     pub precision: models::Precision,
     /// Evaluation batch size (default: the training batch size).
@@ -465,15 +465,6 @@ impl RunConfig {
         t.device
             .parse::<crate::DeviceChoice>()
             .map_err(|e| bad("training.device", &t.device, &e))?;
-        if t.precision != models::Precision::F32
-            && !matches!(self.architecture()?, Architecture::ResNet(_))
-        {
-            return Err(bad(
-                "training.precision",
-                t.precision,
-                "bf16 compute is implemented for ResNets only; use \"f32\"",
-            ));
-        }
         if self.output.keep_checkpoints == 0 {
             return Err(bad(
                 "output.keep_checkpoints",
@@ -650,14 +641,6 @@ dir = "runs/test"
         assert_eq!(
             RunConfig::parse(&bf16).unwrap().training.precision,
             models::Precision::Bf16
-        );
-        let vit = bf16
-            .replace("arch = \"resnet18\"", "arch = \"vit_b_32\"")
-            .replace("width = 8\nsmall_stem = true\n", "");
-        let error = format!("{:#}", RunConfig::parse(&vit).unwrap_err());
-        assert!(
-            error.contains("training.precision") && error.contains("ResNets only"),
-            "{error}"
         );
     }
 

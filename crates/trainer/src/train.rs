@@ -103,7 +103,7 @@ pub fn fit<B: AutodiffBackend>(
     let architecture = config.architecture()?;
     B::seed(&device, config.training.seed);
     let precision = config.training.precision;
-    let mut model: Model<B> = architecture.init(&device)?.with_precision(precision)?;
+    let mut model: Model<B> = architecture.init(&device)?.with_precision(precision);
     let topography = match &config.topography {
         Some(t) => Some(Topography::new(&model, t)?),
         None => None,
@@ -183,7 +183,7 @@ pub fn fit<B: AutodiffBackend>(
         model = model
             .load_file(path.join("model"), &recorder, &device)
             .with_context(|| format!("cannot load {}", path.join("model.mpk").display()))?
-            .with_precision(precision)?;
+            .with_precision(precision);
         let record = Recorder::<B>::load(&recorder, path.join("optim"), &device)
             .with_context(|| format!("cannot load {}", path.join("optim.mpk").display()))?;
         optimizer = optimizer.load_record(record);
