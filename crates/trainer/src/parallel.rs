@@ -140,12 +140,16 @@ where
                 shard_range(batch.len(), devices.len(), index),
             ))
         };
+        // The first shard runs on the model itself; the others on copies
+        // moved to their devices.
+        let forked;
         let replica = if index == 0 {
-            model.clone()
+            model
         } else {
-            model.clone().fork(device)
+            forked = model.clone().fork(device);
+            &forked
         };
-        let (loss, correct) = shard_loss(&replica, &shard, device)?;
+        let (loss, correct) = shard_loss(replica, &shard, device)?;
         let share = shard.len() as f64 / batch.len() as f64;
         let loss_value: f64 = loss.clone().into_scalar().elem();
         let weighted = if devices.len() == 1 {
@@ -153,11 +157,11 @@ where
         } else {
             loss * share
         };
-        let grads = GradientsParams::from_grads(weighted.backward(), &replica);
+        let grads = GradientsParams::from_grads(weighted.backward(), replica);
         let grads = if index == 0 {
             grads
         } else {
-            grads.to_device(main_device, &replica)
+            grads.to_device(main_device, replica)
         };
         Ok((grads, loss_value * share, correct))
     };
