@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::topotrain_ok;
+use common::{topotrain, topotrain_ok};
 
 fn have_bible() -> bool {
     let ok = Path::new("/usr/bin/bible").exists();
@@ -76,6 +76,16 @@ fn prep_fit_finetune_and_prune_through_the_binary() {
         "[gpt]\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 16\nvocab_size = 50257\n\n\
                [topography]\ntau = 1.0\nlayers = [{ patterns = [\"transformer.h.*.mlp.c_fc\"] }]";
     std::fs::write(&base_config, config(gpt, &data, &run, 3)).unwrap();
+    // Data parallelism is a vision-trainer feature: refused, not ignored.
+    let refused = topotrain(&[
+        "fit",
+        "--config",
+        base_config.to_str().unwrap(),
+        "--devices",
+        "2",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--devices"));
     let summary = json(&topotrain_ok(&[
         "fit",
         "--config",
