@@ -24,6 +24,20 @@ pub struct FitArgs {
     /// (overrides training.devices).
     #[arg(long)]
     pub devices: Option<usize>,
+    /// Train one run on this many nodes (one process each, the same config
+    /// and command with its own --node-rank; see scripts/slurm/).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// This process's rank in 0..--nodes; rank 0 writes output.dir, rank r
+    /// output.dir/node<r>.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// host:port where rank 0 listens for the other nodes.
+    #[arg(long, default_value = "127.0.0.1:29511")]
+    pub cluster_address: String,
+    /// Seconds to wait for all nodes to connect.
+    #[arg(long, default_value_t = 600)]
+    pub cluster_timeout: u64,
     /// Run directory (overrides output.dir).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -78,10 +92,29 @@ pub fn run(args: FitArgs) -> Result<()> {
         abort_after_steps: args.abort_after_steps,
         progress: !args.quiet,
         accelerator: false,
+        cluster: cluster_config(&args)?,
     };
     let summary = fit_on_device(&config, options)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// The multi-node settings of a `--nodes N` run (none for one node).
+fn cluster_config(args: &FitArgs) -> Result<Option<trainer::cluster::ClusterConfig>> {
+    if args.nodes <= 1 {
+        if args.node_rank != 0 {
+            anyhow::bail!("--node-rank {} needs --nodes above it", args.node_rank);
+        }
+        return Ok(None);
+    }
+    let config = trainer::cluster::ClusterConfig {
+        nodes: args.nodes,
+        rank: args.node_rank,
+        address: args.cluster_address.clone(),
+        timeout: std::time::Duration::from_secs(args.cluster_timeout),
+    };
+    config.validate()?;
+    Ok(Some(config))
 }
 
 /// Whether the config file is a language config (unreadable files are left

@@ -27,8 +27,8 @@ pub fn run_fit(args: &FitArgs) -> Result<()> {
     if args.resume || args.epochs.is_some() {
         bail!("--resume and --epochs do not apply to language configs (set training.steps)");
     }
-    if args.devices.is_some_and(|devices| devices != 1) {
-        bail!("--devices (data parallelism) is implemented for vision configs only; language runs use one device");
+    if args.devices.is_some_and(|devices| devices != 1) || args.nodes > 1 {
+        bail!("--devices and --nodes (data parallelism) are implemented for vision configs only; language runs use one device");
     }
     let mut config = LanguageConfig::load(&args.config)?;
     if let Some(tau) = args.tau {

@@ -201,6 +201,68 @@ fn two_replicas_train_and_resume_exactly() {
     assert_same_results(&straight, &resumed);
 }
 
+/// Two processes train one run (`--nodes 2`), each on half of every batch,
+/// gradients averaged between them each step: both log the same (averaged)
+/// losses and end with the same weights; rank 1 writes `node1/`.
+#[test]
+fn two_nodes_train_one_run() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let path = write_config(dir.path(), "nodes.toml", &config(&run, 1.0, ""));
+    let port = (30000 + std::process::id() % 20000).to_string();
+    let address = format!("127.0.0.1:{port}");
+    let spawn = |rank: &str| {
+        Command::new(env!("CARGO_BIN_EXE_topotrain"))
+            .args(["fit", "--quiet", "--config", path.to_str().unwrap()])
+            .args(["--nodes", "2", "--node-rank", rank])
+            .args(["--cluster-address", &address, "--cluster-timeout", "120"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (rank0, rank1) = (spawn("0"), spawn("1"));
+    assert_success(&rank0.wait_with_output().unwrap());
+    assert_success(&rank1.wait_with_output().unwrap());
+    let node1 = run.join("node1");
+    let train_losses = |dir: &Path| -> Vec<f64> {
+        metrics(dir)
+            .iter()
+            .filter(|line| line["kind"] == "train")
+            .map(|line| line["task_loss"].as_f64().unwrap())
+            .collect()
+    };
+    let losses = train_losses(&run);
+    assert_eq!(losses.len(), 12);
+    assert_eq!(losses, train_losses(&node1));
+    assert!(losses.iter().all(|l| l.is_finite()));
+    // Same parameters bit for bit; BatchNorm's running statistics are each
+    // node's own (as with PyTorch's DDP).
+    let (a, b) = (
+        std::fs::read(run.join("final.safetensors")).unwrap(),
+        std::fs::read(node1.join("final.safetensors")).unwrap(),
+    );
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut compared = 0;
+    for (name, tensor) in a.tensors() {
+        if name.contains("running_") || name.contains("num_batches") {
+            continue;
+        }
+        assert!(
+            tensor.data() == b.tensor(&name).unwrap().data(),
+            "{name} differs between the nodes"
+        );
+        compared += 1;
+    }
+    assert!(compared > 40, "{compared} tensors compared");
+}
+
 /// bf16 convolutions over f32 weights train (on the CPU backend here; the
 /// point of it is GPU speed).
 #[test]

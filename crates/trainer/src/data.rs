@@ -32,14 +32,30 @@ impl Batch {
     }
 }
 
+/// One node's share of the training data: rank `rank` of `nodes` takes
+/// every `nodes`-th sample of each epoch's order from position `rank` (as
+/// PyTorch's `DistributedSampler`), in batches of `batch_size / nodes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeShard {
+    pub rank: usize,
+    pub nodes: usize,
+}
+
+impl NodeShard {
+    /// A single process: all of the data.
+    pub const WHOLE: NodeShard = NodeShard { rank: 0, nodes: 1 };
+}
+
 /// Which split and how to transform it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Split {
-    /// Shuffled per (seed, epoch), augmented, at a resolution.
+    /// Shuffled per (seed, epoch), augmented, at a resolution; `node`
+    /// picks this process's share when several nodes train one run.
     Train {
         seed: u64,
         epoch: u64,
         resolution: usize,
+        node: NodeShard,
     },
     /// In order, centre-cropped to a resolution.
     Val { resolution: usize },
@@ -94,7 +110,7 @@ impl DataSet {
         match self {
             Self::InMemory(m) => {
                 let end = match split {
-                    Split::Train { .. } => m.len() / batch_size,
+                    Split::Train { node, .. } => m.len().div_ceil(node.nodes) / batch_size,
                     Split::Val { .. } => m.len().div_ceil(batch_size),
                 };
                 let mut prefetch = Prefetcher::new(Arc::clone(m), split, start, end, batch_size);
@@ -112,8 +128,11 @@ impl DataSet {
                         seed,
                         epoch,
                         resolution,
+                        node,
                     } => {
                         let mut c = data_prep::LoaderConfig::train(batch_size, resolution);
+                        c.rank = node.rank;
+                        c.world_size = node.nodes;
                         let crop = data_prep::RandomResizedCrop {
                             scale: (crop_scale[0], crop_scale[1]),
                             ..Default::default()
@@ -272,12 +291,16 @@ impl InMemory {
         let n = self.len();
         let image_len = self.channels * self.side * self.side;
         let (indices, flips): (Vec<u32>, Vec<bool>) = match split {
-            Split::Train { seed, epoch, .. } => {
+            Split::Train {
+                seed, epoch, node, ..
+            } => {
                 // data-prep's epoch order (the shuffle of prepared data), and
                 // a flip drawn per sample position from its generator.
                 let mut config = data_prep::LoaderConfig::train(batch_size, self.side);
                 config.seed = seed;
                 config.epoch = epoch;
+                config.rank = node.rank;
+                config.world_size = node.nodes;
                 let plan = data_prep::EpochPlan::new(n, &config)?;
                 if index >= plan.num_batches() {
                     bail!("training batch {index} is past the end of the epoch");
@@ -392,6 +415,7 @@ mod tests {
             seed: 3,
             epoch: 1,
             resolution: 2,
+            node: NodeShard::WHOLE,
         };
         let a = source.batch(split, 2, 4).unwrap();
         let b = source.batch(split, 2, 4).unwrap();
@@ -402,6 +426,7 @@ mod tests {
                     seed: 3,
                     epoch: 2,
                     resolution: 2,
+                    node: NodeShard::WHOLE,
                 },
                 2,
                 4,

@@ -10,6 +10,9 @@
 //!   checkpoints ([`checkpoint`]) with exact resume, divergence guard.
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
 //! - [`sheet`]: the picture of one topographic layer's sheet a run ends with.
+//! - [`parallel`]: data parallelism over the devices of one process.
+//! - [`cluster`]: several processes (nodes) training one run, gradients
+//!   averaged between them over TCP.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`weight_decay`]: L2 decay with BatchNorm parameters exempt (ffcv).
@@ -18,6 +21,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -21,8 +21,9 @@ use models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::RunConfig;
-use crate::data::{self, Batch, DataSet, Split};
+use crate::data::{self, Batch, DataSet, NodeShard, Split};
 use crate::eval::{evaluate, EvalResult};
 use crate::parallel;
 use crate::sheet::{write_sheet_picture, SheetPicture};
@@ -40,6 +41,9 @@ pub struct FitOptions {
     pub progress: bool,
     /// Accelerator device: the TopoLoss engine "auto" picks "device".
     pub accelerator: bool,
+    /// Train together with other processes (one per node); rank 0 writes
+    /// `output.dir`, rank r `output.dir/node<r>`.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The end-of-run summary (`summary.json`).
@@ -77,7 +81,21 @@ pub fn fit<B: AutodiffBackend>(
     device: B::Device,
     options: &FitOptions,
 ) -> Result<Summary> {
-    let run_dir = config.output.dir.clone();
+    let run_dir = match &options.cluster {
+        Some(cluster) if cluster.rank > 0 => {
+            config.output.dir.join(format!("node{}", cluster.rank))
+        }
+        _ => config.output.dir.clone(),
+    };
+    let nodes = options.cluster.as_ref().map_or(1, |c| c.nodes);
+    if !config.training.batch_size.is_multiple_of(nodes)
+        || config.training.batch_size / nodes < config.training.devices
+    {
+        bail!(
+            "training.batch_size = {} must split evenly over {nodes} nodes, at least one image per device each",
+            config.training.batch_size
+        );
+    }
     fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let existing = checkpoint::latest(&run_dir)?;
@@ -197,6 +215,20 @@ pub fn fit<B: AutodiffBackend>(
         last_checkpoint = Some(path);
     }
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), state.step)?;
+    let mut cluster = match &options.cluster {
+        Some(c) => {
+            eprintln!(
+                "node {} of {}: waiting for the others at {}",
+                c.rank, c.nodes, c.address
+            );
+            Some(Cluster::connect(c, state.step)?)
+        }
+        None => None,
+    };
+    let node = cluster.as_ref().map_or(NodeShard::WHOLE, |c| NodeShard {
+        rank: c.rank(),
+        nodes: c.nodes(),
+    });
 
     let epochs = config.training.epochs;
     let batch_size = config.training.batch_size;
@@ -210,8 +242,9 @@ pub fn fit<B: AutodiffBackend>(
             seed: config.training.seed,
             epoch: epoch as u64,
             resolution,
+            node,
         };
-        let mut batches = train_data.batches(split, state.batch, batch_size)?;
+        let mut batches = train_data.batches(split, state.batch, batch_size / node.nodes)?;
         let progress = progress_bar(
             options.progress,
             epoch,
@@ -237,7 +270,14 @@ pub fn fit<B: AutodiffBackend>(
             );
             let (mut grads, totals) =
                 parallel::data_parallel_gradients(&model, &devices, &batch, shard_loss)?;
-            let (task_loss, correct) = (totals.loss, totals.correct);
+            let (mut task_loss, mut correct) = (totals.loss, totals.correct);
+            if let Some(cluster) = &mut cluster {
+                // Mean gradient and loss over the nodes; correct predictions summed.
+                let mut extra = [task_loss as f32, correct as f32];
+                cluster.average_gradients(&model, &mut grads, &mut extra)?;
+                task_loss = extra[0] as f64;
+                correct = (extra[1] * node.nodes as f32).round() as u64;
+            }
             let report = match &topography {
                 Some(t) => Some(t.add_to_gradients(&model, state.step, engine, &mut grads)?),
                 None => None,
@@ -263,7 +303,7 @@ pub fn fit<B: AutodiffBackend>(
             state.step += 1;
             state.batch += 1;
             steps_this_run += 1;
-            let n = batch.len() as u64;
+            let n = (batch.len() * node.nodes) as u64;
             epoch_images += n;
             state.running.steps += 1;
             state.running.images += n;
