@@ -46,6 +46,23 @@ impl NodeShard {
     pub const WHOLE: NodeShard = NodeShard { rank: 0, nodes: 1 };
 }
 
+/// data-prep's loader settings for one node's share of a training epoch:
+/// both data sources take the epoch order and the shard from them.
+fn train_config(
+    seed: u64,
+    epoch: u64,
+    node: NodeShard,
+    batch_size: usize,
+    resolution: usize,
+) -> data_prep::LoaderConfig {
+    let mut config = data_prep::LoaderConfig::train(batch_size, resolution);
+    config.seed = seed;
+    config.epoch = epoch;
+    config.rank = node.rank;
+    config.world_size = node.nodes;
+    config
+}
+
 /// Which split and how to transform it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Split {
@@ -110,7 +127,15 @@ impl DataSet {
         match self {
             Self::InMemory(m) => {
                 let end = match split {
-                    Split::Train { node, .. } => m.len().div_ceil(node.nodes) / batch_size,
+                    Split::Train {
+                        seed,
+                        epoch,
+                        resolution,
+                        node,
+                    } => {
+                        let config = train_config(seed, epoch, node, batch_size, resolution);
+                        data_prep::EpochPlan::new(m.len(), &config)?.num_batches()
+                    }
                     Split::Val { .. } => m.len().div_ceil(batch_size),
                 };
                 let mut prefetch = Prefetcher::new(Arc::clone(m), split, start, end, batch_size);
@@ -130,9 +155,7 @@ impl DataSet {
                         resolution,
                         node,
                     } => {
-                        let mut c = data_prep::LoaderConfig::train(batch_size, resolution);
-                        c.rank = node.rank;
-                        c.world_size = node.nodes;
+                        let mut c = train_config(seed, epoch, node, batch_size, resolution);
                         let crop = data_prep::RandomResizedCrop {
                             scale: (crop_scale[0], crop_scale[1]),
                             ..Default::default()
@@ -141,8 +164,6 @@ impl DataSet {
                             crop,
                             flip: *flip,
                         });
-                        c.seed = seed;
-                        c.epoch = epoch;
                         c
                     }
                     Split::Val { resolution } => {
@@ -296,11 +317,7 @@ impl InMemory {
             } => {
                 // data-prep's epoch order (the shuffle of prepared data), and
                 // a flip drawn per sample position from its generator.
-                let mut config = data_prep::LoaderConfig::train(batch_size, self.side);
-                config.seed = seed;
-                config.epoch = epoch;
-                config.rank = node.rank;
-                config.world_size = node.nodes;
+                let config = train_config(seed, epoch, node, batch_size, self.side);
                 let plan = data_prep::EpochPlan::new(n, &config)?;
                 if index >= plan.num_batches() {
                     bail!("training batch {index} is past the end of the epoch");
