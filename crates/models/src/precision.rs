@@ -19,7 +19,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// The dtype convolutions and linear layers compute in.
+/// The dtype convolutions, linear layers and matrix products compute in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -39,14 +39,23 @@ impl Precision {
         }
     }
 
+    /// `forward(module, x)` with `module`'s parameters and `x` in this
+    /// precision, the output back in f32.
+    fn run<B: Backend, M: Module<B>, const D: usize>(
+        self,
+        module: &M,
+        x: Tensor<B, D>,
+        forward: impl FnOnce(&M, Tensor<B, D>) -> Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        match self.compute_dtype() {
+            None => forward(module, x),
+            Some(dtype) => forward(&cast_view(module, dtype), x.cast(dtype)).cast(FloatDType::F32),
+        }
+    }
+
     /// `conv.forward(x)`, computed in this precision (output in f32).
     pub fn conv2d<B: Backend>(self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self.compute_dtype() {
-            None => conv.forward(x),
-            Some(dtype) => cast_view(conv, dtype)
-                .forward(x.cast(dtype))
-                .cast(FloatDType::F32),
-        }
+        self.run(conv, x, Conv2d::forward)
     }
 
     /// `linear_layer.forward(x)`, computed in this precision (output in f32).
@@ -55,16 +64,9 @@ impl Precision {
         linear_layer: &Linear<B>,
         x: Tensor<B, D>,
     ) -> Tensor<B, D> {
-        match self.compute_dtype() {
-            None => linear_layer.forward(x),
-            Some(dtype) => cast_view(linear_layer, dtype)
-                .forward(x.cast(dtype))
-                .cast(FloatDType::F32),
-        }
+        self.run(linear_layer, x, Linear::forward)
     }
-}
 
-impl Precision {
     /// `a.matmul(b)`, computed in this precision (output in f32).
     pub fn matmul<B: Backend, const D: usize>(
         self,
