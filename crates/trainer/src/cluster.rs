@@ -228,54 +228,57 @@ impl Cluster {
         self.nodes
     }
 
-    /// Every rank's `values`, concatenated in rank order, on every rank.
-    fn gather(&mut self, values: &[f32]) -> Result<Vec<f32>> {
+    /// One round of the star: every rank sends `values`; rank 0 combines
+    /// its own and the others' (in rank order) and sends the `reply_len`
+    /// result back; every rank returns it.
+    fn exchange(
+        &mut self,
+        values: &[f32],
+        reply_len: usize,
+        combine: impl FnOnce(Vec<Vec<f32>>) -> Vec<f32>,
+    ) -> Result<Vec<f32>> {
         if self.rank == 0 {
-            let mut all = values.to_vec();
+            let mut all = vec![values.to_vec()];
             for link in &mut self.links {
-                all.extend(link.receive(Some(values.len()))?);
+                all.push(
+                    link.receive(Some(values.len()))
+                        .context("a node left the run")?,
+                );
             }
+            let result = combine(all);
             for link in &mut self.links {
-                link.send(&all)?;
+                link.send(&result).context("a node left the run")?;
             }
-            Ok(all)
+            Ok(result)
         } else {
             let link = &mut self.links[0];
-            link.send(values)?;
-            link.receive(Some(values.len() * self.nodes))
+            link.send(values).context("rank 0 left the run")?;
+            link.receive(Some(reply_len)).context("rank 0 left the run")
         }
+    }
+
+    /// Every rank's `values`, concatenated in rank order, on every rank.
+    fn gather(&mut self, values: &[f32]) -> Result<Vec<f32>> {
+        self.exchange(values, values.len() * self.nodes, |all| all.concat())
     }
 
     /// Replaces `values` by their mean over the nodes (summed in rank
     /// order, so every node gets the same bits).
     pub fn average(&mut self, values: &mut [f32]) -> Result<()> {
         let scale = 1.0 / self.nodes as f32;
-        if self.rank == 0 {
-            let mut sum = values.to_vec();
-            for link in &mut self.links {
-                let other = link
-                    .receive(Some(values.len()))
-                    .context("a node left the run")?;
-                sum.iter_mut().zip(&other).for_each(|(s, o)| *s += o);
+        let mean = self.exchange(values, values.len(), |all| {
+            let mut parts = all.into_iter();
+            let mut sum = parts.next().unwrap_or_default();
+            for part in parts {
+                sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
             }
             sum.iter_mut().for_each(|s| *s *= scale);
-            for link in &mut self.links {
-                link.send(&sum).context("a node left the run")?;
-            }
-            values.copy_from_slice(&sum);
-        } else {
-            let link = &mut self.links[0];
-            link.send(values).context("rank 0 left the run")?;
-            let mean = link
-                .receive(Some(values.len()))
-                .context("rank 0 left the run")?;
-            values.copy_from_slice(&mean);
-        }
+            sum
+        })?;
+        values.copy_from_slice(&mean);
         Ok(())
     }
-}
 
-impl Cluster {
     /// Replaces every gradient of `model`'s parameters in `grads`, and
     /// `extra` (e.g. the step's loss), by its mean over the nodes. The
     /// gradients travel through host memory as one buffer.
