@@ -10,9 +10,9 @@
 //! per-shard statistics (PyTorch's DDP without SyncBatchNorm does the same);
 //! its running statistics move by the mean of the shards' updates.
 //!
-//! Sharding the data between processes (one per node) is data-prep's
-//! loader's job (`LoaderConfig::rank` and `world_size`); [`shard_range`]
-//! splits one batch between the devices of a process.
+//! Sharding the data between processes (one per node) is the data's job
+//! ([`crate::data::NodeShard`], see [`crate::cluster`]); [`shard_range`]
+//! splits one process's batch between its devices.
 
 use std::borrow::Cow;
 use std::ops::Range;

@@ -163,7 +163,7 @@ pub fn fit<B: AutodiffBackend>(
             devices.len(),
             devices[0],
             devices[devices.len() - 1],
-            config.training.batch_size / devices.len()
+            config.training.batch_size / nodes / devices.len()
         );
     }
     // One replica's forward pass and loss on its shard of the batch.
