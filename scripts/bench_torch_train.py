@@ -9,6 +9,10 @@ by the factor and back up, loss = 1 - mean cos(w, blur(w)), mean over layers.
 
     python3 scripts/bench_torch_train.py --arch resnet18 --batch 256 --res 176
     python3 scripts/bench_torch_train.py --device cpu --threads 2 --batch 8 --res 64
+    python3 scripts/bench_torch_train.py --variants f32,f32+topo,bf16,bf16+topo
+
+--variants runs several settings in one process (one JSON line each), so the
+CUDA start-up is paid once.
 """
 import argparse
 import json
@@ -50,14 +54,27 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated f32|bf16 with optional +topo (tau 1); overrides --bf16/--topo-tau")
     args = parser.parse_args()
 
     torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.variants is None:
+        bench(args, device, args.bf16, args.topo_tau)
+        return
+    for variant in args.variants.split(","):
+        precision, _, topo = variant.partition("+")
+        if precision not in ("f32", "bf16") or topo not in ("", "topo"):
+            parser.error(f"--variants: unknown variant {variant!r} (f32, bf16, f32+topo, bf16+topo)")
+        bench(args, device, precision == "bf16", 1.0 if topo else None)
+
+
+def bench(args, device, bf16, topo_tau):
     model = getattr(torchvision.models, args.arch)(num_classes=1000).to(device)
-    memory_format = torch.channels_last if args.bf16 else torch.contiguous_format
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -69,10 +86,10 @@ def main():
     first_step = 0.0
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(x), y)
-        if args.topo_tau is not None:
-            loss = loss + args.topo_tau * topo_loss(convs, args.factor)
+        if topo_tau is not None:
+            loss = loss + topo_tau * topo_loss(convs, args.factor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -91,12 +108,12 @@ def main():
         "res": args.res,
         "device": args.device,
         "threads": torch.get_num_threads(),
-        "bf16": args.bf16,
-        "topo_layers": len(convs) if args.topo_tau is not None else 0,
+        "bf16": bf16,
+        "topo_layers": len(convs) if topo_tau is not None else 0,
         "first_step_s": first_step,
         "median_sec_per_step": median,
         "img_per_s": args.batch / median,
-    }))
+    }), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,80 +1,115 @@
 #!/usr/bin/env bash
 # GPU benchmarks of topotrain beside PyTorch on the same GPU, and a smoke
-# training run on ../shared/imagenet-mini. Each stage has its own time limit,
-# so one stuck stage cannot eat the others; results go to OUTDIR.
+# training run on ImageNet-mini, in one call of at most BUDGET seconds.
 #
-#   scripts/gpu_bench.sh BIN OUTDIR [STAGE ...]
+#   [RUNS="r18 r18_topo r18_bf16 fit"] scripts/gpu_bench.sh BIN OUTDIR
 #
-# BIN: a topotrain built with `--features cuda`. STAGEs (default: all):
-#   small    ResNet-18, batch 8 at 64 px, with every CubeCL compilation and
-#            autotune logged (what the first step spends its time on)
-#   r18      ResNet-18, batch 256 at 176 px, without and with TopoLoss, f32 and bf16
-#   torch18  the same in PyTorch (fp32, bf16 + channels_last; with/without TopoLoss)
-#   fit      a few hundred training steps on data/imagenet-mini (prepared)
-#   r50      ResNet-50 in topotrain and PyTorch
-# Compiled kernels and autotune results are cached in ./gpu-cache (cubecl.toml
-# below), so a second run starts faster.
+# BIN: a topotrain built with `--features cuda` (or `cuda-untuned`);
+# data/imagenet-mini prepared for the fit
+# (`topotrain prep imagenet --src ../shared/imagenet-mini --out data/imagenet-mini`).
+#
+# Burn's CUDA backend compiles every kernel with NVRTC on first use and, in
+# the `cuda` build, autotunes convolutions, matrix products and reductions, so
+# a cold first step takes minutes. The runs therefore go in three phases:
+#   cold   the RUNS side by side (one process each, each with its own kernel
+#          cache under gpu-cache/RUN): ResNet-18 at batch 256 / 176 px in f32
+#          (r18), f32 + TopoLoss (r18_topo), bf16 (r18_bf16), and the
+#          ImageNet-mini fit. They share the GPU, so their autotune timings
+#          and first-step times are upper bounds. Limit COLD_LIMIT each.
+#   warm   the benchmarks again, one at a time, each over its own warm cache:
+#          first step with warm caches, then images/s (limit WARM_LIMIT);
+#          TopoLoss alone (`bench topoloss`) with r18_topo.
+#   torch  PyTorch's ResNet-18 in one process, TORCH_VARIANTS of fp32, bf16 +
+#          channels_last, each with and without TopoLoss: the reference.
+# Stages that would not end before BUDGET seconds are cut short or skipped.
+# Results: OUTDIR/*.json, *.err, fit_metrics.jsonl, autotune logs and summary.txt.
 set -u
-bin=$1
-out=$2
-shift 2
-stages=${*:-small r18 torch18 fit r50}
-mkdir -p "$out" gpu-cache
+bin=$(realpath "$1")
+out=$(realpath -m "$2")
+budget=${BUDGET:-570}
+cold_limit=${COLD_LIMIT:-300}
+mkdir -p "$out"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
 python=${PYTHON:-/opt/torch/.venv/bin/python}
-cache=$PWD/gpu-cache
-cat >cubecl.toml <<EOF
+root=$PWD
+start=$SECONDS
+
+# A working folder whose cubecl.toml puts CubeCL's PTX and autotune caches,
+# and the driver's PTX-to-machine-code cache, in gpu-cache/NAME. It links the
+# repository's data, configs and runs, for the fit's relative paths.
+cache_dir() {
+    local dir=$root/gpu-cache/$1
+    mkdir -p "$dir/work" "$root/runs"
+    ln -sfn "$root/data" "$root/configs" "$root/runs" "$dir/work/"
+    cat >"$dir/work/cubecl.toml" <<EOF
 [compilation]
-cache = { file = "$cache" }
+cache = { file = "$dir" }
 [autotune]
 level = "${AUTOTUNE_LEVEL:-balanced}"
-cache = { file = "$cache" }
+cache = { file = "$dir" }
+logger = { file = "$dir/autotune.log", level = "minimal" }
 EOF
-
-stage() { # name seconds command...
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name ($(date +%T), limit ${limit}s): $*"
-    local start=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.err"
-    local rc=$?
-    echo "   rc=$rc after $((SECONDS - start)) s"
-    tail -c 600 "$out/$name.err"
-    cat "$out/$name.json"
+    echo "$dir"
 }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-for s in $stages; do
-    case $s in
-    small)
-        CUBECL_DEBUG_LOG=/tmp/cubecl-small.log stage small 150 \
-            "$bin" bench train --arch resnet18 --batch 8 --res 64 --device cuda --warmup 1 --steps 3 --json
-        grep -c -i "compil" /tmp/cubecl-small.log | sed 's/^/   log lines mentioning compilation: /'
-        grep -c -i "autotune\|tuner" /tmp/cubecl-small.log | sed 's/^/   log lines mentioning autotune: /'
-        head -c 3000000 /tmp/cubecl-small.log >"$out/cubecl-small.log"
-        ;;
-    r18)
-        stage r18 180 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --json
-        stage r18_topo 120 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --topo-tau 1 --json
-        stage r18_bf16 120 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --precision bf16 --json
-        stage r18_bf16_topo 120 "$bin" bench train --arch resnet18 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --precision bf16 --topo-tau 1 --json
-        ;;
-    torch18)
-        for variant in "" "--bf16" "--topo-tau 1" "--bf16 --topo-tau 1"; do
-            stage "torch18${variant// /}" 60 "$python" scripts/bench_torch_train.py --arch resnet18 $variant
-        done
-        ;;
-    fit)
-        stage fit 240 "$bin" fit --config configs/smoke/resnet18_tau10_imagenet_mini_gpu.toml --device cuda
-        cp runs/resnet18_tau10_imagenet_mini_gpu/metrics.jsonl "$out/fit_metrics.jsonl" 2>/dev/null
-        ;;
-    r50)
-        stage r50 180 "$bin" bench train --arch resnet50 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --json
-        stage r50_topo 120 "$bin" bench train --arch resnet50 --batch 256 --res 176 --device cuda --warmup 3 --steps 10 --topo-tau 1 --json
-        stage torch50 60 "$python" scripts/bench_torch_train.py --arch resnet50
-        stage torch50bf16 60 "$python" scripts/bench_torch_train.py --arch resnet50 --bf16
-        ;;
-    *) echo "unknown stage $s" ;;
-    esac
+# stage NAME LIMIT CACHE COMMAND...: run in CACHE's working folder (or in the
+# repository root without one) unless the budget is spent.
+stage() {
+    local name=$1 limit=$2 cache=$3
+    shift 3
+    local left=$((budget - (SECONDS - start)))
+    if ((left < 20)); then
+        echo "== $name skipped: ${left}s of the budget left" | tee -a "$out/summary.txt"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    local dir=$root
+    [[ -n $cache ]] && dir=$cache/work
+    local begin=$SECONDS
+    (cd "$dir" && CUDA_CACHE_PATH=$cache/nv CUDA_CACHE_MAXSIZE=4294967296 \
+        timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.err")
+    local rc=$?
+    echo "== $name rc=$rc after $((SECONDS - begin)) s (limit $limit): $(tr '\n' ' ' <"$out/$name.json" | cut -c1-400)" |
+        tee -a "$out/summary.txt"
+}
+
+# DEVICE, BATCH and RES exist to try the script out on a CPU.
+device=${DEVICE:-cuda}
+r18=(bench train --arch resnet18 --batch "${BATCH:-256}" --res "${RES:-176}" --device "$device")
+declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf16")
+runs=${RUNS:-r18 r18_topo r18_bf16 fit}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader >"$out/summary.txt" 2>&1
+cat "$out/summary.txt"
+"$bin" --version | tee -a "$out/summary.txt"
+
+for run in $runs; do
+    cache=$(cache_dir "$run")
+    if [[ $run == fit ]]; then
+        stage fit "$cold_limit" "$cache" "$bin" fit --device "$device" \
+            --config configs/smoke/resnet18_tau10_imagenet_mini_gpu.toml &
+    else
+        # shellcheck disable=SC2086 # extra holds several arguments
+        stage "cold_$run" "$cold_limit" "$cache" "$bin" "${r18[@]}" ${extra[$run]} --warmup 1 --steps 2 --json &
+    fi
 done
-tar -czf "$out/gpu-cache.tgz" gpu-cache 2>/dev/null
+wait
+cp runs/resnet18_tau10_imagenet_mini_gpu/metrics.jsonl "$out/fit_metrics.jsonl" 2>/dev/null
+
+for run in $runs; do
+    [[ $run == fit ]] && continue
+    # shellcheck disable=SC2086
+    stage "warm_$run" "${WARM_LIMIT:-90}" "$root/gpu-cache/$run" "$bin" "${r18[@]}" ${extra[$run]} --warmup 3 --steps 10 --json
+done
+[[ $runs == *r18_topo* ]] &&
+    stage topoloss 60 "$root/gpu-cache/r18_topo" "$bin" bench topoloss --arch resnet18 --device "$device" --json
+
+stage torch18 120 "" "$python" scripts/bench_torch_train.py --device "$device" \
+    --batch "${BATCH:-256}" --res "${RES:-176}" --arch resnet18 --variants "${TORCH_VARIANTS:-f32,f32+topo,bf16,bf16+topo}"
+
+for run in $runs; do
+    c=$root/gpu-cache/$run
+    echo "cache $run: $(du -sh "$c" | cut -f1); autotune decisions: $(grep -c Fastest "$c/autotune.log" 2>/dev/null)" |
+        tee -a "$out/summary.txt"
+    head -c 2000000 "$c/autotune.log" >"$out/autotune_$run.log" 2>/dev/null
+done
+echo "total $((SECONDS - start)) s" | tee -a "$out/summary.txt"
