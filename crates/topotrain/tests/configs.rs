@@ -172,3 +172,23 @@ fn imagenet_configs_train_a_few_steps_on_imagenet_mini() {
         std::fs::remove_dir_all(dir.path().join(name)).unwrap();
     }
 }
+
+/// The GPU smoke run keeps one tensor shape for training and evaluation
+/// (each new shape costs a round of CUDA kernel compilation) and ResNet-18's
+/// ImageNet recipe at tau 10 otherwise.
+#[test]
+fn gpu_smoke_config_uses_one_tensor_shape() {
+    let path = configs_dir().join("smoke/resnet18_tau10_imagenet_mini_gpu.toml");
+    let config = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let resolution = &config.data.resolution;
+    assert_eq!(resolution.end.unwrap_or(resolution.start), resolution.start);
+    assert_eq!(config.data.val_resolution, resolution.start);
+    assert_eq!(
+        config.training.eval_batch_size,
+        Some(config.training.batch_size)
+    );
+    assert!(config.training.device.starts_with("cuda"));
+    assert_eq!(config.model.arch, "resnet18");
+    assert!(config.model.blurpool);
+    assert_eq!(config.topography.as_ref().unwrap().tau.value(0), 10.0);
+}
