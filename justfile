@@ -9,7 +9,8 @@ demo tau="5":
 test:
     scripts/test.sh
 
-# Build the release binary (add `--features cuda` for NVIDIA GPUs).
+# Build the release binary (add `--features cuda` or `--features cuda-untuned` for
+# NVIDIA GPUs; README, "GPUs and clusters", says which).
 build *flags:
     cargo build --release -p topotrain {{flags}}
 

@@ -13,6 +13,8 @@
 # the run's last checkpoint (a new run starts from scratch). Rank 0 writes
 # output.dir, rank r output.dir/node<r> (its own checkpoints, for resuming).
 # Build first: cargo build --release --features cuda -p topotrain
+# (or cuda-untuned; README, "GPUs and clusters", says which and where the
+# compiled kernels are kept: TOPOTRAIN_KERNEL_CACHE)
 set -euo pipefail
 
 config=${1:?usage: scripts/slurm/fit_multi_gpu.sh RUN.toml [extra sbatch args...]}

@@ -10,6 +10,8 @@
 # one is skipped). The final
 # job runs `topotrain sweep --collect`, writing <output.dir>/sweep.md and
 # sweep.json. Build first: cargo build --release --features cuda -p topotrain
+# (or cuda-untuned; README, "GPUs and clusters", says which and where the
+# compiled kernels are kept: TOPOTRAIN_KERNEL_CACHE)
 set -euo pipefail
 
 config=${1:?usage: scripts/slurm/sweep_array.sh BASE.toml [extra sbatch args...]}
