@@ -13,7 +13,8 @@
 # a cold first step takes minutes. The runs therefore go in three phases:
 #   cold   the RUNS side by side (one process each, each with its own kernel
 #          cache under gpu-cache/RUN): ResNet-18 at batch 256 / 176 px in f32
-#          (r18), f32 + TopoLoss (r18_topo), bf16 (r18_bf16), and the
+#          (r18), f32 + TopoLoss (r18_topo), bf16 (r18_bf16), f32 with the
+#          experimental implicit-GEMM convolutions (r18_igemm), and the
 #          ImageNet-mini fit. They share the GPU, so their autotune timings
 #          and first-step times are upper bounds. Limit COLD_LIMIT each.
 #   warm   the benchmarks again, one at a time, each over its own warm cache:
@@ -76,7 +77,9 @@ stage() {
 # DEVICE, BATCH and RES exist to try the script out on a CPU.
 device=${DEVICE:-cuda}
 r18=(bench train --arch resnet18 --batch "${BATCH:-256}" --res "${RES:-176}" --device "$device")
-declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf16")
+declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf16" [r18_igemm]="")
+# r18_igemm: the experimental implicit-GEMM convolutions (README, GPUs).
+declare -A run_env=([r18_igemm]="TOPOTRAIN_CONV_KERNELS=implicit-gemm")
 runs=${RUNS:-r18 r18_topo r18_bf16 fit}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader >"$out/summary.txt" 2>&1
 cat "$out/summary.txt"
@@ -89,7 +92,8 @@ for run in $runs; do
             --config configs/smoke/resnet18_tau10_imagenet_mini_gpu.toml &
     else
         # shellcheck disable=SC2086 # extra holds several arguments
-        stage "cold_$run" "$cold_limit" "$cache" "$bin" "${r18[@]}" ${extra[$run]} --warmup 1 --steps 2 --json &
+        stage "cold_$run" "$cold_limit" "$cache" env ${run_env[$run]:-} "$bin" "${r18[@]}" ${extra[$run]} \
+            --warmup 1 --steps 2 --json &
     fi
 done
 wait
@@ -98,7 +102,8 @@ cp runs/resnet18_tau10_imagenet_mini_gpu/metrics.jsonl "$out/fit_metrics.jsonl" 
 for run in $runs; do
     [[ $run == fit ]] && continue
     # shellcheck disable=SC2086
-    stage "warm_$run" "${WARM_LIMIT:-90}" "$root/gpu-cache/$run" "$bin" "${r18[@]}" ${extra[$run]} --warmup 3 --steps 10 --json
+    stage "warm_$run" "${WARM_LIMIT:-90}" "$root/gpu-cache/$run" env ${run_env[$run]:-} "$bin" "${r18[@]}" \
+        ${extra[$run]} --warmup 3 --steps 10 --json
 done
 [[ $runs == *r18_topo* ]] &&
     stage topoloss 60 "$root/gpu-cache/r18_topo" "$bin" bench topoloss --arch resnet18 --device "$device" --json

@@ -88,6 +88,18 @@ pub fn conv2d<B: ConvKernels>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
     }
 }
 
+/// [`conv2d`] behind type erasure, for a program-wide hook such as
+/// `models::precision::set_conv2d_override`: `None` unless `conv` is a
+/// `Conv2d<B>` and `x` a `Tensor<B, 4>`.
+pub fn conv2d_any<B: ConvKernels>(
+    conv: &dyn std::any::Any,
+    x: &dyn std::any::Any,
+) -> Option<Box<dyn std::any::Any>> {
+    let conv = conv.downcast_ref::<Conv2d<B>>()?;
+    let x = x.downcast_ref::<Tensor<B, 4>>()?;
+    Some(Box::new(conv2d(conv, x.clone())))
+}
+
 /// The backward step of [`ConvKernels::conv2d_forward`] under autodiff.
 #[derive(Debug)]
 struct Conv2dBackward;

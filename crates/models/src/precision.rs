@@ -9,8 +9,10 @@
 //! behaviour for these ops. Each layer casts its input and weights to bf16,
 //! runs Burn's own forward on them, and casts its output back to f32.
 
+use std::any::Any;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::Conv2d;
@@ -53,9 +55,10 @@ impl Precision {
         }
     }
 
-    /// `conv.forward(x)`, computed in this precision (output in f32).
+    /// `conv.forward(x)`, computed in this precision (output in f32), by the
+    /// [`Conv2dOverride`] where one is set and handles this backend.
     pub fn conv2d<B: Backend>(self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.run(conv, x, Conv2d::forward)
+        self.run(conv, x, conv2d_forward)
     }
 
     /// `linear_layer.forward(x)`, computed in this precision (output in f32).
@@ -77,6 +80,32 @@ impl Precision {
             None => a.matmul(b),
             Some(dtype) => a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32),
         }
+    }
+}
+
+/// Another implementation of `Conv2d::forward` for some backends (the CUDA
+/// build's implicit-GEMM kernels, crate conv-kernels), set once by the
+/// program: it gets `&Conv2d<B>` and `&Tensor<B, 4>` and returns the output
+/// tensor, or `None` for a backend it does not handle. Type-erased because
+/// Burn backends are type parameters and the models stay generic over them.
+pub type Conv2dOverride = fn(&dyn Any, &dyn Any) -> Option<Box<dyn Any>>;
+
+static CONV2D_OVERRIDE: OnceLock<Conv2dOverride> = OnceLock::new();
+
+/// Sets the [`Conv2dOverride`]; false if one was already set.
+pub fn set_conv2d_override(conv2d: Conv2dOverride) -> bool {
+    CONV2D_OVERRIDE.set(conv2d).is_ok()
+}
+
+/// `conv.forward(x)`, or the override's output where it handles `B`.
+fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let overridden = CONV2D_OVERRIDE
+        .get()
+        .and_then(|conv2d| conv2d(conv, &x))
+        .and_then(|out| out.downcast::<Tensor<B, 4>>().ok());
+    match overridden {
+        Some(out) => *out,
+        None => conv.forward(x),
     }
 }
 

@@ -107,6 +107,31 @@ mod cuda_setup {
             .find(|path| path.is_file())
     }
 
+    /// Experimental (not yet run on a GPU): `TOPOTRAIN_CONV_KERNELS=implicit-gemm`
+    /// routes every Conv2d layer through burn-cubecl's implicit-GEMM kernels
+    /// without autotune (crate conv-kernels); unset or `burn`, Burn's choice.
+    #[cfg(feature = "cuda-untuned")]
+    fn choose_conv_kernels() -> Result<()> {
+        fn implicit_gemm(
+            conv: &dyn std::any::Any,
+            x: &dyn std::any::Any,
+        ) -> Option<Box<dyn std::any::Any>> {
+            conv_kernels::conv2d_any::<super::CudaBackend>(conv, x)
+                .or_else(|| conv_kernels::conv2d_any::<burn::backend::Cuda>(conv, x))
+        }
+        match std::env::var("TOPOTRAIN_CONV_KERNELS").as_deref() {
+            Err(_) | Ok("burn") => {}
+            Ok("implicit-gemm") => {
+                models::precision::set_conv2d_override(implicit_gemm);
+                eprintln!("Conv2d layers use the implicit-GEMM kernels (TOPOTRAIN_CONV_KERNELS)");
+            }
+            Ok(other) => bail!(
+                "TOPOTRAIN_CONV_KERNELS={other:?} is not a kernel choice: use implicit-gemm or burn"
+            ),
+        }
+        Ok(())
+    }
+
     /// Checks the CUDA libraries, then keeps compiled kernels between runs.
     /// Burn compiles every CUDA kernel with NVRTC at first use and by default
     /// keeps none: on an H200 the first ResNet-18 step took 14 s cold and 2 s
@@ -116,6 +141,7 @@ mod cuda_setup {
         for (what, names, hint) in CUDA_LIBRARIES {
             find_library(what, names, hint)?;
         }
+        choose_conv_kernels()?;
         static KERNEL_CACHE: std::sync::Once = std::sync::Once::new();
         KERNEL_CACHE.call_once(|| {
             use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
