@@ -15,17 +15,20 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 
 use crate::ConvKernels;
 
-/// The kernel's error, for a panic that says which convolution failed: the
-/// tensor-core path is tried first and Burn's direct kernel second.
-fn or_direct<T, E: std::fmt::Debug>(
+/// `run` with the first of `strategies` that works: the implicit-GEMM
+/// kernel, else Burn's direct one. Burn's own convolutions unwrap the same
+/// way; a fusion operation has no error path.
+fn first_that_runs<S, T, E: std::fmt::Debug>(
     what: &str,
-    gemm: Result<T, E>,
-    direct: impl FnOnce() -> Result<T, E>,
+    [first, second]: [S; 2],
+    run: impl Fn(S) -> Result<T, E>,
 ) -> T {
-    gemm.or_else(|_| direct()).unwrap_or_else(|err| {
+    run(first).or_else(|_| run(second)).unwrap_or_else(|err| {
         panic!("{what}: neither the implicit-GEMM nor the direct kernel ran: {err:?}")
     })
 }
+
+const GEMM_THEN_DIRECT: [ConvStrategy; 2] = [ConvStrategy::ImplicitGemm, ConvStrategy::Direct];
 
 impl<R, F, I, BT> ConvKernels for CubeBackend<R, F, I, BT>
 where
@@ -39,15 +42,8 @@ where
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let gemm = conv_forward::<R, 2>(
-            x.clone(),
-            weight.clone(),
-            None,
-            options.clone(),
-            ConvStrategy::ImplicitGemm,
-        );
-        or_direct("conv2d", gemm, || {
-            conv_forward::<R, 2>(x, weight, None, options, ConvStrategy::Direct)
+        first_that_runs("conv2d", GEMM_THEN_DIRECT, |strategy| {
+            conv_forward::<R, 2>(x.clone(), weight.clone(), None, options.clone(), strategy)
         })
     }
 
@@ -61,10 +57,9 @@ where
         if options.stride != [1, 1] {
             // The implicit-GEMM data gradient handles stride 1 only; the
             // transposed convolution as im2col + matmul covers the rest.
-            let [kernel_h, kernel_w] = [weight.shape()[2], weight.shape()[3]];
             let padding_out = [0, 1].map(|axis| {
                 calculate_padding_out(
-                    [kernel_h, kernel_w][axis],
+                    weight.shape()[2 + axis],
                     options.stride[axis],
                     options.padding[axis],
                     options.dilation[axis],
@@ -79,32 +74,28 @@ where
                 options.dilation,
                 options.groups,
             );
-            let gemm = conv_transpose2d(
-                output_grad.clone(),
-                weight.clone(),
-                None,
-                transpose.clone(),
+            let strategies = [
                 ConvTranspose2dStrategy::Gemm,
-            );
-            return or_direct("conv2d input gradient", gemm, || {
+                ConvTranspose2dStrategy::Direct,
+            ];
+            return first_that_runs("conv2d input gradient", strategies, |strategy| {
                 conv_transpose2d(
-                    output_grad,
-                    weight,
+                    output_grad.clone(),
+                    weight.clone(),
                     None,
-                    transpose,
-                    ConvTranspose2dStrategy::Direct,
+                    transpose.clone(),
+                    strategy,
                 )
             });
         }
-        let gemm = conv_data_backward::<R, 2>(
-            output_grad.clone(),
-            weight.clone(),
-            in_shape.clone(),
-            options.clone(),
-            ConvStrategy::ImplicitGemm,
-        );
-        or_direct("conv2d input gradient", gemm, || {
-            conv_data_backward::<R, 2>(output_grad, weight, in_shape, options, ConvStrategy::Direct)
+        first_that_runs("conv2d input gradient", GEMM_THEN_DIRECT, |strategy| {
+            conv_data_backward::<R, 2>(
+                output_grad.clone(),
+                weight.clone(),
+                in_shape.clone(),
+                options.clone(),
+                strategy,
+            )
         })
     }
 
@@ -115,20 +106,13 @@ where
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         let weight_shape = weight.shape();
-        let gemm = conv_weight_backward::<R, 2>(
-            x.clone(),
-            output_grad.clone(),
-            weight_shape.clone(),
-            options.clone(),
-            ConvStrategy::ImplicitGemm,
-        );
-        or_direct("conv2d weight gradient", gemm, || {
+        first_that_runs("conv2d weight gradient", GEMM_THEN_DIRECT, |strategy| {
             conv_weight_backward::<R, 2>(
-                x,
-                output_grad,
-                weight_shape,
-                options,
-                ConvStrategy::Direct,
+                x.clone(),
+                output_grad.clone(),
+                weight_shape.clone(),
+                options.clone(),
+                strategy,
             )
         })
     }
@@ -239,14 +223,7 @@ impl<B: FusionBackend + ConvKernels> ConvKernels for Fusion<B> {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let shape = x.shape.clone();
-        queue::<B>(
-            "conv2d_implicit_gemm_input_grad",
-            Kernel::InputGrad,
-            vec![x, weight, output_grad],
-            shape,
-            options,
-        )
+        queue_gradient::<B>(Kernel::InputGrad, x, weight, output_grad, options)
     }
 
     fn conv2d_weight_grad(
@@ -255,13 +232,22 @@ impl<B: FusionBackend + ConvKernels> ConvKernels for Fusion<B> {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let shape = weight.shape.clone();
-        queue::<B>(
-            "conv2d_implicit_gemm_weight_grad",
-            Kernel::WeightGrad,
-            vec![x, weight, output_grad],
-            shape,
-            options,
-        )
+        queue_gradient::<B>(Kernel::WeightGrad, x, weight, output_grad, options)
     }
+}
+
+/// Queues a gradient kernel; the gradient has the shape of the input or
+/// weight it belongs to.
+fn queue_gradient<B: FusionBackend + ConvKernels>(
+    kernel: Kernel,
+    x: FloatTensor<Fusion<B>>,
+    weight: FloatTensor<Fusion<B>>,
+    output_grad: FloatTensor<Fusion<B>>,
+    options: ConvOptions<2>,
+) -> FloatTensor<Fusion<B>> {
+    let (name, shape) = match kernel {
+        Kernel::InputGrad => ("conv2d_implicit_gemm_input_grad", x.shape.clone()),
+        _ => ("conv2d_implicit_gemm_weight_grad", weight.shape.clone()),
+    };
+    queue::<B>(name, kernel, vec![x, weight, output_grad], shape, options)
 }

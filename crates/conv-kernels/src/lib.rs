@@ -11,9 +11,9 @@
 //! directly; on other backends it is Burn's own convolution. [`conv2d`] runs
 //! a [`Conv2d`] layer through it.
 //!
-//! STATUS: work in progress. The autodiff plumbing is tested on the CPU
-//! (gradients equal Burn's); the CUDA and fusion implementations compile
-//! but have not run on a GPU yet.
+//! Experimental: the autodiff step and the model wiring are tested on the
+//! CPU (outputs and gradients equal Burn's); the CUDA and fusion
+//! implementations compile but have not run on a GPU yet.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
