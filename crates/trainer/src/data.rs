@@ -78,6 +78,22 @@ pub enum Split {
     Val { resolution: usize },
 }
 
+impl Split {
+    /// data-prep's loader settings for this split (without its pipeline):
+    /// for training, the epoch order and this node's share.
+    fn loader_config(self, batch_size: usize) -> data_prep::LoaderConfig {
+        match self {
+            Split::Train {
+                seed,
+                epoch,
+                resolution,
+                node,
+            } => train_config(seed, epoch, node, batch_size, resolution),
+            Split::Val { resolution } => data_prep::LoaderConfig::val(batch_size, resolution),
+        }
+    }
+}
+
 /// A training or validation set.
 #[derive(Clone)]
 pub enum DataSet {
@@ -127,14 +143,9 @@ impl DataSet {
         match self {
             Self::InMemory(m) => {
                 let end = match split {
-                    Split::Train {
-                        seed,
-                        epoch,
-                        resolution,
-                        node,
-                    } => {
-                        let config = train_config(seed, epoch, node, batch_size, resolution);
-                        data_prep::EpochPlan::new(m.len(), &config)?.num_batches()
+                    Split::Train { .. } => {
+                        data_prep::EpochPlan::new(m.len(), &split.loader_config(batch_size))?
+                            .num_batches()
                     }
                     Split::Val { .. } => m.len().div_ceil(batch_size),
                 };
@@ -148,33 +159,19 @@ impl DataSet {
                 crop_ratio,
                 threads,
             } => {
-                let config = match split {
-                    Split::Train {
-                        seed,
-                        epoch,
-                        resolution,
-                        node,
-                    } => {
-                        let mut c = train_config(seed, epoch, node, batch_size, resolution);
+                let mut config = split.loader_config(batch_size);
+                config.pipeline = match split {
+                    Split::Train { .. } => {
                         let crop = data_prep::RandomResizedCrop {
                             scale: (crop_scale[0], crop_scale[1]),
                             ..Default::default()
                         };
-                        c.pipeline = data_prep::Pipeline::Train(data_prep::TrainAugment {
-                            crop,
-                            flip: *flip,
-                        });
-                        c
+                        data_prep::Pipeline::Train(data_prep::TrainAugment { crop, flip: *flip })
                     }
-                    Split::Val { resolution } => {
-                        let mut c = data_prep::LoaderConfig::val(batch_size, resolution);
-                        c.pipeline = data_prep::Pipeline::Val(data_prep::ValCrop {
-                            crop_ratio: *crop_ratio,
-                        });
-                        c
-                    }
+                    Split::Val { .. } => data_prep::Pipeline::Val(data_prep::ValCrop {
+                        crop_ratio: *crop_ratio,
+                    }),
                 };
-                let mut config = config;
                 config.start_batch = start;
                 if *threads > 0 {
                     config.threads = *threads;
