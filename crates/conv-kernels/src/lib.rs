@@ -161,26 +161,19 @@ mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::PaddingConfig2d;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, Tolerance};
 
     type Cpu = Autodiff<burn::backend::Flex>;
 
+    /// Equal within 1e-5 of `b`'s largest magnitude (at least 1), by
+    /// Burn's own comparison (which also checks shapes).
     fn assert_close<const D: usize>(
         a: Tensor<burn::backend::Flex, D>,
         b: Tensor<burn::backend::Flex, D>,
     ) {
-        let (a, b) = (
-            a.into_data().to_vec::<f32>().unwrap(),
-            b.into_data().to_vec::<f32>().unwrap(),
-        );
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-5 * scale.max(1.0),
-                "element {i}: {x} vs {y}"
-            );
-        }
+        let scale = b.clone().abs().max().into_scalar().max(1.0);
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5 * scale));
     }
 
     /// Output and both gradients equal Burn's own convolution's, for the
