@@ -64,11 +64,13 @@ stage() {
         return
     fi
     ((limit > left)) && limit=$left
-    local dir=$root
-    [[ -n $cache ]] && dir=$cache/work
+    local dir=$root driver_cache=()
+    if [[ -n $cache ]]; then
+        dir=$cache/work
+        driver_cache=(CUDA_CACHE_PATH="$cache/nv" CUDA_CACHE_MAXSIZE=4294967296)
+    fi
     local begin=$SECONDS
-    (cd "$dir" && CUDA_CACHE_PATH=$cache/nv CUDA_CACHE_MAXSIZE=4294967296 \
-        timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.err")
+    (cd "$dir" && env "${driver_cache[@]}" timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.err")
     local rc=$?
     echo "== $name rc=$rc after $((SECONDS - begin)) s (limit $limit): $(tr '\n' ' ' <"$out/$name.json" | cut -c1-400)" |
         tee -a "$out/summary.txt"
@@ -81,6 +83,12 @@ declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf1
 # r18_igemm: the experimental implicit-GEMM convolutions (README, GPUs).
 declare -A run_env=([r18_igemm]="TOPOTRAIN_CONV_KERNELS=implicit-gemm")
 runs=${RUNS:-r18 r18_topo r18_bf16 fit}
+# bench_command RUN: the environment, binary and arguments of benchmark RUN,
+# into the array `bench_cmd`.
+bench_command() {
+    # shellcheck disable=SC2086 # run_env and extra hold several words
+    bench_cmd=(env ${run_env[$1]:-} "$bin" "${r18[@]}" ${extra[$1]})
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader >"$out/summary.txt" 2>&1
 cat "$out/summary.txt"
 "$bin" --version | tee -a "$out/summary.txt"
@@ -91,9 +99,8 @@ for run in $runs; do
         stage fit "$cold_limit" "$cache" "$bin" fit --device "$device" \
             --config configs/smoke/resnet18_tau10_imagenet_mini_gpu.toml &
     else
-        # shellcheck disable=SC2086 # extra holds several arguments
-        stage "cold_$run" "$cold_limit" "$cache" env ${run_env[$run]:-} "$bin" "${r18[@]}" ${extra[$run]} \
-            --warmup 1 --steps 2 --json &
+        bench_command "$run"
+        stage "cold_$run" "$cold_limit" "$cache" "${bench_cmd[@]}" --warmup 1 --steps 2 --json &
     fi
 done
 wait
@@ -101,9 +108,8 @@ cp runs/resnet18_tau10_imagenet_mini_gpu/metrics.jsonl "$out/fit_metrics.jsonl" 
 
 for run in $runs; do
     [[ $run == fit ]] && continue
-    # shellcheck disable=SC2086
-    stage "warm_$run" "${WARM_LIMIT:-90}" "$root/gpu-cache/$run" env ${run_env[$run]:-} "$bin" "${r18[@]}" \
-        ${extra[$run]} --warmup 3 --steps 10 --json
+    bench_command "$run"
+    stage "warm_$run" "${WARM_LIMIT:-90}" "$root/gpu-cache/$run" "${bench_cmd[@]}" --warmup 3 --steps 10 --json
 done
 [[ $runs == *r18_topo* ]] &&
     stage topoloss 60 "$root/gpu-cache/r18_topo" "$bin" bench topoloss --arch resnet18 --device "$device" --json
