@@ -18,9 +18,12 @@ pub struct BenchTopolossArgs {
     /// resnet18, resnet50 or vit_b_32.
     #[arg(long, default_value = "resnet18")]
     arch: String,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda, cuda:N or wgpu.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// auto (host kernel on the CPU, tensor ops on a GPU), host or device.
+    #[arg(long, default_value = "auto")]
+    engine: TopoEngine,
     /// Blur factor (the paper: 3).
     #[arg(long, default_value_t = 3.0)]
     factor: f64,
@@ -43,7 +46,7 @@ impl BackendJob for Job {
         let model = Architecture::from_name(&args.arch, 1000)?.init::<B>(&device)?;
         let config = TopographyConfig::uniform(&["**".to_string()], args.factor, 1.0);
         let topography = Topography::new(&model, &config)?;
-        let engine = TopoEngine::Auto.resolve(!choice.is_cpu());
+        let engine = args.engine.resolve(!choice.is_cpu());
         let mut times = Vec::with_capacity(args.repeats);
         for run in 0..args.repeats.max(1) + 2 {
             let mut grads = GradientsParams::new();
