@@ -251,3 +251,28 @@ impl<G: Backend> LayerGroup<G> {
         (loss, grads)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topography::{Topography, TopographyConfig};
+    use crate::ResNetConfig;
+    use burn::backend::flex::Flex;
+
+    /// A ResNet-18 with TopoLoss on every layer runs as one batch per stage
+    /// (its convs share a sheet) and one for the classifier.
+    #[test]
+    fn a_resnet_runs_one_batch_per_stage_and_one_for_the_classifier() {
+        let device = Default::default();
+        let model = ResNetConfig::resnet18(10)
+            .with_width(16)
+            .with_small_stem(true)
+            .init::<Flex>(&device)
+            .unwrap();
+        let config = TopographyConfig::uniform(&["**".to_string()], 3.0, 1.0);
+        let topography = Topography::new(&model, &config).unwrap();
+        let engine = DeviceEngine::<Flex>::new(&topography.layers, &device);
+        let sizes: Vec<usize> = engine.groups.iter().map(|g| g.members.len()).collect();
+        assert_eq!(sizes, [5, 5, 5, 5, 1]);
+    }
+}
