@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages topotrain's data and figures need, once.
+# Installs the system packages topotrain's data, figures and tests need, once.
 # Fashion-MNIST (the embedded default dataset), the King James Bible (the
-# language models' corpus, `topotrain prep kjv`) and the DejaVu fonts used in
-# figures come from Debian; nothing is downloaded at run time.
+# language models' corpus, `topotrain prep kjv`), the DejaVu fonts used in
+# figures and Mesa's Vulkan drivers (lavapipe: a Vulkan GPU on the CPU, on
+# which the wgpu tests run the GPU code paths) come from Debian; nothing is
+# downloaded at run time.
 set -euo pipefail
 
-packages=(dataset-fashion-mnist bible-kjv fonts-dejavu-core)
+packages=(dataset-fashion-mnist bible-kjv fonts-dejavu-core mesa-vulkan-drivers)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

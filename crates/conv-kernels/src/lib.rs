@@ -1,19 +1,23 @@
-//! Convolution kernels chosen per backend, for the one thing Burn 0.21 does
-//! not let a caller choose: which CUDA convolution algorithm runs.
+//! Convolution kernels chosen per backend, for what Burn 0.21 does not let
+//! a caller choose: which CubeCL (CUDA, wgpu) convolution algorithm runs.
 //!
-//! Burn's CUDA backend without autotune runs every convolution (forward and
-//! both backward passes) with its direct kernel, about 60 times slower than
-//! PyTorch for a ResNet-18 step; with autotune, each tensor shape first
-//! compiles and times about eight candidates, which keeps the first step
-//! busy for many minutes. burn-cubecl also has an implicit-GEMM convolution
-//! on the tensor cores, reachable only through autotune. [`ConvKernels`] is
-//! a backend extension: on CUDA (feature `cuda`) it calls that kernel
-//! directly; on other backends it is Burn's own convolution. [`conv2d`] runs
-//! a [`Conv2d`] layer through it.
+//! Burn's CubeCL backends without autotune run every convolution (forward
+//! and both backward passes) with direct kernels, about 60 times slower than
+//! PyTorch for a ResNet-18 step on an H200; with autotune, each tensor shape
+//! first compiles and times about eight candidates, which keeps the first
+//! step busy for many minutes. And Burn's direct input gradient is wrong
+//! where kernel x dilation < stride: a ResNet's 1x1 stride-2 downsample
+//! passes back zeros (found on wgpu; the kernel is the same CubeCL code on
+//! CUDA). [`ConvKernels`] is a backend extension: on the CubeCL backends
+//! (features `cuda`, `wgpu`) it runs the kernels of the [`ConvChoice`], with
+//! a correct strided input gradient; on other backends it is Burn's own
+//! convolution. [`conv2d`] runs a [`Conv2d`] layer through it.
 //!
-//! Experimental: the autodiff step and the model wiring are tested on the
-//! CPU (outputs and gradients equal Burn's); the CUDA and fusion
-//! implementations compile but have not run on a GPU yet.
+//! Tested against Burn's CPU convolution on the CPU and, through Mesa's
+//! lavapipe, on wgpu (which has no tensor cores, so there the implicit-GEMM
+//! kernels fall back); not yet run on a CUDA GPU.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,6 +29,34 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
+
+/// Which kernels [`ConvKernels`] runs on Burn's CubeCL backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvChoice {
+    /// Burn's direct kernels (what Burn runs without autotune), with the
+    /// strided input gradient as im2col + GEMM.
+    #[default]
+    Direct,
+    /// burn-cubecl's implicit-GEMM kernels on the tensor cores (TF32 for f32
+    /// tensors), falling back to [`ConvChoice::Direct`] where they cannot run.
+    ImplicitGemm,
+}
+
+static IMPLICIT_GEMM: AtomicBool = AtomicBool::new(false);
+
+/// Sets the kernels every later convolution of the program runs.
+pub fn choose(choice: ConvChoice) {
+    IMPLICIT_GEMM.store(choice == ConvChoice::ImplicitGemm, Ordering::Relaxed);
+}
+
+/// The kernels chosen by [`choose`] ([`ConvChoice::Direct`] until then).
+pub fn conv_choice() -> ConvChoice {
+    if IMPLICIT_GEMM.load(Ordering::Relaxed) {
+        ConvChoice::ImplicitGemm
+    } else {
+        ConvChoice::Direct
+    }
+}
 
 /// The three kernels of a 2-D convolution without bias. The defaults are
 /// Burn's own operations.
@@ -153,74 +185,117 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
     }
 }
 
-#[cfg(feature = "cuda")]
-mod cuda;
+#[cfg(feature = "cubecl")]
+mod cubecl;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use burn::module::Param;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::PaddingConfig2d;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{Distribution, ElementConversion, Tolerance};
 
-    type Cpu = Autodiff<burn::backend::Flex>;
+    /// The reference: Burn's convolution on the CPU.
+    pub(crate) type Cpu = Autodiff<burn::backend::Flex>;
+
+    /// A layer: input channels, output channels, kernel, stride, padding,
+    /// bias, and the input's side.
+    pub(crate) type Layer = (usize, usize, usize, usize, usize, bool, usize);
+
+    /// A ResNet's layer kinds (stem, 3x3, strided 3x3, 1x1 stride-2
+    /// downsample) at odd and even sides (which differ in the transposed
+    /// convolution's output padding), and a kernel smaller than its stride.
+    pub(crate) const LAYERS: [Layer; 8] = [
+        (3, 8, 7, 2, 3, false, 16),
+        (8, 8, 3, 1, 1, false, 15),
+        (8, 16, 3, 2, 1, false, 15),
+        (8, 16, 3, 2, 1, false, 16),
+        (8, 16, 1, 2, 0, false, 15),
+        (8, 16, 1, 2, 0, false, 16),
+        (8, 4, 2, 3, 0, true, 16),
+        (8, 4, 3, 1, 1, true, 9),
+    ];
 
     /// Equal within 1e-5 of `b`'s largest magnitude (at least 1), by
     /// Burn's own comparison (which also checks shapes).
-    fn assert_close<const D: usize>(
-        a: Tensor<burn::backend::Flex, D>,
-        b: Tensor<burn::backend::Flex, D>,
+    pub(crate) fn assert_close<A: Backend, B: Backend, const D: usize>(
+        a: Tensor<A, D>,
+        b: Tensor<B, D>,
     ) {
-        let scale = b.clone().abs().max().into_scalar().max(1.0);
+        let scale = b.clone().abs().max().into_scalar().elem::<f32>().max(1.0);
         a.into_data()
             .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5 * scale));
     }
 
-    /// Output and both gradients equal Burn's own convolution's, for the
-    /// layer kinds of a ResNet (stem, 3x3, strided 3x3, 1x1 downsample, bias).
-    #[test]
-    fn gradients_equal_burns_convolution() {
-        let device = Default::default();
-        let layers = [
-            (3, 8, 7, 2, 3, false),
-            (8, 8, 3, 1, 1, false),
-            (8, 16, 3, 2, 1, false),
-            (8, 16, 1, 2, 0, false),
-            (8, 4, 3, 1, 1, true),
-        ];
-        for (c_in, c_out, kernel, stride, padding, bias) in layers {
-            let conv: Conv2d<Cpu> = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
-                .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(
-                    padding, padding, padding, padding,
-                ))
-                .with_bias(bias)
-                .init(&device);
-            let x = Tensor::<Cpu, 4>::random(
-                [2, c_in, 15, 15],
+    /// `tensor`'s values on `device` of backend `B`.
+    pub(crate) fn moved<A: Backend, B: Backend, const D: usize>(
+        tensor: Tensor<A, D>,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        Tensor::from_data(tensor.into_data(), device)
+    }
+
+    /// The layer with random weights on the CPU, the same layer on
+    /// `device`, and a random input for it on the CPU.
+    pub(crate) fn layer_on<B: Backend>(
+        (c_in, c_out, kernel, stride, padding, bias, side): Layer,
+        device: &B::Device,
+    ) -> (Conv2d<Cpu>, Conv2d<B>, Tensor<Cpu, 4>) {
+        let config = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(
+                padding, padding, padding, padding,
+            ))
+            .with_bias(bias);
+        let cpu_conv: Conv2d<Cpu> = config.init(&Default::default());
+        let mut conv: Conv2d<B> = config.init(device);
+        conv.weight = Param::from_tensor(moved(cpu_conv.weight.val(), device));
+        conv.bias = cpu_conv
+            .bias
+            .as_ref()
+            .map(|b| Param::from_tensor(moved(b.val(), device)));
+        let x = Tensor::<Cpu, 4>::random(
+            [2, c_in, side, side],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        (cpu_conv, conv, x)
+    }
+
+    /// [`conv2d`]'s output and gradients on `B` equal Burn's CPU
+    /// convolution's, for every layer of [`LAYERS`].
+    pub(crate) fn agrees_with_the_cpu<B: AutodiffBackend + ConvKernels>(device: &B::Device) {
+        for layer in LAYERS {
+            let (cpu_conv, conv, cpu_x) = layer_on::<B>(layer, device);
+            let cpu_x = cpu_x.require_grad();
+            let x = moved::<_, B, 4>(cpu_x.clone(), device).require_grad();
+            let cpu_out = cpu_conv.forward(cpu_x.clone());
+            let out = conv2d(&conv, x.clone());
+            assert_close(out.clone().inner(), cpu_out.clone().inner());
+            let cpu_weights = Tensor::<Cpu, 4>::random(
+                cpu_out.dims(),
                 Distribution::Normal(0.0, 1.0),
-                &device,
-            )
-            .require_grad();
-            let ours = conv2d(&conv, x.clone());
-            let burns = conv.forward(x.clone());
-            assert_close(ours.clone().inner(), burns.clone().inner());
-            let weights =
-                Tensor::<Cpu, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
-            let ours_grads = (ours * weights.clone()).sum().backward();
-            let burns_grads = (burns * weights).sum().backward();
-            assert_close(x.grad(&ours_grads).unwrap(), x.grad(&burns_grads).unwrap());
-            let weight = conv.weight.val();
-            assert_close(
-                weight.grad(&ours_grads).unwrap(),
-                weight.grad(&burns_grads).unwrap(),
+                &Default::default(),
             );
-            if let Some(b) = &conv.bias {
-                assert_close(
-                    b.val().grad(&ours_grads).unwrap(),
-                    b.val().grad(&burns_grads).unwrap(),
-                );
+            let weights = moved::<_, B, 4>(cpu_weights.clone(), device);
+            let cpu_grads = (cpu_out * cpu_weights).sum().backward();
+            let grads = (out * weights).sum().backward();
+            let what = format!("{layer:?}");
+            let input_grad = x.grad(&grads).expect(&what);
+            assert_close(input_grad, cpu_x.grad(&cpu_grads).unwrap());
+            let weight_grad = conv.weight.val().grad(&grads).expect(&what);
+            assert_close(weight_grad, cpu_conv.weight.val().grad(&cpu_grads).unwrap());
+            if let (Some(b), Some(cpu_b)) = (&conv.bias, &cpu_conv.bias) {
+                let bias_grad = b.val().grad(&grads).expect(&what);
+                assert_close(bias_grad, cpu_b.val().grad(&cpu_grads).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn the_autodiff_step_agrees_with_burns_on_the_cpu() {
+        agrees_with_the_cpu::<Cpu>(&Default::default());
     }
 }

@@ -1,4 +1,4 @@
-//! `--device cpu|cuda[:N]`: which Burn backend a command runs on.
+//! `--device cpu|cuda[:N]|wgpu`: which Burn backend a command runs on.
 //!
 //! Burn backends are types, so a command that runs on either implements
 //! [`BackendJob`] once, generically, and [`run_on`] picks the type.
@@ -13,6 +13,10 @@ pub type CpuBackend = trainer::CpuTrain;
 /// `cuda` adds autotuning).
 #[cfg(feature = "cuda-untuned")]
 pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// Burn's wgpu backend (with fusion) with autodiff.
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = burn::backend::Autodiff<burn::backend::Wgpu>;
 
 pub use trainer::device::DeviceChoice;
 
@@ -41,7 +45,73 @@ pub fn run_on<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output> 
              `cargo build --release --features cuda` on a machine with the CUDA toolkit's runtime, \
              or use --device cpu"
         ),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu => {
+            choose_conv_kernels()?;
+            job.run::<WgpuBackend>(Default::default(), choice)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Wgpu => anyhow::bail!(
+            "this topotrain was built without wgpu support; rebuild it with              `cargo build --release --features wgpu`, or use --device cpu"
+        ),
     }
+}
+
+/// `TOPOTRAIN_CONV_KERNELS` (its value, if set) as the Conv2d kernels of
+/// the CubeCL backends: `None` for Burn's own.
+#[cfg_attr(not(any(feature = "cuda-untuned", feature = "wgpu")), allow(dead_code))]
+fn conv_kernels_choice(value: Option<&str>) -> Result<Option<conv_kernels::ConvChoice>> {
+    use conv_kernels::ConvChoice;
+    match value {
+        None | Some("direct") => Ok(Some(ConvChoice::Direct)),
+        Some("implicit-gemm") => Ok(Some(ConvChoice::ImplicitGemm)),
+        Some("burn") => Ok(None),
+        Some(other) => anyhow::bail!(
+            "TOPOTRAIN_CONV_KERNELS={other:?} is not a kernel choice: use direct (the default), \
+             implicit-gemm or burn"
+        ),
+    }
+}
+
+/// Routes every Conv2d layer on the CubeCL backends (CUDA, wgpu) through
+/// crate conv-kernels, with the kernels `TOPOTRAIN_CONV_KERNELS` names:
+/// `direct` (the default; Burn's direct kernels with a correct strided
+/// input gradient), `implicit-gemm` (tensor cores; experimental, not yet
+/// run on a GPU), or `burn` (Burn's own choice, whose input gradient through
+/// a 1x1 stride-2 conv is zero; for comparison only).
+#[cfg(any(feature = "cuda-untuned", feature = "wgpu"))]
+fn choose_conv_kernels() -> Result<()> {
+    use std::any::Any;
+    fn through_conv_kernels(conv: &dyn Any, x: &dyn Any) -> Option<Box<dyn Any>> {
+        #[cfg(feature = "cuda-untuned")]
+        if let Some(out) = conv_kernels::conv2d_any::<CudaBackend>(conv, x)
+            .or_else(|| conv_kernels::conv2d_any::<burn::backend::Cuda>(conv, x))
+        {
+            return Some(out);
+        }
+        #[cfg(feature = "wgpu")]
+        if let Some(out) = conv_kernels::conv2d_any::<WgpuBackend>(conv, x)
+            .or_else(|| conv_kernels::conv2d_any::<burn::backend::Wgpu>(conv, x))
+        {
+            return Some(out);
+        }
+        None
+    }
+    let value = std::env::var("TOPOTRAIN_CONV_KERNELS").ok();
+    match conv_kernels_choice(value.as_deref())? {
+        Some(choice) => {
+            conv_kernels::choose(choice);
+            models::precision::set_conv2d_override(through_conv_kernels);
+            if choice == conv_kernels::ConvChoice::ImplicitGemm {
+                eprintln!("Conv2d layers use the implicit-GEMM kernels (TOPOTRAIN_CONV_KERNELS)");
+            }
+        }
+        None => eprintln!(
+            "Conv2d layers use Burn's own kernels (TOPOTRAIN_CONV_KERNELS=burn): the input \
+             gradient through 1x1 stride-2 convs is zero"
+        ),
+    }
+    Ok(())
 }
 
 /// Getting CUDA ready: the libraries it needs, and a kernel cache. Compiled
@@ -107,31 +177,6 @@ mod cuda_setup {
             .find(|path| path.is_file())
     }
 
-    /// Experimental (not yet run on a GPU): `TOPOTRAIN_CONV_KERNELS=implicit-gemm`
-    /// routes every Conv2d layer through burn-cubecl's implicit-GEMM kernels
-    /// without autotune (crate conv-kernels); unset or `burn`, Burn's choice.
-    #[cfg(feature = "cuda-untuned")]
-    fn choose_conv_kernels() -> Result<()> {
-        fn implicit_gemm(
-            conv: &dyn std::any::Any,
-            x: &dyn std::any::Any,
-        ) -> Option<Box<dyn std::any::Any>> {
-            conv_kernels::conv2d_any::<super::CudaBackend>(conv, x)
-                .or_else(|| conv_kernels::conv2d_any::<burn::backend::Cuda>(conv, x))
-        }
-        match std::env::var("TOPOTRAIN_CONV_KERNELS").as_deref() {
-            Err(_) | Ok("burn") => {}
-            Ok("implicit-gemm") => {
-                models::precision::set_conv2d_override(implicit_gemm);
-                eprintln!("Conv2d layers use the implicit-GEMM kernels (TOPOTRAIN_CONV_KERNELS)");
-            }
-            Ok(other) => bail!(
-                "TOPOTRAIN_CONV_KERNELS={other:?} is not a kernel choice: use implicit-gemm or burn"
-            ),
-        }
-        Ok(())
-    }
-
     /// Checks the CUDA libraries, then keeps compiled kernels between runs.
     /// Burn compiles every CUDA kernel with NVRTC at first use and by default
     /// keeps none: on an H200 the first ResNet-18 step took 14 s cold and 2 s
@@ -141,7 +186,7 @@ mod cuda_setup {
         for (what, names, hint) in CUDA_LIBRARIES {
             find_library(what, names, hint)?;
         }
-        choose_conv_kernels()?;
+        super::choose_conv_kernels()?;
         static KERNEL_CACHE: std::sync::Once = std::sync::Once::new();
         KERNEL_CACHE.call_once(|| {
             use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
@@ -237,5 +282,26 @@ mod cuda_setup {
                 Some(root.path().join("a/cubecl.toml"))
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conv_kernels_are_chosen_by_name() {
+        use conv_kernels::ConvChoice;
+        let choice = super::conv_kernels_choice;
+        assert_eq!(choice(None).unwrap(), Some(ConvChoice::Direct));
+        assert_eq!(choice(Some("direct")).unwrap(), Some(ConvChoice::Direct));
+        assert_eq!(
+            choice(Some("implicit-gemm")).unwrap(),
+            Some(ConvChoice::ImplicitGemm)
+        );
+        assert_eq!(choice(Some("burn")).unwrap(), None);
+        let error = choice(Some("cudnn")).unwrap_err().to_string();
+        assert!(
+            error.contains("\"cudnn\" is not a kernel choice"),
+            "{error}"
+        );
     }
 }

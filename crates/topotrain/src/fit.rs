@@ -17,7 +17,7 @@ pub struct FitArgs {
     /// Continue the run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// "cpu" or "cuda[:N]" (overrides training.device).
+    /// "cpu", "cuda[:N]" or "wgpu" (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
     /// Train data parallel on this many devices from --device's index up

@@ -55,7 +55,7 @@ pub struct FinetuneArgs {
     /// Run directory (overrides output.dir).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// "cpu" or "cuda[:N]" (overrides training.device).
+    /// "cpu", "cuda[:N]" or "wgpu" (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
     /// CPU threads (overrides training.threads; 0 = all cores).

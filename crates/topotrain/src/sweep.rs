@@ -16,7 +16,7 @@ pub struct SweepArgs {
     /// Comma-separated taus.
     #[arg(long, default_value = "0,0.5,1,5,10,20,50")]
     pub tau: String,
-    /// "cpu" or "cuda[:N]" (overrides training.device).
+    /// "cpu", "cuda[:N]" or "wgpu" (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
     /// Base output directory (overrides output.dir).

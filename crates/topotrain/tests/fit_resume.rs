@@ -258,21 +258,12 @@ fn two_nodes_train_one_run() {
     assert!(compared > 40, "{compared} tensors compared");
 }
 
-/// bf16 convolutions over f32 weights train (on the CPU backend here; the
-/// point of it is GPU speed).
-#[test]
-fn bf16_compute_trains() {
-    if !have_fashion() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let path = write_config(
-        dir.path(),
-        "bf16.toml",
-        &config(&run, 1.0, "precision = \"bf16\""),
-    );
-    assert_success(&fit(&path, &[]));
+/// Runs a fit with `extra_training` on `device` in `dir` and checks that
+/// the loss of its last steps is below that of its first; returns the run.
+fn assert_loss_falls(dir: &Path, extra_training: &str, device: &str) -> PathBuf {
+    let run = dir.join("run");
+    let path = write_config(dir, "run.toml", &config(&run, 1.0, extra_training));
+    assert_success(&fit(&path, &["--device", device]));
     let losses: Vec<f64> = metrics(&run)
         .iter()
         .filter(|line| line["kind"] == "train")
@@ -284,7 +275,58 @@ fn bf16_compute_trains() {
         losses[9..].iter().sum::<f64>(),
     );
     assert!(last < first, "the loss does not fall: {losses:?}");
+    run
+}
+
+/// bf16 convolutions over f32 weights train (on the CPU backend here; the
+/// point of it is GPU speed).
+#[test]
+fn bf16_compute_trains() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = assert_loss_falls(dir.path(), "precision = \"bf16\"", "cpu");
     assert!(summary(&run)["val_top1"].as_f64().unwrap() > 0.2);
+}
+
+/// The GPU code paths of a whole run (Burn's fusion, conv-kernels' Conv2d
+/// kernels, the device TopoLoss engine) on Burn's wgpu backend: on Mesa's
+/// lavapipe where there is no GPU (scripts/setup.sh installs it). The loss
+/// falls, and the run's model evaluates on wgpu as on the CPU.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_run_on_wgpu_trains_and_evaluates_as_on_the_cpu() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = assert_loss_falls(dir.path(), "", "wgpu");
+    let eval_on = |device: &str| -> serde_json::Value {
+        let output = topotrain(&[
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            FASHION,
+            "--batch",
+            "64",
+            "--max-batches",
+            "4",
+            "--device",
+            device,
+        ]);
+        assert_success(&output);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    };
+    let (cpu, wgpu) = (eval_on("cpu"), eval_on("wgpu"));
+    assert_eq!(cpu["top1"], wgpu["top1"]);
+    let (cpu_loss, wgpu_loss) = (
+        cpu["loss"].as_f64().unwrap(),
+        wgpu["loss"].as_f64().unwrap(),
+    );
+    assert!((cpu_loss - wgpu_loss).abs() < 1e-4, "{cpu} vs {wgpu}");
 }
 
 #[test]

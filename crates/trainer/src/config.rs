@@ -236,7 +236,7 @@ pub struct TrainingSection {
     pub batch_size: usize,
     #[serde(default)]
     pub seed: u64,
-    /// "cpu" or "cuda[:N]"; `--device` overrides it.
+    /// "cpu", "cuda[:N]" or "wgpu"; `--device` overrides it.
     #[serde(default = "default_device")]
     pub device: String,
     /// Devices this process trains on, data parallel, from `device`'s

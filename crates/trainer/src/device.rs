@@ -1,4 +1,4 @@
-//! `--device cpu` (the flex backend) or `cuda[:N]`.
+//! `--device cpu` (the flex backend), `cuda[:N]` or `wgpu`.
 
 use std::str::FromStr;
 
@@ -9,6 +9,9 @@ pub enum DeviceChoice {
     #[default]
     Cpu,
     Cuda(usize),
+    /// Burn's wgpu backend on the system's default adapter (Vulkan, Metal or
+    /// DX12).
+    Wgpu,
 }
 
 impl DeviceChoice {
@@ -21,9 +24,11 @@ impl DeviceChoice {
 impl FromStr for DeviceChoice {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("unknown device '{text}': use cpu, cuda or cuda:N (N = GPU index)");
+        let bad =
+            || format!("unknown device '{text}': use cpu, cuda, cuda:N (N = GPU index) or wgpu");
         match text {
             "cpu" => Ok(DeviceChoice::Cpu),
+            "wgpu" => Ok(DeviceChoice::Wgpu),
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
             _ => match text.strip_prefix("cuda:") {
                 Some(index) => index.parse().map(DeviceChoice::Cuda).map_err(|_| bad()),
@@ -51,6 +56,7 @@ impl std::fmt::Display for DeviceChoice {
         match self {
             DeviceChoice::Cpu => write!(f, "cpu"),
             DeviceChoice::Cuda(index) => write!(f, "cuda:{index}"),
+            DeviceChoice::Wgpu => write!(f, "wgpu"),
         }
     }
 }
@@ -75,9 +81,14 @@ mod tests {
         assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
         assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        assert_eq!("wgpu".parse(), Ok(DeviceChoice::Wgpu));
         let error = "tpu".parse::<DeviceChoice>().unwrap_err();
-        assert!(error.contains("cpu, cuda or cuda:N"), "{error}");
+        assert!(
+            error.contains("cpu, cuda, cuda:N (N = GPU index) or wgpu"),
+            "{error}"
+        );
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
         assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
+        assert_eq!(DeviceChoice::Wgpu.to_string(), "wgpu");
     }
 }

@@ -173,7 +173,7 @@ pub struct LanguageTrainingSection {
     /// CPU threads (0 = all cores).
     #[serde(default)]
     pub threads: usize,
-    /// "cpu" or "cuda[:N]".
+    /// "cpu", "cuda[:N]" or "wgpu".
     #[serde(default = "default_device")]
     pub device: String,
 }
