@@ -21,8 +21,8 @@ use super::TopoLayer;
 /// The device engine of one topography on one device.
 pub(super) struct DeviceEngine<G: Backend> {
     device: G::Device,
-    /// How many layers it was built for (the topography's list is public).
-    layer_count: usize,
+    /// The layers it was built for (the topography's list is public).
+    layer_names: Vec<String>,
     groups: Vec<LayerGroup<G>>,
 }
 
@@ -86,14 +86,14 @@ impl<G: Backend> DeviceEngine<G> {
             .collect();
         DeviceEngine {
             device: device.clone(),
-            layer_count: layers.len(),
+            layer_names: layers.iter().map(|l| l.name.clone()).collect(),
             groups,
         }
     }
 
     /// Whether it was built for `layers` on `device`.
     pub(super) fn serves(&self, layers: &[TopoLayer], device: &G::Device) -> bool {
-        self.layer_count == layers.len() && self.device == *device
+        self.device == *device && layers.iter().map(|l| &l.name).eq(&self.layer_names)
     }
 
     /// Loss and gradient of every layer; `values[i]` and `taus[i]` belong to
@@ -178,18 +178,26 @@ impl<G: Backend> LayerGroup<G> {
         let count = sheets.len();
         let widths: Vec<usize> = sheets.iter().map(|s| s.dims()[1]).collect();
         let widest = widths.iter().copied().max().unwrap_or(0);
-        let padded = sheets
+        let mut padded: Vec<Tensor<G, 3>> = sheets
             .into_iter()
             .zip(&widths)
             .map(|(sheet, &e)| {
-                sheet
-                    .pad([(0, widest - e)], PadMode::Constant(0.0))
-                    .unsqueeze::<3>()
+                let sheet = if e < widest {
+                    sheet.pad([(0, widest - e)], PadMode::Constant(0.0))
+                } else {
+                    sheet
+                };
+                sheet.unsqueeze::<3>()
             })
             .collect();
-        let sheet = Tensor::cat(padded, 0); // [count, units, widest]
-                                            // B(x) = Bh x Bw^T on the sheet axes: one batched matmul over the
-                                            // sheets' rows, one over their columns.
+        // [count, units, widest]; a lone layer needs no copy.
+        let sheet = if count == 1 {
+            padded.remove(0)
+        } else {
+            Tensor::cat(padded, 0)
+        };
+        // B(x) = Bh x Bw^T on the sheet axes: one batched matmul over the
+        // sheets' rows, one over their columns.
         let apply = |x: Tensor<G, 3>, mh: Tensor<G, 2>, mw: Tensor<G, 2>| {
             let mh = mh.unsqueeze::<3>().expand([count, h, h]);
             let x = mh.matmul(x.reshape([count, h, w * widest]));
@@ -231,8 +239,13 @@ impl<G: Backend> LayerGroup<G> {
             .iter()
             .map(|tau| (-tau / cos_count as f64) as f32)
             .collect();
-        let scales = Tensor::<G, 3>::from_data(TensorData::new(scales, [count, 1, 1]), device);
-        let grad = (grad_w + spread) * scales;
+        // One tau for the whole group (the usual case) needs no upload.
+        let grad = if scales.iter().all(|&s| s == scales[0]) {
+            (grad_w + spread).mul_scalar(scales[0])
+        } else {
+            let scales = TensorData::new(scales, [count, 1, 1]);
+            (grad_w + spread) * Tensor::<G, 3>::from_data(scales, device)
+        };
         let loss = cos
             .sum_dim(1)
             .reshape([count])
@@ -259,20 +272,38 @@ mod tests {
     use crate::ResNetConfig;
     use burn::backend::flex::Flex;
 
+    /// A narrow ResNet-18 with TopoLoss on every layer.
+    fn resnet18_everywhere() -> Topography {
+        let model = ResNetConfig::resnet18(10)
+            .with_width(16)
+            .with_small_stem(true)
+            .init::<Flex>(&Default::default())
+            .unwrap();
+        let config = TopographyConfig::uniform(&["**".to_string()], 3.0, 1.0);
+        Topography::new(&model, &config).unwrap()
+    }
+
     /// A ResNet-18 with TopoLoss on every layer runs as one batch per stage
     /// (its convs share a sheet) and one for the classifier.
     #[test]
     fn a_resnet_runs_one_batch_per_stage_and_one_for_the_classifier() {
-        let device = Default::default();
-        let model = ResNetConfig::resnet18(10)
-            .with_width(16)
-            .with_small_stem(true)
-            .init::<Flex>(&device)
-            .unwrap();
-        let config = TopographyConfig::uniform(&["**".to_string()], 3.0, 1.0);
-        let topography = Topography::new(&model, &config).unwrap();
-        let engine = DeviceEngine::<Flex>::new(&topography.layers, &device);
+        let topography = resnet18_everywhere();
+        let engine = DeviceEngine::<Flex>::new(&topography.layers, &Default::default());
         let sizes: Vec<usize> = engine.groups.iter().map(|g| g.members.len()).collect();
         assert_eq!(sizes, [5, 5, 5, 5, 1]);
+    }
+
+    /// A layer list of the same length in another order is not the one the
+    /// engine's groups index.
+    #[test]
+    fn an_engine_serves_only_the_layers_it_was_built_for() {
+        let device = Default::default();
+        let topography = resnet18_everywhere();
+        let engine = DeviceEngine::<Flex>::new(&topography.layers, &device);
+        assert!(engine.serves(&topography.layers, &device));
+        let mut reordered = topography.layers.clone();
+        reordered.swap(0, 1);
+        assert!(!engine.serves(&reordered, &device));
+        assert!(!engine.serves(&topography.layers[1..], &device));
     }
 }
