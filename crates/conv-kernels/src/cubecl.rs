@@ -52,39 +52,98 @@ fn note_fallback(what: &'static str, kernel: &str, err: &dyn std::fmt::Debug) {
     }
 }
 
-/// The input gradient of a strided convolution: the transposed convolution
-/// of `output_grad`, as im2col + GEMM, else with Burn's direct kernel.
-///
-/// Burn 0.21's direct transposed convolution (the one Burn's CubeCL
-/// backends use for every strided input gradient without autotune) sums
-/// over no input where kernel x dilation < stride, so a ResNet's 1x1
-/// stride-2 downsample passed back a zero gradient. Before that kernel runs
-/// here, the weight is zero-padded to reach the stride, which adds only
-/// zero products; the rows the padding adds at the end are cut off.
-fn strided_input_grad<R, F, I, BT>(
-    in_shape: Shape,
-    weight: FloatTensor<CubeBackend<R, F, I, BT>>,
-    output_grad: FloatTensor<CubeBackend<R, F, I, BT>>,
-    options: &ConvOptions<2>,
-) -> FloatTensor<CubeBackend<R, F, I, BT>>
+/// The strided input gradient on the CubeCL backend, where Burn's own is wrong.
+trait StridedInputGrad: burn::tensor::backend::Backend {
+    /// The input gradient of a strided convolution: the transposed
+    /// convolution of `output_grad`, as im2col + GEMM, else with Burn's
+    /// direct kernel.
+    ///
+    /// Burn 0.21's direct transposed convolution (the one Burn's CubeCL
+    /// backends use for every strided input gradient without autotune)
+    /// sums over no input where kernel x dilation < stride, so a ResNet's
+    /// 1x1 stride-2 downsample passed back a zero gradient. Before that
+    /// kernel runs here, the weight is zero-padded to reach the stride,
+    /// which adds only zero products; the rows the padding adds at the end
+    /// are cut off.
+    fn strided_input_grad(
+        in_shape: Shape,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: &ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// [`Self::strided_input_grad`] by Burn's direct transposed
+    /// convolution, with the weight zero-padded to reach the stride.
+    fn padded_direct_transpose(
+        in_shape: &Shape,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: &ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+}
+
+impl<R, F, I, BT> StridedInputGrad for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
     I: IntElement,
     BT: BoolElement,
 {
-    let kernel = [weight.shape()[2], weight.shape()[3]];
-    let gemm = conv_transpose2d(
-        output_grad.clone(),
-        weight.clone(),
-        None,
-        transposed_options(options, &in_shape, &output_grad.shape(), kernel),
-        ConvTranspose2dStrategy::Gemm,
-    );
-    gemm.unwrap_or_else(|err| {
-        note_fallback("conv2d input gradient", "the im2col + GEMM kernel", &err);
-        padded_direct_transpose::<R, F, I, BT>(&in_shape, weight, output_grad, options)
-    })
+    fn strided_input_grad(
+        in_shape: Shape,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: &ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let kernel = [weight.shape()[2], weight.shape()[3]];
+        let gemm = conv_transpose2d(
+            output_grad.clone(),
+            weight.clone(),
+            None,
+            transposed_options(options, &in_shape, &output_grad.shape(), kernel),
+            ConvTranspose2dStrategy::Gemm,
+        );
+        gemm.unwrap_or_else(|err| {
+            note_fallback("conv2d input gradient", "the im2col + GEMM kernel", &err);
+            Self::padded_direct_transpose(&in_shape, weight, output_grad, options)
+        })
+    }
+
+    fn padded_direct_transpose(
+        in_shape: &Shape,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: &ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let kernel = [weight.shape()[2], weight.shape()[3]];
+        // The smallest kernel that reaches the stride.
+        let reaching = [0, 1]
+            .map(|axis| kernel[axis].max(options.stride[axis].div_ceil(options.dilation[axis])));
+        let weight = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(weight)).pad(
+            [(0, reaching[0] - kernel[0]), (0, reaching[1] - kernel[1])],
+            PadMode::Constant(0.0),
+        );
+        let transposed = transposed_options(options, in_shape, &output_grad.shape(), reaching);
+        let grad = conv_transpose2d(
+            output_grad,
+            weight.into_primitive().tensor(),
+            None,
+            transposed,
+            ConvTranspose2dStrategy::Direct,
+        )
+        .unwrap_or_else(|err| {
+            panic!("conv2d input gradient: Burn's direct transposed kernel cannot run: {err:?}")
+        });
+        Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(grad))
+            .slice([
+                0..in_shape[0],
+                0..in_shape[1],
+                0..in_shape[2],
+                0..in_shape[3],
+            ])
+            .into_primitive()
+            .tensor()
+    }
 }
 
 /// The options of the transposed convolution that is the input gradient of
@@ -115,51 +174,6 @@ fn transposed_options(
     )
 }
 
-/// [`strided_input_grad`] by Burn's direct transposed convolution, with the
-/// weight zero-padded to reach the stride.
-fn padded_direct_transpose<R, F, I, BT>(
-    in_shape: &Shape,
-    weight: FloatTensor<CubeBackend<R, F, I, BT>>,
-    output_grad: FloatTensor<CubeBackend<R, F, I, BT>>,
-    options: &ConvOptions<2>,
-) -> FloatTensor<CubeBackend<R, F, I, BT>>
-where
-    R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
-    type T<R, F, I, BT> = Tensor<CubeBackend<R, F, I, BT>, 4>;
-    let kernel = [weight.shape()[2], weight.shape()[3]];
-    // The smallest kernel that reaches the stride.
-    let reaching =
-        [0, 1].map(|axis| kernel[axis].max(options.stride[axis].div_ceil(options.dilation[axis])));
-    let weight = T::<R, F, I, BT>::from_primitive(TensorPrimitive::Float(weight)).pad(
-        [(0, reaching[0] - kernel[0]), (0, reaching[1] - kernel[1])],
-        PadMode::Constant(0.0),
-    );
-    let transposed = transposed_options(options, in_shape, &output_grad.shape(), reaching);
-    let grad = conv_transpose2d(
-        output_grad,
-        weight.into_primitive().tensor(),
-        None,
-        transposed,
-        ConvTranspose2dStrategy::Direct,
-    )
-    .unwrap_or_else(|err| {
-        panic!("conv2d input gradient: Burn's direct transposed kernel cannot run: {err:?}")
-    });
-    T::<R, F, I, BT>::from_primitive(TensorPrimitive::Float(grad))
-        .slice([
-            0..in_shape[0],
-            0..in_shape[1],
-            0..in_shape[2],
-            0..in_shape[3],
-        ])
-        .into_primitive()
-        .tensor()
-}
-
 impl<R, F, I, BT> ConvKernels for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -186,7 +200,7 @@ where
         let in_shape = x.shape();
         if options.stride != [1, 1] {
             // The implicit-GEMM data gradient handles stride 1 only.
-            return strided_input_grad::<R, F, I, BT>(in_shape, weight, output_grad, &options);
+            return Self::strided_input_grad(in_shape, weight, output_grad, &options);
         }
         run_chosen("conv2d input gradient", |strategy| {
             conv_data_backward::<R, 2>(
@@ -395,7 +409,7 @@ mod tests {
                 .grad(&(cpu_out * out_grad.clone()).sum().backward())
                 .unwrap();
             let options = ConvOptions::new(conv.stride, [layer.4; 2], conv.dilation, 1);
-            let grad = padded_direct_transpose::<burn_wgpu::WgpuRuntime, f32, i32, u32>(
+            let grad = Cube::padded_direct_transpose(
                 &expected.shape(),
                 conv.weight.val().into_primitive().tensor(),
                 moved::<_, Cube, 4>(out_grad.inner(), &device)
@@ -411,7 +425,7 @@ mod tests {
     /// Why the strided input gradient is not left to Burn: its direct
     /// transposed kernel passes zeros back through a 1x1 stride-2 conv.
     /// When this fails, a Burn upgrade fixed it, and the padding in
-    /// [`padded_direct_transpose`] can go.
+    /// [`StridedInputGrad::padded_direct_transpose`] can go.
     #[test]
     fn burns_direct_input_gradient_of_a_1x1_stride_2_conv_is_zero() {
         type Train = Autodiff<Wgpu>;
