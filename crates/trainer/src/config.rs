@@ -47,6 +47,11 @@ pub struct ModelSection {
     /// ViT input size (the position embedding is sized for it).
     #[serde(default)]
     pub image_size: Option<usize>,
+    /// Start from these weights (a safetensors file or a PyTorch checkpoint
+    /// of this architecture, e.g. torchvision's) instead of a random init.
+    /// A resumed run continues from its own checkpoint instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_weights: Option<PathBuf>,
 }
 
 fn default_in_channels() -> usize {

@@ -17,7 +17,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use models::topography::{TopoEngine, TopoReport, Topography};
-use models::Model;
+use models::{Architecture, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
@@ -121,7 +121,11 @@ pub fn fit<B: AutodiffBackend>(
     let architecture = config.architecture()?;
     B::seed(&device, config.training.seed);
     let precision = config.training.precision;
-    let mut model: Model<B> = architecture.init(&device)?.with_precision(precision);
+    let mut model: Model<B> = architecture.init(&device)?;
+    if let (None, Some(path)) = (&existing, &config.model.init_weights) {
+        load_initial_weights(&mut model, &architecture, path)?;
+    }
+    let mut model = model.with_precision(precision);
     let topography = match &config.topography {
         Some(t) => Some(Topography::new(&model, t)?),
         None => None,
@@ -455,6 +459,24 @@ pub fn fit<B: AutodiffBackend>(
         &serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)
+}
+
+/// `model.init_weights`: the weights a new run of `architecture` starts from.
+fn load_initial_weights<B: Backend>(
+    model: &mut Model<B>,
+    architecture: &Architecture,
+    path: &Path,
+) -> Result<()> {
+    let shown = path.display().to_string();
+    let info = models::inspect_checkpoint(path)
+        .with_context(|| format!("model.init_weights = {shown:?}"))?;
+    models::load_weights(model, &info).with_context(|| {
+        format!(
+            "model.init_weights = {shown:?} holds a {}, but [model] builds a {}; point it at weights of that architecture",
+            info.architecture.describe(),
+            architecture.describe()
+        )
+    })
 }
 
 fn check_data(config: &RunConfig, train: &DataSet, val: &DataSet) -> Result<()> {
