@@ -52,7 +52,8 @@ pub fn run_on<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output> 
         }
         #[cfg(not(feature = "wgpu"))]
         DeviceChoice::Wgpu => anyhow::bail!(
-            "this topotrain was built without wgpu support; rebuild it with              `cargo build --release --features wgpu`, or use --device cpu"
+            "this topotrain was built without wgpu support; rebuild it with \
+             `cargo build --release --features wgpu`, or use --device cpu"
         ),
     }
 }
