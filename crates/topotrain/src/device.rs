@@ -47,7 +47,7 @@ pub fn run_on<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output> 
         ),
         #[cfg(feature = "wgpu")]
         DeviceChoice::Wgpu => {
-            choose_conv_kernels()?;
+            note_gpu_conv_kernels();
             job.run::<WgpuBackend>(Default::default(), choice)
         }
         #[cfg(not(feature = "wgpu"))]
@@ -58,9 +58,8 @@ pub fn run_on<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output> 
     }
 }
 
-/// `TOPOTRAIN_CONV_KERNELS` (its value, if set) as the Conv2d kernels of
-/// the CubeCL backends: `None` for Burn's own.
-#[cfg_attr(not(any(feature = "cuda-untuned", feature = "wgpu")), allow(dead_code))]
+/// `TOPOTRAIN_CONV_KERNELS` (its value, if set) as the kernels of the
+/// CubeCL backends: `None` for Burn's own convolutions everywhere.
 fn conv_kernels_choice(value: Option<&str>) -> Result<Option<conv_kernels::ConvChoice>> {
     use conv_kernels::ConvChoice;
     match value {
@@ -74,16 +73,22 @@ fn conv_kernels_choice(value: Option<&str>) -> Result<Option<conv_kernels::ConvC
     }
 }
 
-/// Routes every Conv2d layer on the CubeCL backends (CUDA, wgpu) through
-/// crate conv-kernels, with the kernels `TOPOTRAIN_CONV_KERNELS` names:
-/// `direct` (the default; Burn's direct kernels with a correct strided
-/// input gradient), `implicit-gemm` (tensor cores; experimental, not yet
-/// run on a GPU), or `burn` (Burn's own choice, whose input gradient through
-/// a 1x1 stride-2 conv is zero; for comparison only).
-#[cfg(any(feature = "cuda-untuned", feature = "wgpu"))]
-fn choose_conv_kernels() -> Result<()> {
+/// Routes every Conv2d layer of the program through crate conv-kernels,
+/// unless `TOPOTRAIN_CONV_KERNELS=burn`: on the CPU its f32 kernels (im2col
+/// and one matrix product over many samples, contiguous gradients); on the
+/// CubeCL backends (CUDA, wgpu) the kernels `TOPOTRAIN_CONV_KERNELS` names:
+/// `direct` (the default; Burn's direct kernels with a correct strided input
+/// gradient) or `implicit-gemm` (tensor cores; experimental, not yet run on
+/// a GPU). `burn` leaves every convolution to Burn, whose CubeCL input
+/// gradient through a 1x1 stride-2 conv is zero; for comparison only.
+pub fn route_convolutions() -> Result<()> {
     use std::any::Any;
     fn through_conv_kernels(conv: &dyn Any, x: &dyn Any) -> Option<Box<dyn Any>> {
+        if let Some(out) = conv_kernels::conv2d_any::<CpuBackend>(conv, x)
+            .or_else(|| conv_kernels::conv2d_any::<trainer::Cpu>(conv, x))
+        {
+            return Some(out);
+        }
         #[cfg(feature = "cuda-untuned")]
         if let Some(out) = conv_kernels::conv2d_any::<CudaBackend>(conv, x)
             .or_else(|| conv_kernels::conv2d_any::<burn::backend::Cuda>(conv, x))
@@ -103,16 +108,21 @@ fn choose_conv_kernels() -> Result<()> {
         Some(choice) => {
             conv_kernels::choose(choice);
             models::precision::set_conv2d_override(through_conv_kernels);
-            if choice == conv_kernels::ConvChoice::ImplicitGemm {
-                eprintln!("Conv2d layers use the implicit-GEMM kernels (TOPOTRAIN_CONV_KERNELS)");
-            }
         }
         None => eprintln!(
-            "Conv2d layers use Burn's own kernels (TOPOTRAIN_CONV_KERNELS=burn): the input \
-             gradient through 1x1 stride-2 convs is zero"
+            "Conv2d layers use Burn's own kernels (TOPOTRAIN_CONV_KERNELS=burn); on CUDA and \
+             wgpu their input gradient through 1x1 stride-2 convs is zero"
         ),
     }
     Ok(())
+}
+
+/// Says so when a GPU run uses the experimental implicit-GEMM kernels.
+#[cfg(any(feature = "cuda-untuned", feature = "wgpu"))]
+fn note_gpu_conv_kernels() {
+    if conv_kernels::conv_choice() == conv_kernels::ConvChoice::ImplicitGemm {
+        eprintln!("Conv2d layers use the implicit-GEMM kernels (TOPOTRAIN_CONV_KERNELS)");
+    }
 }
 
 /// Getting CUDA ready: the libraries it needs, and a kernel cache. Compiled
@@ -187,7 +197,7 @@ mod cuda_setup {
         for (what, names, hint) in CUDA_LIBRARIES {
             find_library(what, names, hint)?;
         }
-        super::choose_conv_kernels()?;
+        super::note_gpu_conv_kernels();
         static KERNEL_CACHE: std::sync::Once = std::sync::Once::new();
         KERNEL_CACHE.call_once(|| {
             use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};

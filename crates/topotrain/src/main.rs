@@ -57,7 +57,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let routed = match cli.command {
+        Command::Prep(_) => Ok(()),
+        _ => device::route_convolutions(),
+    };
+    let result = routed.and_then(|()| match cli.command {
         Command::Prep(cmd) => prep::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Fit(args) => fit::run(args),
@@ -67,7 +71,7 @@ fn main() {
         Command::Activations(args) => activations::run(args),
         Command::Finetune(args) => language::run_finetune(args),
         Command::Analyze(cmd) => analyze::run(cmd),
-    };
+    });
     if let Err(error) = result {
         eprintln!("error: {error:#}");
         std::process::exit(1);

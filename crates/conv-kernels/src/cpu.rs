@@ -1,0 +1,546 @@
+//! [`ConvKernels`] on Burn's CPU backend (Flex) for f32 convolutions without
+//! groups: im2col and one matrix product over many samples at once (col2im
+//! for the input gradient), each result written contiguous.
+//!
+//! Why not Flex's own: it multiplies one sample (and tile) at a time, so in
+//! a ResNet's deep layers, with 2x2 to 8x8 output positions per sample, the
+//! matrix kernel runs on slivers; and it computes the weight gradient as a
+//! convolution over swapped axes whose result stays strided, so every later
+//! element-wise step on it (the optimiser's momentum) walks it element by
+//! element. Other dtypes and grouped convolutions run Burn's own kernels.
+
+use burn::backend::Flex;
+use burn::tensor::ops::conv::calculate_conv_output_size;
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use crate::ConvKernels;
+
+/// How many floats an im2col buffer may hold before the batch is split into
+/// chunks of samples (16 MB: big enough to keep the matrix kernel busy,
+/// small enough that a 224 px ImageNet batch does not need gigabytes).
+const CHUNK_FLOATS: usize = 1 << 22;
+
+impl ConvKernels for Flex {
+    fn conv2d_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Geometry::of(&x, &weight, &options) {
+            Some(geometry) => geometry.forward(&x, &weight, CHUNK_FLOATS),
+            None => Self::conv2d(x, weight, None, options),
+        }
+    }
+
+    fn conv2d_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Geometry::of(&x, &weight, &options) {
+            Some(geometry) => geometry.input_grad(&weight, &output_grad, CHUNK_FLOATS),
+            None => Self::conv2d_x_backward(x, weight, output_grad, options),
+        }
+    }
+
+    fn conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Geometry::of(&x, &weight, &options) {
+            Some(geometry) => geometry.weight_grad(&x, &output_grad, CHUNK_FLOATS),
+            None => Self::conv2d_weight_backward(x, weight, output_grad, options),
+        }
+    }
+}
+
+/// The sizes of one convolution (NCHW input, OIHW weight).
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    input: [usize; 2],
+    out_channels: usize,
+    kernel: [usize; 2],
+    output: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+}
+
+impl Geometry {
+    /// The geometry of an f32 convolution without groups; `None` for what
+    /// these kernels leave to Burn.
+    fn of(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || options.groups != 1 {
+            return None;
+        }
+        let [batch, channels, height, width] = x.shape().dims();
+        let [out_channels, _, kernel_h, kernel_w] = weight.shape().dims();
+        let output = [0, 1].map(|axis| {
+            calculate_conv_output_size(
+                [kernel_h, kernel_w][axis],
+                options.stride[axis],
+                options.padding[axis],
+                options.dilation[axis],
+                [height, width][axis],
+            )
+        });
+        Some(Self {
+            batch,
+            channels,
+            input: [height, width],
+            out_channels,
+            kernel: [kernel_h, kernel_w],
+            output,
+            stride: options.stride,
+            padding: options.padding,
+            dilation: options.dilation,
+        })
+    }
+
+    /// Output positions per sample.
+    fn positions(&self) -> usize {
+        self.output[0] * self.output[1]
+    }
+
+    /// Input values per output value and output channel (im2col's rows).
+    fn patch(&self) -> usize {
+        self.channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The batch in chunks of samples whose im2col buffer holds at most
+    /// `budget` floats (at least one sample each).
+    fn chunks(&self, budget: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let per_chunk = (budget / (self.patch() * self.positions()).max(1)).max(1);
+        let batch = self.batch;
+        (0..batch)
+            .step_by(per_chunk)
+            .map(move |start| start..(start + per_chunk).min(batch))
+    }
+
+    /// Where kernel tap `tap` reads along `axis`: outputs `lo..hi` read the
+    /// input at `first`, `first + stride`, ...; the others read padding.
+    fn reach(&self, axis: usize, tap: usize) -> (usize, usize, usize) {
+        let (stride, len) = (self.stride[axis] as isize, self.input[axis] as isize);
+        let offset = (tap * self.dilation[axis]) as isize - self.padding[axis] as isize;
+        // Input index = out * stride + offset, kept within 0..len.
+        let lo = if offset >= 0 {
+            0
+        } else {
+            (-offset + stride - 1) / stride
+        };
+        let hi = if len - 1 - offset < 0 {
+            0
+        } else {
+            ((len - 1 - offset) / stride + 1).min(self.output[axis] as isize)
+        };
+        let lo = lo.min(hi);
+        (
+            lo as usize,
+            hi as usize,
+            (lo * stride + offset).max(0) as usize,
+        )
+    }
+
+    /// Calls `run(position, input, len)` for each run of output positions of
+    /// one sample that kernel tap `(i, j)` reads from the input plane: the
+    /// outputs `position..position + len` read `input`, `input + stride`, ...
+    fn for_each_run(&self, (i, j): (usize, usize), mut run: impl FnMut(usize, usize, usize)) {
+        let (row_lo, row_hi, first_row) = self.reach(0, i);
+        let (col_lo, col_hi, first_col) = self.reach(1, j);
+        for (step, out_row) in (row_lo..row_hi).enumerate() {
+            let in_row = first_row + step * self.stride[0];
+            run(
+                out_row * self.output[1] + col_lo,
+                in_row * self.input[1] + first_col,
+                col_hi - col_lo,
+            );
+        }
+    }
+
+    /// im2col of `samples` consecutive samples of `x`: row `k` = (channel,
+    /// tap) of `cols` holds, for every output position of every sample, the
+    /// input value that tap reads (zero in the padding).
+    fn im2col(&self, x: &[f32], samples: usize) -> Vec<f32> {
+        let (plane, positions) = (self.input[0] * self.input[1], self.positions());
+        let taps = self.kernel[0] * self.kernel[1];
+        let mut cols = vec![0.0; self.patch() * samples * positions];
+        let stride = self.stride[1];
+        cols.par_chunks_mut(samples * positions)
+            .enumerate()
+            .for_each(|(k, row)| {
+                let (channel, tap) = (k / taps, k % taps);
+                for sample in 0..samples {
+                    let input = &x[(sample * self.channels + channel) * plane..][..plane];
+                    let out = &mut row[sample * positions..][..positions];
+                    let tap = (tap / self.kernel[1], tap % self.kernel[1]);
+                    self.for_each_run(tap, |position, start, len| {
+                        let out = &mut out[position..position + len];
+                        if stride == 1 {
+                            out.copy_from_slice(&input[start..start + len]);
+                        } else {
+                            for (o, v) in out.iter_mut().zip(input[start..].iter().step_by(stride))
+                            {
+                                *o = *v;
+                            }
+                        }
+                    });
+                }
+            });
+        cols
+    }
+
+    /// `grad`'s samples `chunk` as a matrix [output channel, (sample,
+    /// position)].
+    fn gather_output_grad(&self, grad: &[f32], chunk: &std::ops::Range<usize>) -> Vec<f32> {
+        let positions = self.positions();
+        let samples = chunk.len();
+        let mut rows = vec![0.0; self.out_channels * samples * positions];
+        rows.par_chunks_mut(samples * positions)
+            .enumerate()
+            .for_each(|(channel, row)| {
+                for (sample, out) in row.chunks_mut(positions).enumerate() {
+                    let start = ((chunk.start + sample) * self.out_channels + channel) * positions;
+                    out.copy_from_slice(&grad[start..start + positions]);
+                }
+            });
+        rows
+    }
+
+    fn forward(&self, x: &FlexTensor, weight: &FlexTensor, budget: usize) -> FlexTensor {
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let (x, weight) = (f32_values(&x), f32_values(&weight));
+        let (positions, patch) = (self.positions(), self.patch());
+        let sample_in = self.channels * self.input[0] * self.input[1];
+        let sample_out = self.out_channels * positions;
+        let mut out = vec![0.0; self.batch * sample_out];
+        for chunk in self.chunks(budget) {
+            let samples = chunk.len();
+            let cols = self.im2col(&x[chunk.start * sample_in..chunk.end * sample_in], samples);
+            let weight = MatRef::row_major(weight, self.out_channels, patch);
+            let cols = MatRef::row_major(&cols, patch, samples * positions);
+            let out = &mut out[chunk.start * sample_out..chunk.end * sample_out];
+            if samples == 1 {
+                matmul(out, weight, cols, false);
+            } else {
+                // [channel, (sample, position)] to [sample, channel, position].
+                let mut product = vec![0.0; sample_out * samples];
+                matmul(&mut product, weight, cols, false);
+                out.par_chunks_mut(sample_out)
+                    .enumerate()
+                    .for_each(|(sample, out)| {
+                        for (channel, out) in out.chunks_mut(positions).enumerate() {
+                            let start = (channel * samples + sample) * positions;
+                            out.copy_from_slice(&product[start..start + positions]);
+                        }
+                    });
+            }
+        }
+        tensor(
+            out,
+            [
+                self.batch,
+                self.out_channels,
+                self.output[0],
+                self.output[1],
+            ],
+        )
+    }
+
+    fn input_grad(
+        &self,
+        weight: &FlexTensor,
+        output_grad: &FlexTensor,
+        budget: usize,
+    ) -> FlexTensor {
+        let (weight, grad) = (weight.to_contiguous(), output_grad.to_contiguous());
+        let (weight, grad) = (f32_values(&weight), f32_values(&grad));
+        let (positions, patch) = (self.positions(), self.patch());
+        let plane = self.input[0] * self.input[1];
+        let taps = self.kernel[0] * self.kernel[1];
+        let stride = self.stride[1];
+        let mut input_grad = vec![0.0; self.batch * self.channels * plane];
+        for chunk in self.chunks(budget) {
+            let samples = chunk.len();
+            let rows = self.gather_output_grad(grad, &chunk);
+            // cols = weight^T x output grad: [patch, (sample, position)].
+            let mut cols = vec![0.0; patch * samples * positions];
+            matmul(
+                &mut cols,
+                MatRef::row_major(weight, self.out_channels, patch).transposed(),
+                MatRef::row_major(&rows, self.out_channels, samples * positions),
+                false,
+            );
+            // col2im, one channel per task: [channel, sample, plane].
+            let mut planes = vec![0.0; self.channels * samples * plane];
+            planes
+                .par_chunks_mut(samples * plane)
+                .enumerate()
+                .for_each(|(channel, planes)| {
+                    for tap in 0..taps {
+                        let row = &cols[(channel * taps + tap) * samples * positions..];
+                        let tap = (tap / self.kernel[1], tap % self.kernel[1]);
+                        for (sample, input) in planes.chunks_mut(plane).enumerate() {
+                            let row = &row[sample * positions..][..positions];
+                            self.for_each_run(tap, |position, start, len| {
+                                let values = &row[position..position + len];
+                                for (v, g) in
+                                    values.iter().zip(input[start..].iter_mut().step_by(stride))
+                                {
+                                    *g += v;
+                                }
+                            });
+                        }
+                    }
+                });
+            let sample_in = self.channels * plane;
+            input_grad[chunk.start * sample_in..chunk.end * sample_in]
+                .par_chunks_mut(sample_in)
+                .enumerate()
+                .for_each(|(sample, out)| {
+                    for (channel, out) in out.chunks_mut(plane).enumerate() {
+                        let start = (channel * samples + sample) * plane;
+                        out.copy_from_slice(&planes[start..start + plane]);
+                    }
+                });
+        }
+        tensor(
+            input_grad,
+            [self.batch, self.channels, self.input[0], self.input[1]],
+        )
+    }
+
+    fn weight_grad(&self, x: &FlexTensor, output_grad: &FlexTensor, budget: usize) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), output_grad.to_contiguous());
+        let (x, grad) = (f32_values(&x), f32_values(&grad));
+        let (positions, patch) = (self.positions(), self.patch());
+        let sample_in = self.channels * self.input[0] * self.input[1];
+        let mut weight_grad = vec![0.0; self.out_channels * patch];
+        for (index, chunk) in self.chunks(budget).enumerate() {
+            let samples = chunk.len();
+            let cols = self.im2col(&x[chunk.start * sample_in..chunk.end * sample_in], samples);
+            let rows = self.gather_output_grad(grad, &chunk);
+            // weight grad (+)= output grad x cols^T.
+            matmul(
+                &mut weight_grad,
+                MatRef::row_major(&rows, self.out_channels, samples * positions),
+                MatRef::row_major(&cols, patch, samples * positions).transposed(),
+                index > 0,
+            );
+        }
+        tensor(
+            weight_grad,
+            [
+                self.out_channels,
+                self.channels,
+                self.kernel[0],
+                self.kernel[1],
+            ],
+        )
+    }
+}
+
+/// The values of a contiguous f32 tensor.
+fn f32_values(tensor: &FlexTensor) -> &[f32] {
+    tensor
+        .as_slice::<f32>()
+        .expect("conv-kernels: a contiguous f32 tensor (Geometry::of checked the dtype)")
+}
+
+fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// A matrix in a slice: element (row, col) at `row * row_stride + col *
+/// col_stride`.
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(data.len() >= rows * cols, "matrix larger than its slice");
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// `dst = lhs x rhs` (row-major `dst`), or `dst += lhs x rhs` when
+/// `accumulate`, by the `gemm` crate (Flex's own matrix kernel) on rayon's
+/// threads.
+fn matmul(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "matmul: inner sizes differ");
+    assert_eq!(dst.len(), m * n, "matmul: destination of the wrong size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    // The last element each operand is read at lies inside its slice.
+    for matrix in [lhs, rhs] {
+        let last = (matrix.rows - 1) * matrix.row_stride + (matrix.cols - 1) * matrix.col_stride;
+        assert!(
+            last < matrix.data.len(),
+            "matmul: operand outside its slice"
+        );
+    }
+    // SAFETY: every index gemm reads (row * row_stride + col * col_stride
+    // within each operand's rows and cols) or writes (row * n + col for
+    // dst) lies inside the slices, as checked above; dst does not alias the
+    // operands (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+
+    fn random(shape: [usize; 4], seed: u64) -> FlexTensor {
+        <Flex as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
+        Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+            .into_primitive()
+            .tensor()
+    }
+
+    fn assert_close(a: FlexTensor, b: FlexTensor) {
+        let (a, b) = (
+            Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(a)),
+            Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(b)),
+        );
+        let scale = b.clone().abs().max().into_scalar().max(1.0);
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-5 * scale));
+    }
+
+    /// The three kernels equal Burn's own on the CPU for rectangular
+    /// kernels, unequal strides, padding and dilation, a kernel smaller than
+    /// its stride, and batches split into chunks of one and two samples.
+    #[test]
+    fn the_kernels_agree_with_burns_own() {
+        // (batch, in, out, kernel, stride, padding, dilation, input side)
+        let cases = [
+            (3, 4, 5, [3, 2], [1, 2], [1, 0], [1, 1], [9, 8]),
+            (2, 3, 4, [3, 3], [2, 1], [2, 1], [2, 1], [10, 7]),
+            (3, 2, 3, [2, 2], [3, 3], [0, 0], [1, 1], [8, 9]),
+            (2, 6, 4, [1, 1], [2, 2], [0, 0], [1, 1], [7, 8]),
+            (1, 3, 2, [7, 7], [2, 2], [3, 3], [1, 1], [11, 12]),
+        ];
+        for (seed, (batch, c_in, c_out, kernel, stride, padding, dilation, side)) in
+            cases.into_iter().enumerate()
+        {
+            let x = random([batch, c_in, side[0], side[1]], seed as u64);
+            let weight = random([c_out, c_in, kernel[0], kernel[1]], 100 + seed as u64);
+            let options = ConvOptions::new(stride, padding, dilation, 1);
+            let expected = Flex::conv2d(x.clone(), weight.clone(), None, options.clone());
+            let grad = random(expected.shape().dims(), 200 + seed as u64);
+            let geometry = Geometry::of(&x, &weight, &options).unwrap();
+            for budget in [1, geometry.patch() * geometry.positions() * 2, CHUNK_FLOATS] {
+                // Shown when an assertion below fails.
+                eprintln!("case {seed}, chunk budget {budget}");
+                assert_close(geometry.forward(&x, &weight, budget), expected.clone());
+                assert_close(
+                    geometry.input_grad(&weight, &grad, budget),
+                    Flex::conv2d_x_backward(
+                        x.clone(),
+                        weight.clone(),
+                        grad.clone(),
+                        options.clone(),
+                    ),
+                );
+                assert_close(
+                    geometry.weight_grad(&x, &grad, budget),
+                    Flex::conv2d_weight_backward(
+                        x.clone(),
+                        weight.clone(),
+                        grad.clone(),
+                        options.clone(),
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A non-contiguous input (a transposed view) is read as its values.
+    #[test]
+    fn a_strided_input_is_read_by_value() {
+        let x = random([2, 3, 6, 5], 7);
+        let weight = random([4, 3, 3, 3], 8);
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let swapped = x.transpose(2, 3).to_contiguous().transpose(2, 3);
+        assert!(!swapped.is_contiguous());
+        assert_close(
+            Flex::conv2d_forward(swapped, weight.clone(), options.clone()),
+            Flex::conv2d(x, weight, None, options),
+        );
+    }
+
+    /// f64 and grouped convolutions are left to Burn.
+    #[test]
+    fn other_dtypes_and_groups_are_left_to_burn() {
+        let x = random([1, 4, 5, 5], 1);
+        let weight = random([4, 2, 3, 3], 2);
+        assert!(Geometry::of(&x, &weight, &ConvOptions::new([1, 1], [1, 1], [1, 1], 2)).is_none());
+        let x64 = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x))
+            .cast(burn::tensor::FloatDType::F64)
+            .into_primitive()
+            .tensor();
+        assert!(
+            Geometry::of(&x64, &weight, &ConvOptions::new([1, 1], [1, 1], [1, 1], 1)).is_none()
+        );
+    }
+}
