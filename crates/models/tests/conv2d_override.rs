@@ -1,6 +1,7 @@
 //! The program-wide Conv2d override (`precision::set_conv2d_override`): a
 //! ResNet's Conv2d layers (BlurPool's strided ones included) go through it,
-//! and the output and gradients stay what Burn's own convolutions give.
+//! and the output and gradients stay what Burn's own convolutions give, to
+//! float rounding (conv-kernels' CPU kernels sum in another order).
 
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +29,9 @@ fn a_resnets_convolutions_go_through_the_override_unchanged() {
         .with_blurpool(true)
         .init::<Train>(&device)
         .unwrap();
-    let x = Tensor::<Train, 4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    // Batch norm over 2 samples of 1x1 (the last stage at 32 px) would
+    // amplify the kernels' rounding differences; 4 samples of 2x2 do not.
+    let x = Tensor::<Train, 4>::random([4, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
     let run = || {
         let logits = model.forward(x.clone());
         let grads = logits.clone().powi_scalar(2).sum().backward();
@@ -43,7 +46,13 @@ fn a_resnets_convolutions_go_through_the_override_unchanged() {
     // 17 convolutions and 3 downsamples; BlurPool's blur is Burn's
     // functional depthwise conv2d, not a Conv2d layer.
     assert_eq!(CALLS.load(Ordering::SeqCst), 20);
-    let tolerance = burn::tensor::Tolerance::<f32>::relative(1e-4);
-    logits.assert_approx_eq::<f32>(&burns_logits, tolerance);
-    grad.assert_approx_eq::<f32>(&burns_grad, tolerance);
+    for (ours, burns) in [(logits, burns_logits), (grad, burns_grad)] {
+        ours.assert_approx_eq::<f32>(&burns, within_1e4_of_largest(&burns));
+    }
+}
+
+/// An absolute tolerance of 1e-4 times `data`'s largest magnitude.
+fn within_1e4_of_largest(data: &burn::tensor::TensorData) -> burn::tensor::Tolerance<f32> {
+    let largest = data.iter::<f32>().fold(0.0f32, |max, v| max.max(v.abs()));
+    burn::tensor::Tolerance::absolute(1e-4 * largest)
 }
