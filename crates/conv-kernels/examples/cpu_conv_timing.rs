@@ -1,7 +1,9 @@
 //! Times the three convolution kernels on the CPU backend, Burn's own (Flex)
 //! beside [`ConvKernels`]'s, for every distinct convolution of a ResNet-18
-//! (batch 8 at 64 px unless given: `cpu_conv_timing [BATCH] [RES]`), best of
-//! 10, and their sums over the network's 20 convolutions, in milliseconds.
+//! (batch 8 at 64 px, width 64, 3 input channels unless given:
+//! `cpu_conv_timing [BATCH] [RES] [WIDTH] [IN_CHANNELS]`; the demo's is
+//! `128 28 16 1`), best of 10, and their sums over the network's 20
+//! convolutions, in milliseconds.
 //! Burn's weight gradient is a strided view; its later cost (every
 //! element-wise step that reads it) is not counted here.
 use std::time::Instant;
@@ -11,20 +13,21 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 use conv_kernels::ConvKernels;
 
-/// in channels, out channels, kernel, stride, input side divisor (of the
-/// resolution), how many such layers ResNet-18 has.
-const LAYERS: [(usize, usize, usize, usize, usize, usize); 11] = [
-    (3, 64, 7, 2, 1, 1),
-    (64, 64, 3, 1, 4, 4),
-    (64, 128, 3, 2, 4, 1),
-    (64, 128, 1, 2, 4, 1),
-    (128, 128, 3, 1, 8, 3),
-    (128, 256, 3, 2, 8, 1),
-    (128, 256, 1, 2, 8, 1),
-    (256, 256, 3, 1, 16, 3),
-    (256, 512, 3, 2, 16, 1),
-    (256, 512, 1, 2, 16, 1),
-    (512, 512, 3, 1, 32, 3),
+/// In channels, out channels (both in multiples of the width, 0 for the
+/// image's), kernel, stride, stage (the input side is the resolution halved
+/// that often, rounding up), how many such layers ResNet-18 has.
+const LAYERS: [(usize, usize, usize, usize, u32, usize); 11] = [
+    (0, 1, 7, 2, 0, 1),
+    (1, 1, 3, 1, 2, 4),
+    (1, 2, 3, 2, 2, 1),
+    (1, 2, 1, 2, 2, 1),
+    (2, 2, 3, 1, 3, 3),
+    (2, 4, 3, 2, 3, 1),
+    (2, 4, 1, 2, 3, 1),
+    (4, 4, 3, 1, 4, 3),
+    (4, 8, 3, 2, 4, 1),
+    (4, 8, 1, 2, 4, 1),
+    (8, 8, 3, 1, 5, 3),
 ];
 
 fn best_ms(mut run: impl FnMut() -> Tensor<Flex, 4>) -> f64 {
@@ -72,18 +75,24 @@ const IMPLEMENTATIONS: [Kernels; 2] = [
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().expect("usage: cpu_conv_timing [BATCH] [RES]"))
+        .map(|a| {
+            a.parse()
+                .expect("usage: cpu_conv_timing [BATCH] [RES] [WIDTH] [IN_CHANNELS]")
+        })
         .collect();
-    let (batch, res) = (
-        args.first().copied().unwrap_or(8),
-        args.get(1).copied().unwrap_or(64),
-    );
+    let arg = |index: usize, default| args.get(index).copied().unwrap_or(default);
+    let (batch, res, width, in_channels) = (arg(0, 8), arg(1, 64), arg(2, 64), arg(3, 3));
+    let channels = |multiple| match multiple {
+        0 => in_channels,
+        m => m * width,
+    };
     let device = Default::default();
     let float = |t: &Tensor<Flex, 4>| t.clone().into_primitive().tensor();
     let mut totals = [[0.0; 3]; 2];
     println!("c_in c_out k s side | forward, input grad, weight grad (ms): Burn | conv-kernels");
-    for (c_in, c_out, kernel, stride, divisor, count) in LAYERS {
-        let side = res / divisor;
+    for (c_in, c_out, kernel, stride, stage, count) in LAYERS {
+        let (c_in, c_out) = (channels(c_in), channels(c_out));
+        let side = res.div_ceil(1 << stage);
         let options = ConvOptions::new([stride; 2], [kernel / 2; 2], [1, 1], 1);
         let x =
             Tensor::<Flex, 4>::random([batch, c_in, side, side], Distribution::Default, &device);
@@ -124,7 +133,7 @@ fn main() {
     }
     for (kernels, totals) in IMPLEMENTATIONS.iter().zip(totals) {
         println!(
-            "{}: ResNet-18's 20 convolutions, batch {batch} at {res} px: forward {:.1}, input grad {:.1}, weight grad {:.1}, all {:.1} ms",
+            "{}: ResNet-18's 20 convolutions (width {width}), batch {batch} at {res} px: forward {:.1}, input grad {:.1}, weight grad {:.1}, all {:.1} ms",
             kernels.name,
             totals[0],
             totals[1],

@@ -149,19 +149,19 @@ impl Geometry {
         )
     }
 
-    /// Calls `run(position, input, len)` for each run of output positions of
-    /// one sample that kernel tap `(i, j)` reads from the input plane: the
-    /// outputs `position..position + len` read `input`, `input + stride`, ...
-    fn for_each_run(&self, (i, j): (usize, usize), mut run: impl FnMut(usize, usize, usize)) {
-        let (row_lo, row_hi, first_row) = self.reach(0, i);
-        let (col_lo, col_hi, first_col) = self.reach(1, j);
-        for (step, out_row) in (row_lo..row_hi).enumerate() {
-            let in_row = first_row + step * self.stride[0];
-            run(
-                out_row * self.output[1] + col_lo,
-                in_row * self.input[1] + first_col,
-                col_hi - col_lo,
-            );
+    /// The runs of output positions that kernel tap `tap` (row-major over
+    /// the kernel) reads from an input plane; the same for every sample.
+    fn tap_runs(&self, tap: usize) -> TapRuns {
+        let (rows, cols) = (
+            self.reach(0, tap / self.kernel[1]),
+            self.reach(1, tap % self.kernel[1]),
+        );
+        TapRuns {
+            rows,
+            cols,
+            row_stride: self.stride[0],
+            output_width: self.output[1],
+            input_width: self.input[1],
         }
     }
 
@@ -176,12 +176,11 @@ impl Geometry {
         cols.par_chunks_mut(samples * positions)
             .enumerate()
             .for_each(|(k, row)| {
-                let (channel, tap) = (k / taps, k % taps);
+                let (channel, runs) = (k / taps, self.tap_runs(k % taps));
                 for sample in 0..samples {
                     let input = &x[(sample * self.channels + channel) * plane..][..plane];
                     let out = &mut row[sample * positions..][..positions];
-                    let tap = (tap / self.kernel[1], tap % self.kernel[1]);
-                    self.for_each_run(tap, |position, start, len| {
+                    runs.for_each(|position, start, len| {
                         let out = &mut out[position..position + len];
                         if stride == 1 {
                             out.copy_from_slice(&input[start..start + len]);
@@ -286,10 +285,10 @@ impl Geometry {
                 .for_each(|(channel, planes)| {
                     for tap in 0..taps {
                         let row = &cols[(channel * taps + tap) * samples * positions..];
-                        let tap = (tap / self.kernel[1], tap % self.kernel[1]);
+                        let runs = self.tap_runs(tap);
                         for (sample, input) in planes.chunks_mut(plane).enumerate() {
                             let row = &row[sample * positions..][..positions];
-                            self.for_each_run(tap, |position, start, len| {
+                            runs.for_each(|position, start, len| {
                                 let values = &row[position..position + len];
                                 for (v, g) in
                                     values.iter().zip(input[start..].iter_mut().step_by(stride))
@@ -344,6 +343,33 @@ impl Geometry {
                 self.kernel[1],
             ],
         )
+    }
+}
+
+/// Where one kernel tap reads: output rows `rows.0..rows.1` read input rows
+/// `rows.2`, `rows.2 + row_stride`, ...; likewise for columns.
+struct TapRuns {
+    rows: (usize, usize, usize),
+    cols: (usize, usize, usize),
+    row_stride: usize,
+    output_width: usize,
+    input_width: usize,
+}
+
+impl TapRuns {
+    /// Calls `run(position, input, len)` for each run of output positions
+    /// (one per output row): the outputs `position..position + len` of a
+    /// sample read its input plane at `input`, `input + column stride`, ...
+    fn for_each(&self, mut run: impl FnMut(usize, usize, usize)) {
+        let ((row_lo, row_hi, first_row), (col_lo, col_hi, first_col)) = (self.rows, self.cols);
+        for (step, out_row) in (row_lo..row_hi).enumerate() {
+            let in_row = first_row + step * self.row_stride;
+            run(
+                out_row * self.output_width + col_lo,
+                in_row * self.input_width + first_col,
+                col_hi - col_lo,
+            );
+        }
     }
 }
 
