@@ -290,10 +290,17 @@ impl Geometry {
                             let row = &row[sample * positions..][..positions];
                             runs.for_each(|position, start, len| {
                                 let values = &row[position..position + len];
-                                for (v, g) in
-                                    values.iter().zip(input[start..].iter_mut().step_by(stride))
-                                {
-                                    *g += v;
+                                if stride == 1 {
+                                    // Contiguous: the compiler vectorises this.
+                                    let input = &mut input[start..start + len];
+                                    for (g, v) in input.iter_mut().zip(values) {
+                                        *g += v;
+                                    }
+                                } else {
+                                    let input = input[start..].iter_mut().step_by(stride);
+                                    for (g, v) in input.zip(values) {
+                                        *g += v;
+                                    }
                                 }
                             });
                         }
