@@ -229,17 +229,9 @@ impl Geometry {
             if samples == 1 {
                 matmul(out, weight, cols, false);
             } else {
-                // [channel, (sample, position)] to [sample, channel, position].
                 let mut product = vec![0.0; sample_out * samples];
                 matmul(&mut product, weight, cols, false);
-                out.par_chunks_mut(sample_out)
-                    .enumerate()
-                    .for_each(|(sample, out)| {
-                        for (channel, out) in out.chunks_mut(positions).enumerate() {
-                            let start = (channel * samples + sample) * positions;
-                            out.copy_from_slice(&product[start..start + positions]);
-                        }
-                    });
+                to_sample_major(&product, out, samples, positions);
             }
         }
         tensor(
@@ -307,15 +299,12 @@ impl Geometry {
                     }
                 });
             let sample_in = self.channels * plane;
-            input_grad[chunk.start * sample_in..chunk.end * sample_in]
-                .par_chunks_mut(sample_in)
-                .enumerate()
-                .for_each(|(sample, out)| {
-                    for (channel, out) in out.chunks_mut(plane).enumerate() {
-                        let start = (channel * samples + sample) * plane;
-                        out.copy_from_slice(&planes[start..start + plane]);
-                    }
-                });
+            to_sample_major(
+                &planes,
+                &mut input_grad[chunk.start * sample_in..chunk.end * sample_in],
+                samples,
+                plane,
+            );
         }
         tensor(
             input_grad,
@@ -378,6 +367,21 @@ impl TapRuns {
             );
         }
     }
+}
+
+/// Copies `src`, laid out [channel, sample, value] for `samples` samples of
+/// `len` values per channel, into `dst` laid out [sample, channel, value]
+/// (NCHW), one sample per task.
+fn to_sample_major(src: &[f32], dst: &mut [f32], samples: usize, len: usize) {
+    assert_eq!(src.len(), dst.len(), "to_sample_major: sizes differ");
+    dst.par_chunks_mut(dst.len() / samples)
+        .enumerate()
+        .for_each(|(sample, out)| {
+            for (channel, out) in out.chunks_mut(len).enumerate() {
+                let start = (channel * samples + sample) * len;
+                out.copy_from_slice(&src[start..start + len]);
+            }
+        });
 }
 
 /// The values of a contiguous f32 tensor.
