@@ -485,7 +485,7 @@ fn matmul(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+    use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 
     fn random(shape: [usize; 4], seed: u64) -> FlexTensor {
         <Flex as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
@@ -494,14 +494,11 @@ mod tests {
             .tensor()
     }
 
+    /// The crate's comparison ([`crate::tests::assert_close`]) on the
+    /// backend's raw tensors.
     fn assert_close(a: FlexTensor, b: FlexTensor) {
-        let (a, b) = (
-            Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(a)),
-            Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(b)),
-        );
-        let scale = b.clone().abs().max().into_scalar().max(1.0);
-        a.into_data()
-            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-5 * scale));
+        let tensor = |t| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(t));
+        crate::tests::assert_close(tensor(a), tensor(b));
     }
 
     /// The three kernels equal Burn's own on the CPU for rectangular
