@@ -5,13 +5,14 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use models::topography::{TopoEngine, Topography, TopographyConfig};
 use models::{Architecture, Model, Precision};
 use serde::Serialize;
+
+use crate::sgd::InPlaceSgd;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
@@ -79,13 +80,7 @@ pub fn train_step<B: AutodiffBackend>(
         Architecture::Vit(c) => c.in_channels,
     };
     model.check_input(&[batch, channels, res, res])?;
-    let mut optimizer = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-        }))
-        .init::<B, Model<B>>();
+    let mut optimizer = InPlaceSgd::new(0.9, false).init::<B, Model<B>>();
     let loss_fn = CrossEntropyLossConfig::new()
         .with_smoothing(Some(0.1))
         .init(device);

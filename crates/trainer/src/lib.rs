@@ -15,6 +15,7 @@
 //!   averaged between them over TCP.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
+//! - [`sgd`]: SGD with momentum, updating weights and buffers in place.
 //! - [`weight_decay`]: L2 decay with BatchNorm parameters exempt (ffcv).
 //! - [`language`]: GPT language models: training on token files, LoRA
 //!   fine-tuning, pruning.
@@ -28,6 +29,7 @@ pub mod device;
 pub mod eval;
 pub mod language;
 pub mod parallel;
+pub mod sgd;
 pub mod sheet;
 pub mod sweep;
 pub mod train;

@@ -11,8 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{Optimizer, SgdConfig};
+use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -26,6 +25,7 @@ use crate::config::RunConfig;
 use crate::data::{self, Batch, DataSet, NodeShard, Split};
 use crate::eval::{evaluate, EvalResult};
 use crate::parallel;
+use crate::sgd::InPlaceSgd;
 use crate::sheet::{write_sheet_picture, SheetPicture};
 use crate::weight_decay::add_weight_decay;
 
@@ -150,13 +150,7 @@ pub fn fit<B: AutodiffBackend>(
     let o = &config.optimizer;
     // Weight decay is added to the gradients (BatchNorm exempt, see
     // `weight_decay`), so the optimiser itself has none.
-    let mut optimizer = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig {
-            momentum: o.momentum,
-            dampening: 0.0,
-            nesterov: o.nesterov,
-        }))
-        .init::<B, Model<B>>();
+    let mut optimizer = InPlaceSgd::new(o.momentum, o.nesterov).init::<B, Model<B>>();
     let loss_config = CrossEntropyLossConfig::new()
         .with_smoothing((o.label_smoothing > 0.0).then_some(o.label_smoothing as f32));
     let devices =

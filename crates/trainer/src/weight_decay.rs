@@ -15,6 +15,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
+use crate::sgd::scaled_add;
+
 /// Which parameters a decay step touched (their module paths).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DecayedParams {
@@ -81,7 +83,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DecayVisitor<'_, B> {
             grad
         } else {
             self.touched.decayed.push(name);
-            param.val().inner().mul_scalar(self.penalty).add(grad)
+            scaled_add(grad, 1.0, &param.val().inner(), self.penalty)
         };
         self.grads.register::<B::InnerBackend, D>(param.id, grad);
     }
