@@ -1,81 +1,11 @@
-//! Thin, checked wrappers over `matrixmultiply` (blocked GEMM) and `nalgebra`
-//! (symmetric eigenproblems), so the analyses never touch raw pointers.
+//! The analyses' linear algebra: matrix products from crate
+//! matrix-product (re-exported), symmetric eigenproblems from `nalgebra`,
+//! and Gram-Schmidt.
 
-/// A strided read-only view of a matrix stored in a slice.
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    pub data: &'a [f64],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
+pub(crate) use matrix_product::gemm;
 
-impl<'a> View<'a> {
-    /// Row-major `rows x cols` matrix.
-    pub fn row_major(data: &'a [f64], rows: usize, cols: usize) -> Self {
-        View {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose, without copying.
-    pub fn t(self) -> Self {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    fn last_index(&self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            return 0;
-        }
-        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-    }
-}
-
-/// `c = alpha * a @ b + beta * c`, with `c` a strided `a.rows x b.cols` block
-/// starting at `c[0]` with row stride `c_row_stride` (column stride 1).
-pub(crate) fn gemm(alpha: f64, a: View, b: View, beta: f64, c: &mut [f64], c_row_stride: usize) {
-    assert_eq!(a.cols, b.rows, "gemm inner dimensions");
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if m == 0 || n == 0 {
-        return;
-    }
-    // The bounds checks that make the unsafe call below sound.
-    assert!(k == 0 || a.last_index() < a.data.len());
-    assert!(k == 0 || b.last_index() < b.data.len());
-    assert!((m - 1) * c_row_stride + n <= c.len());
-    // SAFETY: every element the kernel reads lies inside `a.data` / `b.data`
-    // and every element it writes inside `c`, as checked just above; the
-    // slices do not alias because `c` is borrowed mutably.
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.data.as_ptr(),
-            a.row_stride as isize,
-            a.col_stride as isize,
-            b.data.as_ptr(),
-            b.row_stride as isize,
-            b.col_stride as isize,
-            beta,
-            c.as_mut_ptr(),
-            c_row_stride as isize,
-            1,
-        );
-    }
-}
+/// A strided view of an f64 matrix (the analyses work in f64).
+pub(crate) type View<'a> = matrix_product::MatRef<'a, f64>;
 
 /// Eigenvalues of the symmetric `d x d` row-major matrix, largest first.
 pub(crate) fn symmetric_eigenvalues(matrix: &[f64], d: usize) -> Vec<f64> {
@@ -137,24 +67,6 @@ pub(crate) fn orthonormalize_columns(m: &mut [f64], rows: usize, cols: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gemm_with_a_transposed_view_matches_the_naive_product() {
-        // a is stored 3 x 2; we multiply a^T (2 x 3) by b (3 x 2).
-        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-        let mut c = [1.0; 4];
-        gemm(
-            1.0,
-            View::row_major(&a, 3, 2).t(),
-            View::row_major(&b, 3, 2),
-            1.0,
-            &mut c,
-            2,
-        );
-        // a^T b = [[1+5, 3+5], [2+6, 4+6]] plus the 1s already in c.
-        assert_eq!(c, [7.0, 9.0, 9.0, 11.0]);
-    }
 
     #[test]
     fn eigenvalues_of_a_known_matrix() {

@@ -14,6 +14,7 @@ use burn::tensor::ops::conv::calculate_conv_output_size;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use burn_flex::FlexTensor;
+use matrix_product::{gemm, MatRef};
 use rayon::prelude::*;
 
 use crate::ConvKernels;
@@ -227,10 +228,10 @@ impl Geometry {
             let cols = MatRef::row_major(&cols, patch, samples * positions);
             let out = &mut out[chunk.start * sample_out..chunk.end * sample_out];
             if samples == 1 {
-                matmul(out, weight, cols, false);
+                gemm(1.0, weight, cols, 0.0, out, positions);
             } else {
                 let mut product = vec![0.0; sample_out * samples];
-                matmul(&mut product, weight, cols, false);
+                gemm(1.0, weight, cols, 0.0, &mut product, samples * positions);
                 to_sample_major(&product, out, samples, positions);
             }
         }
@@ -263,11 +264,13 @@ impl Geometry {
             let rows = self.gather_output_grad(grad, &chunk);
             // cols = weight^T x output grad: [patch, (sample, position)].
             let mut cols = vec![0.0; patch * samples * positions];
-            matmul(
-                &mut cols,
-                MatRef::row_major(weight, self.out_channels, patch).transposed(),
+            gemm(
+                1.0,
+                MatRef::row_major(weight, self.out_channels, patch).t(),
                 MatRef::row_major(&rows, self.out_channels, samples * positions),
-                false,
+                0.0,
+                &mut cols,
+                samples * positions,
             );
             // col2im, one channel per task: [channel, sample, plane].
             let mut planes = vec![0.0; self.channels * samples * plane];
@@ -323,11 +326,14 @@ impl Geometry {
             let cols = self.im2col(&x[chunk.start * sample_in..chunk.end * sample_in], samples);
             let rows = self.gather_output_grad(grad, &chunk);
             // weight grad (+)= output grad x cols^T.
-            matmul(
-                &mut weight_grad,
+            let accumulate = if index > 0 { 1.0 } else { 0.0 };
+            gemm(
+                1.0,
                 MatRef::row_major(&rows, self.out_channels, samples * positions),
-                MatRef::row_major(&cols, patch, samples * positions).transposed(),
-                index > 0,
+                MatRef::row_major(&cols, patch, samples * positions).t(),
+                accumulate,
+                &mut weight_grad,
+                patch,
             );
         }
         tensor(
@@ -393,93 +399,6 @@ fn f32_values(tensor: &FlexTensor) -> &[f32] {
 
 fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
-}
-
-/// A matrix in a slice: element (row, col) at `row * row_stride + col *
-/// col_stride`.
-#[derive(Clone, Copy)]
-struct MatRef<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols, "matrix larger than its slice");
-        Self {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    fn transposed(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
-/// `dst = lhs x rhs` (row-major `dst`), or `dst += lhs x rhs` when
-/// `accumulate`, by the `gemm` crate (Flex's own matrix kernel) on rayon's
-/// threads.
-fn matmul(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(rhs.rows, k, "matmul: inner sizes differ");
-    assert_eq!(dst.len(), m * n, "matmul: destination of the wrong size");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    // The last element each operand is read at lies inside its slice.
-    for matrix in [lhs, rhs] {
-        let last = (matrix.rows - 1) * matrix.row_stride + (matrix.cols - 1) * matrix.col_stride;
-        assert!(
-            last < matrix.data.len(),
-            "matmul: operand outside its slice"
-        );
-    }
-    // SAFETY: every index gemm reads (row * row_stride + col * col_stride
-    // within each operand's rows and cols) or writes (row * n + col for
-    // dst) lies inside the slices, as checked above; dst does not alias the
-    // operands (it is borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
 }
 
 #[cfg(test)]
