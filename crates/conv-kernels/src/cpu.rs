@@ -364,6 +364,11 @@ impl TapRuns {
     /// sample read its input plane at `input`, `input + column stride`, ...
     fn for_each(&self, mut run: impl FnMut(usize, usize, usize)) {
         let ((row_lo, row_hi, first_row), (col_lo, col_hi, first_col)) = (self.rows, self.cols);
+        // A tap that reads only padding along the width has no runs (and its
+        // `first_col` may lie past the plane).
+        if col_lo == col_hi {
+            return;
+        }
         for (step, out_row) in (row_lo..row_hi).enumerate() {
             let in_row = first_row + step * self.row_stride;
             run(
@@ -432,6 +437,11 @@ mod tests {
             (3, 2, 3, [2, 2], [3, 3], [0, 0], [1, 1], [8, 9]),
             (2, 6, 4, [1, 1], [2, 2], [0, 0], [1, 1], [7, 8]),
             (1, 3, 2, [7, 7], [2, 2], [3, 3], [1, 1], [11, 12]),
+            // Inputs smaller than the kernel's reach: most taps read only
+            // padding (a ResNet stem on 1 and 2 px images).
+            (2, 3, 2, [7, 7], [2, 2], [3, 3], [1, 1], [1, 1]),
+            (2, 3, 2, [7, 7], [2, 2], [3, 3], [1, 1], [2, 3]),
+            (2, 2, 3, [3, 3], [1, 1], [1, 1], [1, 1], [1, 2]),
         ];
         for (seed, (batch, c_in, c_out, kernel, stride, padding, dilation, side)) in
             cases.into_iter().enumerate()

@@ -152,8 +152,10 @@ impl std::str::FromStr for TopoEngine {
 pub enum TopographyError {
     #[error(transparent)]
     Selection(#[from] ModelError),
+    /// Not `#[from]`: that would also make the error its source, and the
+    /// printed chain would repeat it.
     #[error("topography: {0}")]
-    Loss(#[from] TopoError),
+    Loss(TopoError),
     #[error("topography: layer {layer} is selected twice (by '{first}' and '{second}'); each layer may appear in one selection only")]
     SelectedTwice {
         layer: String,
@@ -166,6 +168,12 @@ pub enum TopographyError {
     Data { layer: String, message: String },
     #[error("topography: the model's layers changed since the topography was built: {0}")]
     ModelChanged(String),
+}
+
+impl From<TopoError> for TopographyError {
+    fn from(error: TopoError) -> Self {
+        TopographyError::Loss(error)
+    }
 }
 
 /// A selected layer: its TopoLoss and tau.
@@ -902,6 +910,14 @@ mod tests {
         bias.layers[0].source = SheetSource::Bias;
         let error = Topography::new(&model, &bias).unwrap_err().to_string();
         assert!(error.contains("no bias"), "{error}");
+
+        // The message holds its cause, so no source repeats it when the
+        // program prints the chain (`{:#}`).
+        let error = Topography::new(&model, &config(1.0, 0.0)).unwrap_err();
+        let text = error.to_string();
+        assert_eq!(text.matches("blur factor").count(), 1, "{text}");
+        assert!(text.starts_with("topography: layer conv1: "), "{text}");
+        assert!(std::error::Error::source(&error).is_none(), "{text}");
     }
 
     #[test]

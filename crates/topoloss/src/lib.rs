@@ -83,11 +83,12 @@ pub enum TopoError {
     },
     #[error("invalid tau schedule: {0}")]
     InvalidSchedule(String),
-    #[error("layer {layer}: {source}")]
+    /// `error` is in the message and not a `source`, so a printed chain
+    /// does not repeat it.
+    #[error("layer {layer}: {error}")]
     InLayer {
         layer: String,
-        #[source]
-        source: Box<TopoError>,
+        error: Box<TopoError>,
     },
 }
 
@@ -96,7 +97,7 @@ impl TopoError {
     pub fn in_layer(self, layer: impl Into<String>) -> TopoError {
         TopoError::InLayer {
             layer: layer.into(),
-            source: Box::new(self),
+            error: Box::new(self),
         }
     }
 }
