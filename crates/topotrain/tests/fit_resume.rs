@@ -146,6 +146,20 @@ fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
         "restarting without --resume must refuse"
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // A truncated optimiser record is named, with what to do.
+    let checkpoints = resumed.join("checkpoints");
+    let latest = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
+    let optim = checkpoints.join(latest.trim()).join("optim.mpk");
+    let intact = std::fs::read(&optim).unwrap();
+    std::fs::write(&optim, &intact[..intact.len() / 2]).unwrap();
+    let damaged = fit(&b, &["--resume"]);
+    assert!(!damaged.status.success());
+    let stderr = String::from_utf8_lossy(&damaged.stderr);
+    assert!(
+        stderr.contains("optim.mpk") && stderr.contains("truncated") && !stderr.contains("0.14"),
+        "{stderr}"
+    );
+    std::fs::write(&optim, &intact).unwrap();
     assert_success(&fit(&b, &["--resume"]));
     assert_same_results(&straight, &resumed);
 }

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use burn::record::RecorderError;
 use models::Architecture;
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,25 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         );
     }
     Ok(state)
+}
+
+/// The error for a record file of a checkpoint that Burn could not read,
+/// without Burn's advice about its 0.14 format change (which is about
+/// other files than ours).
+pub fn unreadable_record(file: &Path, error: RecorderError) -> anyhow::Error {
+    match error {
+        RecorderError::FileNotFound(_) => anyhow!(
+            "cannot load {}: no such file; a checkpoint folder holds model.mpk, optim.mpk and state.json",
+            file.display()
+        ),
+        RecorderError::DeserializeError(reason) | RecorderError::Unknown(reason) => {
+            let reason = reason.lines().next().unwrap_or_default();
+            anyhow!(
+                "cannot load {}: it is truncated, damaged or not written by topotrain ({reason}); use another checkpoint of the run (checkpoints/step-*) or train again",
+                file.display()
+            )
+        }
+    }
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.

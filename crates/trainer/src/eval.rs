@@ -102,7 +102,7 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B
             let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
             model
                 .load_file(dir.join("model"), &recorder, device)
-                .with_context(|| format!("cannot load {}", dir.join("model.mpk").display()))
+                .map_err(|e| crate::checkpoint::unreadable_record(&dir.join("model.mpk"), e))
         }
         None => Ok(models::load_checkpoint(path, device)?),
     }

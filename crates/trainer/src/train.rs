@@ -198,10 +198,10 @@ pub fn fit<B: AutodiffBackend>(
         }
         model = model
             .load_file(path.join("model"), &recorder, &device)
-            .with_context(|| format!("cannot load {}", path.join("model.mpk").display()))?
+            .map_err(|e| checkpoint::unreadable_record(&path.join("model.mpk"), e))?
             .with_precision(precision);
         let record = Recorder::<B>::load(&recorder, path.join("optim"), &device)
-            .with_context(|| format!("cannot load {}", path.join("optim.mpk").display()))?;
+            .map_err(|e| checkpoint::unreadable_record(&path.join("optim.mpk"), e))?;
         optimizer = optimizer.load_record(record);
         eprintln!(
             "resuming {} at epoch {}, batch {} (step {})",
