@@ -175,8 +175,7 @@ pub fn open_validation(path: &Path, res: usize, crop_ratio: f64) -> Result<(Data
             trainer::data::InMemory::fashion_mnist(&file, false, &section)
                 .with_context(|| format!("cannot read {} at --res {res}", file.display()))?,
         )),
-        DataFormat::Prepared => trainer::data::open_prepared(&file, &section)
-            .with_context(|| format!("cannot open {}", file.display()))?,
+        DataFormat::Prepared => trainer::data::open_prepared(&file, &section)?,
     };
     Ok((data, file))
 }

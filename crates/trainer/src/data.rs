@@ -212,12 +212,9 @@ pub fn open(data: &DataSection) -> Result<(DataSet, DataSet)> {
 
 /// A prepared file with the config's transforms.
 pub fn open_prepared(path: &Path, data: &DataSection) -> Result<DataSet> {
-    let dataset = data_prep::Dataset::open(path).with_context(|| {
-        format!(
-            "cannot open prepared data {} (create it with `topotrain prep ...`)",
-            path.display()
-        )
-    })?;
+    // data-prep's errors name the file.
+    let dataset =
+        data_prep::Dataset::open(path).context("prepared data (`topotrain prep` makes it)")?;
     Ok(DataSet::Prepared {
         dataset: Arc::new(dataset),
         flip: data.flip,

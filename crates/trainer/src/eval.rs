@@ -98,7 +98,12 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B
     match checkpoint_dir {
         Some(dir) => {
             let state = crate::checkpoint::read_state(&dir)?;
-            let model: Model<B> = state.architecture.init(device)?;
+            let model: Model<B> = state.architecture.init(device).with_context(|| {
+                format!(
+                    "{}: cannot build its model",
+                    dir.join("state.json").display()
+                )
+            })?;
             let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
             model
                 .load_file(dir.join("model"), &recorder, device)

@@ -216,8 +216,8 @@ impl ModelArgs {
 impl Loaded {
     pub fn open(args: &ModelArgs) -> Result<Self> {
         let device = Default::default();
-        let model = trainer::eval::load_model::<Cpu>(&args.checkpoint, &device)
-            .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+        // Its errors name the file.
+        let model = trainer::eval::load_model::<Cpu>(&args.checkpoint, &device)?;
         let run = run_config(&args.checkpoint)?;
         let patterns = layer_patterns(args.layers.as_deref(), run.as_ref());
         Ok(Loaded {
