@@ -62,6 +62,7 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    die_quietly_on_a_closed_stdout();
     let cli = Cli::parse();
     let routed = match cli.command {
         Command::Prep(_) => Ok(()),
@@ -81,5 +82,18 @@ fn main() {
     if let Err(error) = result {
         eprintln!("error: {error:#}");
         std::process::exit(1);
+    }
+}
+
+/// `topotrain ... | head` ends topotrain when `head` has read enough, as
+/// it ends other command-line tools, instead of panicking in `println!`
+/// (Rust starts programs with SIGPIPE ignored). Sockets are unaffected:
+/// the standard library sends with MSG_NOSIGNAL.
+fn die_quietly_on_a_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: runs first in main, before any other thread exists, and only
+    // restores the signal's default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
