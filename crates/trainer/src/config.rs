@@ -306,6 +306,9 @@ fn two() -> usize {
     2
 }
 
+/// The largest training or validation resolution a config may ask for.
+pub const MAX_RESOLUTION: usize = 2048;
+
 impl RunConfig {
     /// Reads and validates a config file; relative data paths are resolved
     /// against the working directory.
@@ -356,17 +359,22 @@ impl RunConfig {
                 ),
             ));
         }
-        if d.resolution.start == 0 {
-            return Err(bad(
-                "data.resolution.start",
-                d.resolution.start,
-                "must be positive",
-            ));
-        }
-        if let Some(end) = d.resolution.end {
-            if end == 0 {
-                return Err(bad("data.resolution.end", end, "must be positive"));
+        // A sanity bound, far above the recipes' 160-256 px: past it a typo
+        // would try to allocate images of gigabytes.
+        let resolution = |key: &str, px: usize| {
+            if px == 0 || px > MAX_RESOLUTION {
+                Err(bad(
+                    key,
+                    px,
+                    &format!("must be between 1 and {MAX_RESOLUTION} px"),
+                ))
+            } else {
+                Ok(())
             }
+        };
+        resolution("data.resolution.start", d.resolution.start)?;
+        if let Some(end) = d.resolution.end {
+            resolution("data.resolution.end", end)?;
             if end != d.resolution.start && d.resolution.ramp_end <= d.resolution.ramp_start {
                 return Err(bad(
                     "data.resolution.ramp_end",
@@ -375,13 +383,7 @@ impl RunConfig {
                 ));
             }
         }
-        if d.val_resolution == 0 {
-            return Err(bad(
-                "data.val_resolution",
-                d.val_resolution,
-                "must be positive",
-            ));
-        }
+        resolution("data.val_resolution", d.val_resolution)?;
         if !(d.val_crop_ratio > 0.0 && d.val_crop_ratio <= 1.0) {
             return Err(bad(
                 "data.val_crop_ratio",
@@ -452,6 +454,9 @@ impl RunConfig {
                     t.batch_size
                 ),
             ));
+        }
+        if t.eval_batch_size == Some(0) {
+            return Err(bad("training.eval_batch_size", 0, "must be at least 1"));
         }
         if t.eval_every_epochs == 0 {
             return Err(bad(
@@ -642,6 +647,27 @@ dir = "runs/test"
         let bad = SMALL.replace("[training]\n", "[training]\ndevices = 0\n");
         let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
         assert!(error.contains("training.devices"), "{error}");
+        let bad = SMALL.replace("[training]\n", "[training]\neval_batch_size = 0\n");
+        let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+        assert!(error.contains("training.eval_batch_size"), "{error}");
+        for (from, to, key) in [
+            (
+                "val_resolution = 28",
+                "val_resolution = 100000",
+                "data.val_resolution",
+            ),
+            ("start = 28", "start = 0", "data.resolution.start"),
+            (
+                "start = 28",
+                "start = 28, end = 4096",
+                "data.resolution.end",
+            ),
+        ] {
+            let bad = SMALL.replace(from, to);
+            assert_ne!(bad, SMALL, "{from}");
+            let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+            assert!(error.contains(key) && error.contains("2048 px"), "{error}");
+        }
         let bf16 = SMALL.replace("[training]\n", "[training]\nprecision = \"bf16\"\n");
         assert_eq!(
             RunConfig::parse(&bf16).unwrap().training.precision,
