@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use models::{load_checkpoint, CpuBackend, Topographic};
+use models::{CpuBackend, Topographic};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -18,18 +18,19 @@ const LOGITS_NAME: &str = "logits";
 
 #[derive(Args)]
 pub struct ActivationsArgs {
-    /// A checkpoint: PyTorch `.pt`/`.pth`, safetensors, or one of ours.
+    /// A checkpoint: PyTorch `.pt`/`.pth`, safetensors, or one of ours (a
+    /// run directory or one of its checkpoints).
     #[arg(long)]
     checkpoint: PathBuf,
     /// A safetensors file whose `input` tensor is f32 `[N, C, H, W]`, already normalised.
-    #[arg(long)]
-    input: PathBuf,
+    #[arg(long, required_unless_present = "list_layers")]
+    input: Option<PathBuf>,
     /// PyTorch module names whose outputs to save, comma-separated (e.g. `layer4,fc`).
     #[arg(long, value_delimiter = ',')]
     layers: Vec<String>,
     /// Output safetensors file: one tensor per module name, plus `logits`.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "list_layers")]
+    out: Option<PathBuf>,
     /// Images per forward pass (bounds memory; results do not depend on it).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -46,24 +47,27 @@ struct Collected {
 
 pub fn run(args: ActivationsArgs) -> Result<()> {
     let device = Default::default();
-    let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &device)?;
+    let model = trainer::eval::load_model::<CpuBackend>(&args.checkpoint, &device)?;
     if args.list_layers {
         for module in model.modules() {
             println!("{}\t{}", module.name, module.kind);
         }
         return Ok(());
     }
+    let (Some(input_path), Some(out)) = (&args.input, &args.out) else {
+        bail!("--input and --out are needed unless --list-layers is given");
+    };
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     if args.layers.iter().any(|name| name == LOGITS_NAME) {
         bail!("'{LOGITS_NAME}' is always saved; leave it out of --layers");
     }
-    let input = read_input(&args.input)?;
+    let input = read_input(input_path)?;
     let dims = input.dims();
     model
         .check_input(&dims)
-        .with_context(|| format!("{}: tensor '{INPUT_NAME}'", args.input.display()))?;
+        .with_context(|| format!("{}: tensor '{INPUT_NAME}'", input_path.display()))?;
 
     let mut outputs: BTreeMap<String, Collected> = BTreeMap::new();
     for start in (0..dims[0]).step_by(args.batch_size) {
@@ -78,12 +82,12 @@ pub fn run(args: ActivationsArgs) -> Result<()> {
             append(&mut outputs, name, data)?;
         }
     }
-    write_outputs(&args.out, &outputs)?;
+    write_outputs(out, &outputs)?;
     eprintln!(
         "wrote {} tensor(s) for {} image(s) to {}",
         outputs.len(),
         dims[0],
-        args.out.display()
+        out.display()
     );
     Ok(())
 }

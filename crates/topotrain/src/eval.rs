@@ -37,6 +37,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
     let run = run_config(&args.checkpoint)?;
     let (res, crop_ratio) = args.input.geometry(run.as_ref())?;
     let (data, path) = open_validation(&args.data, res, crop_ratio)?;

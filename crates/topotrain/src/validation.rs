@@ -70,8 +70,9 @@ impl InputArgs {
             .res
             .or(run.map(|r| r.data.val_resolution))
             .unwrap_or(224);
-        if res == 0 {
-            bail!("--res must be at least 1");
+        let max = trainer::config::MAX_RESOLUTION;
+        if res == 0 || res > max {
+            bail!("--res must be between 1 and {max} px, got {res}");
         }
         let crop_ratio = self
             .crop_ratio

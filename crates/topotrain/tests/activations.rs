@@ -123,3 +123,19 @@ fn missing_input_tensor_names_the_file() {
     assert!(stderr.contains("topoloss_cases.safetensors"), "{stderr}");
     assert!(stderr.contains("'input'"), "{stderr}");
 }
+
+#[test]
+fn list_layers_needs_only_the_checkpoint() {
+    let output = Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args(["activations", "--list-layers", "--checkpoint"])
+        .arg(golden("resnet18_blurpool.pt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("layer2.0.downsample.0.conv\tConv2d"), "{stdout}");
+}
