@@ -255,24 +255,15 @@ mod tests {
             1,
         );
         assert_eq!(dst, [11.0]);
+        // A 2 x 0 times 0 x 2 product into rows 3 apart (dst[2] is outside).
+        let empty_product = |beta: f64, dst: &mut [f64]| {
+            let (lhs, rhs) = (MatRef::row_major(&[], 2, 0), MatRef::row_major(&[], 0, 2));
+            gemm(1.0, lhs, rhs, beta, dst, 3);
+        };
         let mut dst = [1.0, 2.0, f64::NAN, 3.0, 4.0];
-        gemm(
-            1.0,
-            MatRef::row_major(&[], 2, 0),
-            MatRef::row_major(&[], 0, 2),
-            2.0,
-            &mut dst,
-            3,
-        );
+        empty_product(2.0, &mut dst);
         assert!(dst[..2] == [2.0, 4.0] && dst[2].is_nan() && dst[3..] == [6.0, 8.0]);
-        gemm(
-            1.0,
-            MatRef::row_major(&[], 2, 0),
-            MatRef::row_major(&[], 0, 2),
-            0.0,
-            &mut dst,
-            3,
-        );
+        empty_product(0.0, &mut dst);
         assert!(dst[..2] == [0.0, 0.0] && dst[2].is_nan() && dst[3..] == [0.0, 0.0]);
     }
 

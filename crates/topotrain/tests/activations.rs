@@ -137,5 +137,8 @@ fn list_layers_needs_only_the_checkpoint() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("layer2.0.downsample.0.conv\tConv2d"), "{stdout}");
+    assert!(
+        stdout.contains("layer2.0.downsample.0.conv\tConv2d"),
+        "{stdout}"
+    );
 }
