@@ -4,7 +4,7 @@
 //! copies the gradient into a fresh velocity, scales the velocity into a
 //! fresh step and subtracts, so a ResNet-18 step on the CPU allocated and
 //! first-touched three weight-sized buffers (47 MB each) and walked the
-//! weights five times, about a fifth of the step. [`InPlaceSgd`] does the
+//! weights five times (a tenth of the step; see BENCHMARKS.md). [`InPlaceSgd`] does the
 //! same arithmetic (PyTorch's SGD without dampening, Burn's too) as
 //! `v = m v + g; w = w - lr v` written into the buffers the velocity and
 //! weights already own, where the backend lets it (the CPU backend, for f32
