@@ -64,10 +64,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let max = trainer::config::MAX_RESOLUTION;
-    if args.res == 0 || args.res > max {
-        bail!("--res must be between 1 and {max} px, got {}", args.res);
-    }
+    trainer::config::check_resolution("--res", args.res)?;
     trainer::device::set_cpu_threads(args.threads);
     let mut architecture = models::Architecture::from_name(&args.arch, args.num_classes)?;
     match &mut architecture {

@@ -70,10 +70,7 @@ impl InputArgs {
             .res
             .or(run.map(|r| r.data.val_resolution))
             .unwrap_or(224);
-        let max = trainer::config::MAX_RESOLUTION;
-        if res == 0 || res > max {
-            bail!("--res must be between 1 and {max} px, got {res}");
-        }
+        trainer::config::check_resolution("--res", res)?;
         let crop_ratio = self
             .crop_ratio
             .or(run.map(|r| r.data.val_crop_ratio))

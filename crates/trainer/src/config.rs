@@ -306,8 +306,19 @@ fn two() -> usize {
     2
 }
 
-/// The largest training or validation resolution a config may ask for.
+/// The largest training or validation resolution a config or a command
+/// may ask for: a sanity bound, far above the recipes' 160-256 px, past
+/// which a typo would try to allocate images of gigabytes.
 pub const MAX_RESOLUTION: usize = 2048;
+
+/// Checks that `px`, the value of `name` (a config key or a flag), is a
+/// resolution from 1 to [`MAX_RESOLUTION`].
+pub fn check_resolution(name: &str, px: usize) -> Result<()> {
+    if px == 0 || px > MAX_RESOLUTION {
+        bail!("{name} = {px}: must be between 1 and {MAX_RESOLUTION} px");
+    }
+    Ok(())
+}
 
 impl RunConfig {
     /// Reads and validates a config file; relative data paths are resolved
@@ -359,22 +370,9 @@ impl RunConfig {
                 ),
             ));
         }
-        // A sanity bound, far above the recipes' 160-256 px: past it a typo
-        // would try to allocate images of gigabytes.
-        let resolution = |key: &str, px: usize| {
-            if px == 0 || px > MAX_RESOLUTION {
-                Err(bad(
-                    key,
-                    px,
-                    &format!("must be between 1 and {MAX_RESOLUTION} px"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        resolution("data.resolution.start", d.resolution.start)?;
+        check_resolution("data.resolution.start", d.resolution.start)?;
         if let Some(end) = d.resolution.end {
-            resolution("data.resolution.end", end)?;
+            check_resolution("data.resolution.end", end)?;
             if end != d.resolution.start && d.resolution.ramp_end <= d.resolution.ramp_start {
                 return Err(bad(
                     "data.resolution.ramp_end",
@@ -383,7 +381,7 @@ impl RunConfig {
                 ));
             }
         }
-        resolution("data.val_resolution", d.val_resolution)?;
+        check_resolution("data.val_resolution", d.val_resolution)?;
         if !(d.val_crop_ratio > 0.0 && d.val_crop_ratio <= 1.0) {
             return Err(bad(
                 "data.val_crop_ratio",
