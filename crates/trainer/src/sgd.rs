@@ -106,19 +106,12 @@ pub fn scaled_add<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     alpha: f32,
 ) -> Tensor<B, D> {
-    if y.dims() == x.dims() {
-        let mut y_inner = y.into_primitive().tensor();
-        let x_inner = x.clone().into_primitive().tensor();
-        if add_scaled_in_place(&mut y_inner, beta, &x_inner, alpha) {
-            return Tensor::from_primitive(TensorPrimitive::Float(y_inner));
-        }
-        return tensor_ops_scaled_add(
-            Tensor::from_primitive(TensorPrimitive::Float(y_inner)),
-            beta,
-            x,
-            alpha,
-        );
+    let mut y_inner = y.into_primitive().tensor();
+    let x_inner = x.clone().into_primitive().tensor();
+    if add_scaled_in_place(&mut y_inner, beta, &x_inner, alpha) {
+        return Tensor::from_primitive(TensorPrimitive::Float(y_inner));
     }
+    let y = Tensor::from_primitive(TensorPrimitive::Float(y_inner));
     tensor_ops_scaled_add(y, beta, x, alpha)
 }
 
