@@ -1,12 +1,15 @@
 //! The program-wide Conv2d override (`precision::set_conv2d_override`): a
 //! ResNet's Conv2d layers (BlurPool's strided ones included) go through it,
 //! and the output and gradients stay what Burn's own convolutions give, to
-//! float rounding (conv-kernels' CPU kernels sum in another order).
+//! float rounding (conv-kernels' CPU kernels sum in another order). Each
+//! kernel's own gradients are checked element by element in conv-kernels;
+//! here the question is whether a whole network is wired through them.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use models::precision::set_conv2d_override;
 use models::resnet::ResNetConfig;
@@ -24,6 +27,9 @@ fn counted(conv: &dyn Any, x: &dyn Any) -> Option<Box<dyn Any>> {
 #[test]
 fn a_resnets_convolutions_go_through_the_override_unchanged() {
     let device = Default::default();
+    // A fixed draw, so that a failure can be rerun (see the gradient check
+    // below for why an unlucky draw matters).
+    Train::seed(&device, 0);
     let model = ResNetConfig::resnet18(10)
         .with_width(8)
         .with_blurpool(true)
@@ -46,9 +52,32 @@ fn a_resnets_convolutions_go_through_the_override_unchanged() {
     // 17 convolutions and 3 downsamples; BlurPool's blur is Burn's
     // functional depthwise conv2d, not a Conv2d layer.
     assert_eq!(CALLS.load(Ordering::SeqCst), 20);
-    for (ours, burns) in [(logits, burns_logits), (grad, burns_grad)] {
-        ours.assert_approx_eq::<f32>(&burns, within_1e4_of_largest(&burns));
-    }
+    logits.assert_approx_eq::<f32>(&burns_logits, within_1e4_of_largest(&burns_logits));
+
+    // The stem's gradient passes back through 17 ReLUs and train-mode batch
+    // norms over few values: where a pre-activation lies within rounding of
+    // zero, the two summation orders take different sides of the kink and
+    // the whole gradient moves. Over 300 unseeded draws, 3 differed from
+    // Burn's by 0.3-1.8% (relative L2; element-wise up to 1.5% of the
+    // largest), and Burn's own convolutions moved by as much under input
+    // noise of 1e-5. A wiring error (a gradient not passed back, or to the
+    // wrong tensor) is off by order one.
+    let error = relative_l2_error(&grad, &burns_grad);
+    assert!(error < 0.05, "stem gradient: relative L2 error {error}");
+}
+
+/// ‖ours - theirs‖ / ‖theirs‖.
+fn relative_l2_error(ours: &burn::tensor::TensorData, theirs: &burn::tensor::TensorData) -> f32 {
+    let squared_norm = |values: &mut dyn Iterator<Item = f32>| values.map(|v| v * v).sum::<f32>();
+    let difference = squared_norm(
+        &mut ours
+            .iter::<f32>()
+            .zip(theirs.iter::<f32>())
+            .map(|(a, b)| a - b),
+    );
+    let reference = squared_norm(&mut theirs.iter::<f32>());
+    assert!(reference > 0.0, "the reference gradient is zero");
+    (difference / reference).sqrt()
 }
 
 /// An absolute tolerance of 1e-4 times `data`'s largest magnitude.
