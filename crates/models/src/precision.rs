@@ -222,8 +222,10 @@ mod tests {
         assert_eq!(mixed.dtype(), DType::F32);
         let error = relative_error(&values(reference.clone()), &values(mixed.clone()));
         eprintln!("bf16 logits: relative error {error}");
-        // bf16 keeps about 3 significant digits.
-        assert!(error > 0.0 && error < 0.05, "relative error {error}");
+        // bf16 keeps about 3 significant digits; through the network, 0.3-4%
+        // over 150 draws of each model (the draws are not seeded: tests share
+        // the backend's one generator).
+        assert!(error > 0.0 && error < 0.1, "relative error {error}");
 
         // A random projection of the logits: their plain sum has a
         // near-zero gradient through train-mode batch norm, all rounding.
@@ -240,9 +242,10 @@ mod tests {
         assert_eq!(b.dtype(), DType::F32);
         let similarity = cosine(&values(a), &values(b));
         eprintln!("first layer's gradient: cosine {similarity}");
-        // 0.98-0.99 for the ResNet stem, 0.99998 for the ViT patch embedding
-        // when written; a wrong or missing path is far off.
-        assert!(similarity > 0.95, "gradient cosine {similarity}");
+        // 0.94-0.9999 for the ResNet stem over 150 random draws (its gradient
+        // passes ReLU kinks that bf16 rounding moves), 0.99998 for the ViT
+        // patch embedding; a wrong or missing path is far off.
+        assert!(similarity > 0.8, "gradient cosine {similarity}");
 
         let mut optimizer = SgdConfig::new().init::<Train, Model<Train>>();
         let stepped = optimizer.step(0.1, mixed_model, grads_bf16);
