@@ -19,6 +19,10 @@ use rayon::prelude::*;
 
 use crate::ConvKernels;
 
+mod scratch;
+
+use scratch::Scratch;
+
 /// How many floats an im2col buffer may hold before the batch is split into
 /// chunks of samples (16 MB: big enough to keep the matrix kernel busy,
 /// small enough that a 224 px ImageNet batch does not need gigabytes).
@@ -161,7 +165,7 @@ impl Geometry {
             rows,
             cols,
             row_stride: self.stride[0],
-            output_width: self.output[1],
+            output: self.output,
             input_width: self.input[1],
         }
     }
@@ -169,10 +173,10 @@ impl Geometry {
     /// im2col of `samples` consecutive samples of `x`: row `k` = (channel,
     /// tap) of `cols` holds, for every output position of every sample, the
     /// input value that tap reads (zero in the padding).
-    fn im2col(&self, x: &[f32], samples: usize) -> Vec<f32> {
+    fn im2col(&self, x: &[f32], samples: usize) -> Scratch {
         let (plane, positions) = (self.input[0] * self.input[1], self.positions());
         let taps = self.kernel[0] * self.kernel[1];
-        let mut cols = vec![0.0; self.patch() * samples * positions];
+        let mut cols = Scratch::take(self.patch() * samples * positions);
         let stride = self.stride[1];
         cols.par_chunks_mut(samples * positions)
             .enumerate()
@@ -181,6 +185,7 @@ impl Geometry {
                 for sample in 0..samples {
                     let input = &x[(sample * self.channels + channel) * plane..][..plane];
                     let out = &mut row[sample * positions..][..positions];
+                    runs.for_each_padding(|position, len| out[position..position + len].fill(0.0));
                     runs.for_each(|position, start, len| {
                         let out = &mut out[position..position + len];
                         if stride == 1 {
@@ -199,10 +204,10 @@ impl Geometry {
 
     /// `grad`'s samples `chunk` as a matrix [output channel, (sample,
     /// position)].
-    fn gather_output_grad(&self, grad: &[f32], chunk: &std::ops::Range<usize>) -> Vec<f32> {
+    fn gather_output_grad(&self, grad: &[f32], chunk: &std::ops::Range<usize>) -> Scratch {
         let positions = self.positions();
         let samples = chunk.len();
-        let mut rows = vec![0.0; self.out_channels * samples * positions];
+        let mut rows = Scratch::take(self.out_channels * samples * positions);
         rows.par_chunks_mut(samples * positions)
             .enumerate()
             .for_each(|(channel, row)| {
@@ -230,7 +235,7 @@ impl Geometry {
             if samples == 1 {
                 gemm(1.0, weight, cols, 0.0, out, positions);
             } else {
-                let mut product = vec![0.0; sample_out * samples];
+                let mut product = Scratch::take(sample_out * samples);
                 gemm(1.0, weight, cols, 0.0, &mut product, samples * positions);
                 to_sample_major(&product, out, samples, positions);
             }
@@ -263,7 +268,7 @@ impl Geometry {
             let samples = chunk.len();
             let rows = self.gather_output_grad(grad, &chunk);
             // cols = weight^T x output grad: [patch, (sample, position)].
-            let mut cols = vec![0.0; patch * samples * positions];
+            let mut cols = Scratch::take(patch * samples * positions);
             gemm(
                 1.0,
                 MatRef::row_major(weight, self.out_channels, patch).t(),
@@ -273,11 +278,12 @@ impl Geometry {
                 samples * positions,
             );
             // col2im, one channel per task: [channel, sample, plane].
-            let mut planes = vec![0.0; self.channels * samples * plane];
+            let mut planes = Scratch::take(self.channels * samples * plane);
             planes
                 .par_chunks_mut(samples * plane)
                 .enumerate()
                 .for_each(|(channel, planes)| {
+                    planes.fill(0.0);
                     for tap in 0..taps {
                         let row = &cols[(channel * taps + tap) * samples * positions..];
                         let runs = self.tap_runs(tap);
@@ -354,7 +360,7 @@ struct TapRuns {
     rows: (usize, usize, usize),
     cols: (usize, usize, usize),
     row_stride: usize,
-    output_width: usize,
+    output: [usize; 2],
     input_width: usize,
 }
 
@@ -372,11 +378,32 @@ impl TapRuns {
         for (step, out_row) in (row_lo..row_hi).enumerate() {
             let in_row = first_row + step * self.row_stride;
             run(
-                out_row * self.output_width + col_lo,
+                out_row * self.output[1] + col_lo,
                 in_row * self.input_width + first_col,
                 col_hi - col_lo,
             );
         }
+    }
+
+    /// Calls `gap(position, len)` for each run of output positions that
+    /// read padding (the positions [`TapRuns::for_each`] leaves out).
+    fn for_each_padding(&self, mut gap: impl FnMut(usize, usize)) {
+        let ((row_lo, row_hi, _), (col_lo, col_hi, _)) = (self.rows, self.cols);
+        let [height, width] = self.output;
+        let mut gap = |position, len| {
+            if len > 0 {
+                gap(position, len)
+            }
+        };
+        if col_lo == col_hi {
+            return gap(0, height * width);
+        }
+        gap(0, row_lo * width);
+        for out_row in row_lo..row_hi {
+            gap(out_row * width, col_lo);
+            gap(out_row * width + col_hi, width - col_hi);
+        }
+        gap(row_hi * width, (height - row_hi) * width);
     }
 }
 
@@ -455,7 +482,10 @@ mod tests {
             for budget in [1, geometry.patch() * geometry.positions() * 2, CHUNK_FLOATS] {
                 // Shown when an assertion below fails.
                 eprintln!("case {seed}, chunk budget {budget}");
+                // Reused buffers start as NaN: a value not written shows.
+                scratch::poison();
                 assert_close(geometry.forward(&x, &weight, budget), expected.clone());
+                scratch::poison();
                 assert_close(
                     geometry.input_grad(&weight, &grad, budget),
                     Flex::conv2d_x_backward(
@@ -465,6 +495,7 @@ mod tests {
                         options.clone(),
                     ),
                 );
+                scratch::poison();
                 assert_close(
                     geometry.weight_grad(&x, &grad, budget),
                     Flex::conv2d_weight_backward(
@@ -473,6 +504,45 @@ mod tests {
                         grad.clone(),
                         options.clone(),
                     ),
+                );
+            }
+        }
+    }
+
+    /// Every output position of every tap is either read from the input
+    /// (once) or padding (once).
+    #[test]
+    fn runs_and_padding_cover_each_position_once() {
+        // (kernel, stride, padding, dilation, input side)
+        let cases = [
+            (3, 1, 1, 1, [5, 4]),
+            (7, 2, 3, 1, [9, 12]),
+            (7, 2, 3, 1, [1, 2]),
+            (3, 2, 2, 2, [6, 3]),
+            (1, 2, 0, 1, [7, 8]),
+            (2, 3, 0, 1, [8, 9]),
+        ];
+        for (kernel, stride, padding, dilation, side) in cases {
+            let x = random([1, 1, side[0], side[1]], 0);
+            let weight = random([1, 1, kernel, kernel], 1);
+            let options = ConvOptions::new([stride; 2], [padding; 2], [dilation; 2], 1);
+            let geometry = Geometry::of(&x, &weight, &options).unwrap();
+            for tap in 0..kernel * kernel {
+                let mut seen = vec![0; geometry.positions()];
+                let runs = geometry.tap_runs(tap);
+                runs.for_each(|position, _, len| {
+                    seen[position..position + len]
+                        .iter_mut()
+                        .for_each(|n| *n += 1)
+                });
+                runs.for_each_padding(|position, len| {
+                    seen[position..position + len]
+                        .iter_mut()
+                        .for_each(|n| *n += 1)
+                });
+                assert!(
+                    seen.iter().all(|&n| n == 1),
+                    "{geometry:?}, tap {tap}: {seen:?}"
                 );
             }
         }
