@@ -94,8 +94,8 @@ fn main() {
 /// it does so a second after a free; a training step frees and allocates the
 /// same large buffers (weight gradients, activations) step after step, and
 /// each one given back came back as fresh pages the kernel had to zero
-/// (a tenth of a ResNet-18 CPU step at batch 8, 64 px). The process keeps
-/// its peak, which training reaches every step anyway.
+/// (5-15% of a ResNet-18 CPU step at batch 8, 64 px, in BENCHMARKS.md).
+/// The process keeps its peak, which training reaches every step anyway.
 fn keep_freed_memory() {
     // SAFETY: sets one of mimalloc's integer options to one of its
     // documented values (-1: never purge).
