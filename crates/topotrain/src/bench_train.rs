@@ -132,6 +132,6 @@ impl BackendJob for TrainStep<'_> {
             precision: a.precision,
             topography: self.topography,
         };
-        trainer::bench::train_step::<B>(&setup, &device)
+        trainer::bench::time_train_step::<B>(&setup, &device)
     }
 }

@@ -1,4 +1,4 @@
-//! `topotrain fit --config RUN.toml`: train one run (see `trainer::train`).
+//! `topotrain fit --config RUN.toml`: train one run (see `trainer::engine`).
 
 use std::path::PathBuf;
 
@@ -53,9 +53,9 @@ pub struct FitArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// Testing: abort the process like SIGKILL after N steps.
+    /// Testing: stop after N steps without a checkpoint, as a kill would.
     #[arg(long, hide = true)]
-    pub abort_after_steps: Option<u64>,
+    pub halt_after_steps: Option<u64>,
 }
 
 pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
@@ -83,17 +83,18 @@ pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
 }
 
 pub fn run(args: FitArgs) -> Result<()> {
-    if is_language_config(&args.config) {
-        return crate::language::run_fit(&args);
-    }
-    let config = load_config(&args)?;
     let options = FitOptions {
         resume: args.resume,
-        abort_after_steps: args.abort_after_steps,
+        halt_after_steps: args.halt_after_steps,
         progress: !args.quiet,
-        accelerator: false,
         cluster: cluster_config(&args)?,
+        interrupter: crate::signals::interrupter()?,
+        accelerator: false,
     };
+    if is_language_config(&args.config) {
+        return crate::language::run_fit(&args, options);
+    }
+    let config = load_config(&args)?;
     let summary = fit_on_device(&config, options)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

@@ -13,6 +13,7 @@ use trainer::language::{
     eval_windows, fit_language, open_tokens, prune_curve, window_batch, LanguageConfig,
     LanguageSummary, PruneRow,
 };
+use trainer::FitOptions;
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
 
@@ -23,19 +24,19 @@ use crate::analyze::ModelArgs;
 use crate::fit::FitArgs;
 
 /// `topotrain fit` on a language config.
-pub fn run_fit(args: &FitArgs) -> Result<()> {
-    if args.resume || args.epochs.is_some() {
-        bail!("--resume and --epochs do not apply to language configs (set training.steps)");
-    }
-    if args.devices.is_some_and(|devices| devices != 1) || args.nodes > 1 {
-        bail!("--devices and --nodes (data parallelism) are implemented for vision configs only; language runs use one device");
+pub fn run_fit(args: &FitArgs, options: FitOptions) -> Result<()> {
+    if args.epochs.is_some() {
+        bail!("--epochs does not apply to language configs (set training.steps)");
     }
     let mut config = LanguageConfig::load(&args.config)?;
     if let Some(tau) = args.tau {
         config = config.with_tau(tau)?;
     }
+    if let Some(devices) = args.devices {
+        config.training.devices = devices;
+    }
     apply_common(&mut config, &args.device, &args.out, args.threads)?;
-    print_summary(&fit_on_device(&config)?)
+    print_summary(&fit_on_device(&config, options)?)
 }
 
 #[derive(Args)]
@@ -83,7 +84,12 @@ pub fn run_finetune(args: FinetuneArgs) -> Result<()> {
         lora.alpha = alpha;
     }
     apply_common(&mut config, &args.device, &args.out, args.threads)?;
-    print_summary(&fit_on_device(&config)?)
+    let options = FitOptions {
+        progress: true,
+        interrupter: crate::signals::interrupter()?,
+        ..FitOptions::default()
+    };
+    print_summary(&fit_on_device(&config, options)?)
 }
 
 fn apply_common(
@@ -109,15 +115,16 @@ fn print_summary(summary: &LanguageSummary) -> Result<()> {
     Ok(())
 }
 
-fn fit_on_device(config: &LanguageConfig) -> Result<LanguageSummary> {
+fn fit_on_device(config: &LanguageConfig, options: FitOptions) -> Result<LanguageSummary> {
     trainer::device::set_cpu_threads(config.training.threads);
     let choice: DeviceChoice = config.training.device.parse().map_err(anyhow::Error::msg)?;
-    run_on(choice, LanguageFit { config })
+    run_on(choice, LanguageFit { config, options })
 }
 
 /// A language run on whichever backend the config names.
 struct LanguageFit<'a> {
     config: &'a LanguageConfig,
+    options: FitOptions,
 }
 
 impl BackendJob for LanguageFit<'_> {
@@ -127,7 +134,11 @@ impl BackendJob for LanguageFit<'_> {
         device: B::Device,
         choice: DeviceChoice,
     ) -> Result<Self::Output> {
-        fit_language::<B>(self.config, device, !choice.is_cpu())
+        let options = FitOptions {
+            accelerator: !choice.is_cpu(),
+            ..self.options
+        };
+        fit_language::<B>(self.config, device, &options)
     }
 }
 

@@ -16,6 +16,7 @@ mod fit;
 mod inspect;
 mod language;
 mod prep;
+mod signals;
 mod sweep;
 mod validation;
 
@@ -85,6 +86,10 @@ fn main() {
         Command::Analyze(cmd) => analyze::run(cmd),
     });
     if let Err(error) = result {
+        if let Some(stopped) = error.downcast_ref::<trainer::engine::Interrupted>() {
+            eprintln!("{stopped}");
+            std::process::exit(signals::exit_code(stopped.reason));
+        }
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

@@ -47,6 +47,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     }
     base.validate()?;
     if !args.collect {
+        let interrupter = crate::signals::interrupter()?;
         for &tau in &taus {
             let config = sweep::config_for(&base, tau)?;
             if sweep::finished(&config.output.dir).is_some() {
@@ -65,6 +66,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
             let options = FitOptions {
                 resume,
                 progress: !args.quiet,
+                interrupter: interrupter.clone(),
                 ..Default::default()
             };
             crate::fit::fit_on_device(&config, options)?;

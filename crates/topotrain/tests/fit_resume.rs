@@ -125,7 +125,7 @@ fn assert_same_tensors(a: &Path, b: &Path, skip: impl Fn(&str) -> bool) -> usize
 }
 
 #[test]
-fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
+fn halt_mid_epoch_and_resume_matches_an_uninterrupted_run() {
     if !have_fashion() {
         return;
     }
@@ -137,8 +137,8 @@ fn abort_mid_epoch_and_resume_matches_an_uninterrupted_run() {
     assert_success(&fit(&a, &[]));
 
     // Step 9 is mid-epoch 2, one step after the step-8 checkpoint.
-    let killed = fit(&b, &["--abort-after-steps", "9"]);
-    assert!(!killed.status.success(), "the run should have aborted");
+    let killed = fit(&b, &["--halt-after-steps", "9"]);
+    assert!(!killed.status.success(), "the run should have halted");
     assert!(!resumed.join("summary.json").exists());
     let again = fit(&b, &[]);
     assert!(
@@ -222,8 +222,8 @@ fn two_replicas_train_and_resume_exactly() {
         .as_f64()
         .unwrap()
         .is_finite());
-    // --devices overrides the config; abort mid-epoch 2 and resume.
-    assert!(!fit(&b, &["--devices", "2", "--abort-after-steps", "9"])
+    // --devices overrides the config; halt mid-epoch 2 and resume.
+    assert!(!fit(&b, &["--devices", "2", "--halt-after-steps", "9"])
         .status
         .success());
     assert_success(&fit(&b, &["--devices", "2", "--resume"]));

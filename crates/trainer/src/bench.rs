@@ -1,18 +1,20 @@
 //! `topotrain bench train`: seconds per training step (forward, backward,
-//! SGD update) of a network on random data.
+//! gradient pipeline, SGD update) of a network on random data: the step
+//! `fit` runs ([`crate::step::train_step`]).
 
+use std::ops::Range;
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use models::topography::{TopoEngine, Topography, TopographyConfig};
 use models::{Architecture, Model, Precision};
 use serde::Serialize;
 
 use crate::sgd::InPlaceSgd;
+use crate::step::{train_step, GradientPipeline, Task, TaskBatch};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
@@ -55,8 +57,47 @@ pub struct BenchSetup<'a> {
     pub topography: Option<&'a BenchTopography>,
 }
 
-/// Times `steps` training steps after `warmup` untimed ones.
-pub fn train_step<B: AutodiffBackend>(
+/// The benchmark's data: one batch of random images on the device, of
+/// which a step takes `range` (all of it, on one device).
+pub struct RandomImages<B: Backend> {
+    images: Tensor<B, 4>,
+    labels: Tensor<B, 1, Int>,
+    loss: CrossEntropyLoss<B>,
+}
+
+/// Samples `range` of [`RandomImages`].
+pub struct ImageRange(pub Range<usize>);
+
+impl TaskBatch for ImageRange {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn slice(&self, range: Range<usize>) -> ImageRange {
+        ImageRange(self.0.start + range.start..self.0.start + range.end)
+    }
+}
+
+impl<B: AutodiffBackend> Task<B> for RandomImages<B> {
+    type Model = Model<B>;
+    type Batch = ImageRange;
+
+    fn loss(
+        &self,
+        model: &Model<B>,
+        batch: &ImageRange,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 1>, u64)> {
+        let range = batch.0.clone();
+        let x = self.images.clone().slice(range.clone()).to_device(device);
+        let y = self.labels.clone().slice(range).to_device(device);
+        Ok((self.loss.forward(model.forward(x), y), 0))
+    }
+}
+
+/// Times `steps` training steps (the engine's [`train_step`]) after
+/// `warmup` untimed ones.
+pub fn time_train_step<B: AutodiffBackend>(
     setup: &BenchSetup,
     device: &B::Device,
 ) -> Result<TrainBench> {
@@ -72,8 +113,13 @@ pub fn train_step<B: AutodiffBackend>(
     B::seed(device, 0);
     let mut model: Model<B> = architecture.init(device)?.with_precision(precision);
     let topo = match topography {
-        Some(t) => Some((Topography::new(&model, &t.config)?, t.engine)),
+        Some(t) => Some(Topography::new(&model, &t.config)?),
         None => None,
+    };
+    let pipeline = GradientPipeline {
+        topography: topo.as_ref(),
+        engine: topography.map_or(TopoEngine::Auto, |t| t.engine),
+        weight_decay: 0.0,
     };
     let channels = match architecture {
         Architecture::ResNet(c) => c.in_channels,
@@ -81,29 +127,39 @@ pub fn train_step<B: AutodiffBackend>(
     };
     model.check_input(&[batch, channels, res, res])?;
     let mut optimizer = InPlaceSgd::new(0.9, false).init::<B, Model<B>>();
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_smoothing(Some(0.1))
-        .init(device);
     let classes = architecture.num_classes();
-    let x = Tensor::<B, 4>::random(
-        [batch, channels, res, res],
-        Distribution::Normal(0.0, 1.0),
-        device,
-    );
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), device);
+    let task = RandomImages {
+        images: Tensor::<B, 4>::random(
+            [batch, channels, res, res],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ),
+        labels: Tensor::from_data(TensorData::new(labels, [batch]), device),
+        loss: CrossEntropyLossConfig::new()
+            .with_smoothing(Some(0.1))
+            .init(device),
+    };
+    let devices = [device.clone()];
+    let micro_batches = [ImageRange(0..batch)];
     let mut times = Vec::with_capacity(steps);
     let mut first_step_s = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some((topography, engine)) = &topo {
-            topography.add_to_gradients(&model, i as u64, *engine, &mut grads)?;
-        }
-        model = optimizer.step(0.01, model, grads);
-        // Reading the loss back waits for the step to finish on an accelerator.
-        let _: f32 = loss.into_scalar().elem();
+        let (next, _) = train_step(
+            &task,
+            model,
+            &mut optimizer,
+            &micro_batches,
+            &devices,
+            None,
+            &pipeline,
+            i as u64,
+            0.01,
+        )?;
+        model = next;
+        // Waits for the step's queued work on an accelerator.
+        B::sync(device)?;
         if i == 0 {
             first_step_s = start.elapsed().as_secs_f64();
         }
@@ -121,7 +177,7 @@ pub fn train_step<B: AutodiffBackend>(
         threads: rayon::current_num_threads(),
         steps,
         precision,
-        topo_layers: topo.as_ref().map_or(0, |(t, _)| t.layers.len()),
+        topo_layers: topo.as_ref().map_or(0, |t| t.layers.len()),
         first_step_s,
         sec_per_step: best,
         median_sec_per_step: median,

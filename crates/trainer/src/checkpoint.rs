@@ -16,9 +16,11 @@ use burn::record::RecorderError;
 use models::Architecture;
 use serde::{Deserialize, Serialize};
 
-/// Where training stands; everything but the tensors.
+/// Where training stands; everything but the tensors. `A` describes the
+/// network: an [`Architecture`] for vision runs, the GPT's shape for
+/// language runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
+pub struct TrainState<A = Architecture> {
     pub format: u32,
     /// Epoch in progress (0-based).
     pub epoch: usize,
@@ -34,9 +36,12 @@ pub struct TrainState {
     /// One entry per finished epoch.
     pub history: Vec<EpochRecord>,
     /// The network, so a checkpoint can be evaluated without its config.
-    pub architecture: Architecture,
+    pub architecture: A,
     /// Training seconds so far (excludes evaluation).
     pub train_seconds: f64,
+    /// The validation loss before the first step, for recipes that measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_val_loss: Option<f64>,
 }
 
 pub const STATE_FORMAT: u32 = 1;
@@ -59,7 +64,9 @@ pub struct Running {
 pub struct EpochRecord {
     pub epoch: usize,
     pub step: u64,
-    pub resolution: usize,
+    /// The training resolution (recipes with images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<usize>,
     pub lr: f64,
     pub tau: f64,
     pub train_loss: f64,
@@ -70,6 +77,10 @@ pub struct EpochRecord {
     pub val_top1: Option<f64>,
     pub val_top5: Option<f64>,
     pub val_loss: Option<f64>,
+    /// exp(val_loss), for language models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_perplexity: Option<f64>,
+    /// Throughput: images, or tokens for language models, per second.
     pub images_per_sec: f64,
 }
 
@@ -97,11 +108,11 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
-pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
+pub fn read_state<A: serde::de::DeserializeOwned>(checkpoint: &Path) -> Result<TrainState<A>> {
     let path = checkpoint.join("state.json");
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let state: TrainState =
+    let state: TrainState<A> =
         serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
     if state.format != STATE_FORMAT {
         bail!(
@@ -145,9 +156,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Creates a checkpoint: `write` fills the temporary directory with the
 /// tensor records, then the state is added, the directory renamed into
 /// place and `latest` moved to it. Older checkpoints beyond `keep` go.
-pub fn commit(
+pub fn commit<A: Serialize>(
     run_dir: &Path,
-    state: &TrainState,
+    state: &TrainState<A>,
     keep: usize,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
@@ -209,6 +220,7 @@ mod tests {
             history: vec![],
             architecture: Architecture::from_name("resnet18", 10).unwrap(),
             train_seconds: 0.0,
+            initial_val_loss: None,
         }
     }
 
@@ -225,7 +237,7 @@ mod tests {
         }
         let last = latest(dir.path()).unwrap().unwrap();
         assert!(last.ends_with("step-0000000004"));
-        assert_eq!(read_state(&last).unwrap().step, 4);
+        assert_eq!(read_state::<Architecture>(&last).unwrap().step, 4);
         let left = fs::read_dir(checkpoints_dir(dir.path())).unwrap().count();
         assert_eq!(left, 3); // two checkpoints + latest
                              // A failed write leaves the previous checkpoint in place.

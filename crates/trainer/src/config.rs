@@ -238,7 +238,12 @@ impl LrSection {
 #[serde(deny_unknown_fields)]
 pub struct TrainingSection {
     pub epochs: usize,
+    /// Images per micro-batch; a step takes `grad_accum` of them.
     pub batch_size: usize,
+    /// Micro-batches whose gradients are summed into one optimiser step
+    /// (the step's batch is `batch_size x grad_accum` images).
+    #[serde(default = "one")]
+    pub grad_accum: usize,
     #[serde(default)]
     pub seed: u64,
     /// "cpu", "cuda[:N]" or "wgpu"; `--device` overrides it.
@@ -453,6 +458,9 @@ impl RunConfig {
                 ),
             ));
         }
+        if t.grad_accum == 0 {
+            return Err(bad("training.grad_accum", 0, "must be at least 1"));
+        }
         if t.eval_batch_size == Some(0) {
             return Err(bad("training.eval_batch_size", 0, "must be at least 1"));
         }
@@ -543,7 +551,7 @@ impl RunConfig {
     /// Number of optimiser steps in one epoch of `train_len` samples (the
     /// last partial batch is dropped, like ffcv's `drop_last`).
     pub fn steps_per_epoch(&self, train_len: usize) -> usize {
-        let full = train_len / self.training.batch_size;
+        let full = train_len / (self.training.batch_size * self.training.grad_accum);
         match self.training.max_steps_per_epoch {
             Some(cap) => full.min(cap),
             None => full,

@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::{DataFormat, DataSection};
 
@@ -29,6 +31,23 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+}
+
+impl crate::step::TaskBatch for Batch {
+    fn len(&self) -> usize {
+        Batch::len(self)
+    }
+
+    fn slice(&self, range: std::ops::Range<usize>) -> Batch {
+        let image_len = self.channels * self.height * self.width;
+        Batch {
+            images: self.images[range.start * image_len..range.end * image_len].to_vec(),
+            labels: self.labels[range].to_vec(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
     }
 }
 
@@ -190,6 +209,26 @@ impl DataSet {
             }
         }
     }
+}
+
+/// A batch as normalised float images and integer labels on `device`.
+pub fn to_tensors<B: Backend>(
+    batch: &Batch,
+    mean: &[f32],
+    std: &[f32],
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let pixels = normalise(batch, mean, std);
+    let x = Tensor::from_data(
+        TensorData::new(
+            pixels,
+            [batch.len(), batch.channels, batch.height, batch.width],
+        ),
+        device,
+    );
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+    let y = Tensor::from_data(TensorData::new(labels, [batch.len()]), device);
+    (x, y)
 }
 
 /// Opens the training and validation sets of a config.

@@ -11,8 +11,8 @@ use burn::tensor::backend::Backend;
 use models::Model;
 use serde::{Deserialize, Serialize};
 
+use crate::data::to_tensors;
 use crate::data::{DataSet, Split};
-use crate::train::to_tensors;
 
 /// Accuracy and mean cross-entropy (no smoothing) over a set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B
         };
     match checkpoint_dir {
         Some(dir) => {
-            let state = crate::checkpoint::read_state(&dir)?;
+            let state: crate::checkpoint::TrainState = crate::checkpoint::read_state(&dir)?;
             let model: Model<B> = state.architecture.init(device).with_context(|| {
                 format!(
                     "{}: cannot build its model",

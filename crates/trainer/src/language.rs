@@ -23,24 +23,25 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use data_prep::text::{read_meta, TokenFile};
 use data_prep::transform::mix64;
-use models::topography::{TopoEngine, TopoReport, Topography, TopographyConfig};
+use models::topography::{TopoEngine, Topography, TopographyConfig};
 use models::{load_gpt, save_gpt, Gpt, GptConfig, LoraConfig, Topographic};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
 use crate::config::OutputSection;
-use crate::train::MetricsLog;
+use crate::data::NodeShard;
+use crate::engine::{self, open_run_dir, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
+use crate::step::{GradientPipeline, Task, TaskBatch};
 
 /// One language-model run (training or LoRA fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +177,13 @@ pub struct LanguageTrainingSection {
     /// "cpu", "cuda[:N]" or "wgpu".
     #[serde(default = "default_device")]
     pub device: String,
+    /// Devices this process trains on, data parallel, from `device`'s index up.
+    #[serde(default = "one")]
+    pub devices: usize,
+    /// Also checkpoint every N optimiser steps between evaluations (0 = only
+    /// after each evaluation).
+    #[serde(default)]
+    pub checkpoint_every_steps: usize,
 }
 
 fn one() -> usize {
@@ -274,6 +282,7 @@ impl LanguageConfig {
             ("training.eval_every", t.eval_every),
             ("training.eval_batches", t.eval_batches),
             ("training.log_every", t.log_every),
+            ("training.devices", t.devices),
         ] {
             if value == 0 {
                 return Err(bad(key, value, "must be at least 1"));
@@ -319,7 +328,7 @@ pub struct LanguageSummary {
     pub initial_val_loss: f64,
     pub val_loss: f64,
     pub val_perplexity: f64,
-    /// Mean task loss of the last `log_every` steps.
+    /// Mean task loss of the last epoch (`eval_every` steps).
     pub train_loss: f64,
     /// Tau at the last step (0 without a topography).
     pub tau: f64,
@@ -334,33 +343,154 @@ pub struct LanguageSummary {
     pub final_weights: PathBuf,
 }
 
-#[derive(Serialize)]
-struct TrainLine {
-    kind: &'static str,
-    step: usize,
-    lr: f64,
-    tau: f64,
-    task_loss: f64,
-    topo_loss: f64,
-    topo_layers: BTreeMap<String, f64>,
-    tokens_per_sec: f64,
+/// What a language checkpoint records of its network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageModelSpec {
+    pub gpt: GptConfig,
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
-#[derive(Serialize)]
-struct EvalLine {
-    kind: &'static str,
-    step: usize,
-    val_loss: f64,
-    val_perplexity: f64,
+/// A micro-batch of training windows: where each starts in the token file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Windows {
+    pub starts: Vec<usize>,
+}
+
+impl TaskBatch for Windows {
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn slice(&self, range: std::ops::Range<usize>) -> Windows {
+        Windows {
+            starts: self.starts[range].to_vec(),
+        }
+    }
+}
+
+/// Next-token prediction on a token file: the [`Task`] and [`Recipe`] of
+/// language runs. An epoch of a language run is `training.eval_every`
+/// steps (the last may be shorter); validation follows each.
+pub struct LanguageModelling<'a> {
+    pub config: &'a LanguageConfig,
+    pub spec: LanguageModelSpec,
+    pub train: &'a TokenFile,
+    pub val: &'a TokenFile,
+    pub block: usize,
+}
+
+impl LanguageModelling<'_> {
+    fn global_step(&self, epoch: usize, step: usize) -> usize {
+        epoch * self.config.training.eval_every + step
+    }
+}
+
+impl<B: AutodiffBackend> Task<B> for LanguageModelling<'_> {
+    type Model = Gpt<B>;
+    type Batch = Windows;
+
+    fn loss(
+        &self,
+        model: &Gpt<B>,
+        batch: &Windows,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 1>, u64)> {
+        let (x, y) = window_batch::<B>(self.train, &batch.starts, self.block, device);
+        let loss_fn = CrossEntropyLossConfig::new().init(device);
+        Ok((lm_loss(model, x, y, &loss_fn), 0))
+    }
+}
+
+impl<B: AutodiffBackend> Recipe<B> for LanguageModelling<'_> {
+    type Spec = LanguageModelSpec;
+
+    fn spec(&self) -> LanguageModelSpec {
+        self.spec.clone()
+    }
+
+    fn describe(spec: &LanguageModelSpec) -> String {
+        match &spec.lora {
+            Some(lora) => format!("{} with LoRA rank {}", spec.gpt.describe(), lora.rank),
+            None => spec.gpt.describe(),
+        }
+    }
+
+    fn epochs(&self) -> usize {
+        let t = &self.config.training;
+        t.steps.div_ceil(t.eval_every)
+    }
+
+    fn steps_in_epoch(&self, epoch: usize) -> usize {
+        let t = &self.config.training;
+        t.eval_every.min(t.steps - epoch * t.eval_every)
+    }
+
+    fn lr(&self, epoch: usize, step: usize) -> f64 {
+        let t = &self.config.training;
+        self.config
+            .optimizer
+            .lr_at(self.global_step(epoch, step), t.steps)
+    }
+
+    fn batches(
+        &self,
+        epoch: usize,
+        start: usize,
+        node: NodeShard,
+    ) -> Result<StepBatches<'_, Windows>> {
+        let t = &self.config.training;
+        let steps = start..<Self as Recipe<B>>::steps_in_epoch(self, epoch);
+        let share = crate::parallel::shard_range(t.batch_size, node.nodes, node.rank);
+        Ok(Box::new(steps.map(move |step| {
+            let step = self.global_step(epoch, step);
+            Ok((0..t.grad_accum)
+                .map(|micro| Windows {
+                    starts: train_windows(
+                        self.train,
+                        self.block,
+                        t.batch_size,
+                        t.seed,
+                        step,
+                        micro,
+                    )[share.clone()]
+                    .to_vec(),
+                })
+                .collect())
+        })))
+    }
+
+    fn evaluate(
+        &self,
+        model: &Gpt<B::InnerBackend>,
+        _epoch: Option<usize>,
+    ) -> Result<Option<Evaluation>> {
+        let t = &self.config.training;
+        let windows = eval_windows(self.val, self.block, t.batch_size * t.eval_batches);
+        let loss = evaluate_windows(model, self.val, &windows, self.block, t.batch_size)?;
+        Ok(Some(Evaluation {
+            loss,
+            top1: None,
+            top5: None,
+        }))
+    }
+
+    fn units_per_sample(&self) -> u64 {
+        self.block as u64
+    }
+
+    fn throughput_name(&self) -> &'static str {
+        "tokens_per_sec"
+    }
 }
 
 /// Trains (or fine-tunes) `config` on `device`.
 pub fn fit_language<B: AutodiffBackend>(
     config: &LanguageConfig,
     device: B::Device,
-    accelerator: bool,
+    options: &FitOptions,
 ) -> Result<LanguageSummary> {
-    let run_dir = config.output.dir.clone();
+    let run_dir = options.run_dir(&config.output.dir);
     let final_weights = run_dir.join("final.safetensors");
     if final_weights.exists() {
         bail!(
@@ -368,11 +498,16 @@ pub fn fit_language<B: AutodiffBackend>(
             run_dir.display()
         );
     }
-    fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    fs::write(run_dir.join("config.toml"), toml::to_string_pretty(config)?)?;
-
     let t = &config.training;
+    ensure!(
+        t.batch_size.is_multiple_of(options.nodes())
+            && t.batch_size / options.nodes() >= t.devices,
+        "training.batch_size = {} must split evenly over {} nodes, at least one window per device each",
+        t.batch_size,
+        options.nodes()
+    );
+    let existing = open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
+
     B::seed(&device, t.seed);
     let mut model: Gpt<B> = match (&config.gpt, &config.base) {
         (Some(gpt), _) => gpt.init(&device)?,
@@ -404,11 +539,6 @@ pub fn fit_language<B: AutodiffBackend>(
         Some(c) => Some(Topography::new(&model, c)?),
         None => None,
     };
-    let engine = match config.topography.as_ref().map(|c| c.engine) {
-        Some(TopoEngine::Auto) | None if accelerator => TopoEngine::Device,
-        Some(TopoEngine::Auto) | None => TopoEngine::Host,
-        Some(engine) => engine,
-    };
     let o = &config.optimizer;
     let mut adamw = AdamWConfig::new()
         .with_beta_1(o.beta1 as f32)
@@ -418,127 +548,70 @@ pub fn fit_language<B: AutodiffBackend>(
     if o.grad_clip > 0.0 {
         adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(o.grad_clip as f32)));
     }
-    let mut optimizer = adamw.init::<B, Gpt<B>>();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let trainable = trainable_parameters(&model, config.lora.is_some());
-
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), 0)?;
-    let val_windows = eval_windows(&val, block, t.batch_size * t.eval_batches);
-    let evaluate = |model: &Gpt<B>| -> Result<f64> {
-        evaluate_windows(&model.valid(), &val, &val_windows, block, t.batch_size)
+    eprintln!("{}: {trainable} trainable parameters", gpt.describe());
+    let task = LanguageModelling {
+        config,
+        spec: LanguageModelSpec {
+            gpt: gpt.clone(),
+            lora: config.lora.clone(),
+        },
+        train: &train,
+        val: &val,
+        block,
     };
-    let initial_val_loss = evaluate(&model)?;
-    metrics.write(&EvalLine {
-        kind: "eval",
-        step: 0,
-        val_loss: initial_val_loss,
-        val_perplexity: initial_val_loss.exp(),
-    })?;
-    eprintln!(
-        "{}: {} trainable parameters, val loss {initial_val_loss:.4} at step 0",
-        gpt.describe(),
-        trainable
-    );
-
-    let tokens_per_step = t.batch_size * t.grad_accum * block;
-    let mut train_seconds = 0.0;
-    let mut recent_losses: Vec<f64> = Vec::new();
-    let mut val_loss = initial_val_loss;
-    let mut last_report: Option<TopoReport> = None;
-    for step in 0..t.steps {
-        let start = Instant::now();
-        let lr = o.lr_at(step, t.steps);
-        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
-        let mut task_loss = 0.0;
-        for micro in 0..t.grad_accum {
-            let starts = train_windows(&train, block, t.batch_size, t.seed, step, micro);
-            let (x, y) = window_batch::<B>(&train, &starts, block, &device);
-            let loss = lm_loss(&model, x, y, &loss_fn) / t.grad_accum as f64;
-            task_loss += loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-        let mut grads = accumulator.grads();
-        let report = match &topography {
-            Some(topo) => Some(topo.add_to_gradients(&model, step as u64, engine, &mut grads)?),
-            None => None,
-        };
-        let topo_loss = report.as_ref().map_or(0.0, |r| r.total);
-        if !task_loss.is_finite() || !topo_loss.is_finite() {
-            bail!(
-                "training diverged at step {}: task loss {task_loss}, TopoLoss {topo_loss}",
-                step + 1
-            );
-        }
-        model = optimizer.step(lr, model, grads);
-        train_seconds += start.elapsed().as_secs_f64();
-        recent_losses.push(task_loss);
-        let done = step + 1;
-        if done % t.log_every == 0 || done == t.steps {
-            let mean = recent_losses.iter().sum::<f64>() / recent_losses.len() as f64;
-            metrics.write(&TrainLine {
-                kind: "train",
-                step: done,
-                lr,
-                tau: report.as_ref().map_or(0.0, TopoReport::mean_tau),
-                task_loss: mean,
-                topo_loss,
-                topo_layers: report
-                    .as_ref()
-                    .map(TopoReport::layer_losses)
-                    .unwrap_or_default(),
-                tokens_per_sec: tokens_per_step as f64 * done as f64 / train_seconds.max(1e-9),
-            })?;
-            if done < t.steps {
-                recent_losses.clear();
-            }
-        }
-        if report.is_some() {
-            last_report = report;
-        }
-        if done % t.eval_every == 0 || done == t.steps {
-            val_loss = evaluate(&model)?;
-            metrics.write(&EvalLine {
-                kind: "eval",
-                step: done,
-                val_loss,
-                val_perplexity: val_loss.exp(),
-            })?;
-            eprintln!(
-                "step {done}/{}: train loss {task_loss:.4} topo {topo_loss:.4} | val loss {val_loss:.4} ppl {:.1} ({:.0} tok/s)",
-                t.steps,
-                val_loss.exp(),
-                tokens_per_step as f64 * done as f64 / train_seconds.max(1e-9)
-            );
-        }
-    }
-    let report = match &topography {
-        Some(topo) => Some(topo.report(&model, t.steps as u64)?),
-        None => None,
+    let settings = RunSettings {
+        run_dir: &run_dir,
+        devices: crate::parallel::consecutive_devices::<B>(
+            &device,
+            t.devices,
+            options.accelerator,
+        )?,
+        pipeline: GradientPipeline {
+            topography: topography.as_ref(),
+            engine: config
+                .topography
+                .as_ref()
+                .map_or(TopoEngine::Auto, |c| c.engine)
+                .resolve(options.accelerator),
+            // AdamW decays the weights itself (decoupled).
+            weight_decay: 0.0,
+        },
+        seed: t.seed,
+        log_every_steps: t.log_every,
+        checkpoint_every_steps: t.checkpoint_every_steps,
+        keep_checkpoints: config.output.keep_checkpoints,
     };
-    let finished = model.valid().merge_lora();
+    let trained = engine::run(
+        &task,
+        model,
+        adamw.init::<B, Gpt<B>>(),
+        &settings,
+        options,
+        existing,
+    )?;
+
+    let state = &trained.state;
+    let last = state.history.last().context("no epoch finished")?;
+    let val_loss = last.val_loss.context("the last epoch was not evaluated")?;
+    let finished = trained.model.valid().merge_lora();
     save_gpt(&finished, &final_weights)?;
+    let tokens_per_step = t.batch_size * t.grad_accum * block;
     let summary = LanguageSummary {
         run_dir: run_dir.clone(),
         model: gpt.describe(),
         steps: t.steps,
         tokens_per_step,
-        initial_val_loss,
+        initial_val_loss: state.initial_val_loss.unwrap_or(f64::NAN),
         val_loss,
         val_perplexity: val_loss.exp(),
-        train_loss: recent_losses.iter().sum::<f64>() / recent_losses.len().max(1) as f64,
-        tau: report
-            .as_ref()
-            .or(last_report.as_ref())
-            .map_or(0.0, TopoReport::mean_tau),
-        topo_layers: report
-            .as_ref()
-            .map(TopoReport::layer_losses)
-            .unwrap_or_default(),
+        train_loss: last.train_loss,
+        tau: last.tau,
+        topo_layers: last.topo_layers.clone(),
         lora_rank: config.lora.as_ref().map(|l| l.rank),
         trainable_parameters: trainable,
-        train_seconds,
-        tokens_per_sec: tokens_per_step as f64 * t.steps as f64 / train_seconds.max(1e-9),
+        train_seconds: state.train_seconds,
+        tokens_per_sec: tokens_per_step as f64 * t.steps as f64 / state.train_seconds.max(1e-9),
         final_weights,
     };
     write_atomic(

@@ -5,9 +5,15 @@
 //!   `[optimizer]`, `[lr]`, `[training]`, `[output]`), validated.
 //! - [`data`]: deterministic batches per (seed, epoch, batch index) from
 //!   data-prep files or Fashion-MNIST IDX files in memory.
-//! - [`train`]: SGD + momentum, label-smoothed cross-entropy + TopoLoss,
-//!   warm-up and step/linear LR, progressive resizing, metrics,
-//!   checkpoints ([`checkpoint`]) with exact resume, divergence guard.
+//! - [`engine`]: the one training loop (run, epoch, step) every task runs:
+//!   metrics ([`metrics`]), checkpoints ([`checkpoint`]) with exact resume,
+//!   stopping through an [`engine::Interrupter`].
+//! - [`step`]: one optimiser step: forward and backward over micro-batches
+//!   and devices, then cluster mean, TopoLoss, weight decay, divergence
+//!   guard, optimiser.
+//! - [`classification`]: image classification (the ffcv ImageNet recipe):
+//!   SGD + momentum, label-smoothed cross-entropy + TopoLoss, warm-up and
+//!   step/linear LR, progressive resizing.
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
 //! - [`sheet`]: the picture of one topographic layer's sheet a run ends with.
 //! - [`parallel`]: data parallelism over the devices of one process.
@@ -22,22 +28,26 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod classification;
 pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod eval;
 pub mod language;
+pub mod metrics;
 pub mod parallel;
 pub mod sgd;
 pub mod sheet;
+pub mod step;
 pub mod sweep;
-pub mod train;
 pub mod weight_decay;
 
+pub use classification::{fit, Summary};
 pub use config::RunConfig;
 pub use device::DeviceChoice;
-pub use train::{fit, FitOptions, Summary};
+pub use engine::FitOptions;
 
 /// The CPU training backend.
 pub type CpuTrain = burn::backend::Autodiff<burn::backend::Flex>;

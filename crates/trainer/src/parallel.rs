@@ -12,9 +12,9 @@
 //!
 //! Sharding the data between processes (one per node) is the data's job
 //! ([`crate::data::NodeShard`], see [`crate::cluster`]); [`shard_range`]
-//! splits one process's batch between its devices.
+//! splits one process's batch between its devices. Any [`TaskBatch`] can be
+//! split: images for classification, token windows for language models.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use anyhow::{anyhow, Result};
@@ -23,7 +23,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend, Device as _, DeviceId};
 use burn::tensor::{ElementConversion, Tensor};
 
-use crate::data::Batch;
+use crate::step::TaskBatch;
 
 /// The contiguous part `index` of `len` items split into `parts` nearly
 /// equal parts (sizes differ by at most one; earlier parts are the larger).
@@ -66,18 +66,6 @@ pub fn consecutive_devices<B: Backend>(
         .collect())
 }
 
-/// The images and labels of `range` of a batch.
-pub fn batch_slice(batch: &Batch, range: Range<usize>) -> Batch {
-    let image_len = batch.channels * batch.height * batch.width;
-    Batch {
-        images: batch.images[range.start * image_len..range.end * image_len].to_vec(),
-        labels: batch.labels[range].to_vec(),
-        channels: batch.channels,
-        height: batch.height,
-        width: batch.width,
-    }
-}
-
 /// Initialises every lazily initialised parameter of `model` in place.
 ///
 /// Burn gives each clone of a not-yet-initialised parameter its own lazy
@@ -103,42 +91,44 @@ pub struct StepTotals {
 }
 
 /// Forward and backward of `batch` split over `devices`; returns the
-/// gradients of the batch's mean loss, on `devices[0]`.
+/// gradients of `scale` times the batch's mean loss, on `devices[0]`, and
+/// the batch's (unscaled) mean loss.
 ///
 /// `shard_loss` runs one replica on one shard on its device and returns the
 /// shard's mean loss (a one-element tensor) and its correct predictions.
 /// `model` must live on `devices[0]`.
-pub fn data_parallel_gradients<B, M, F>(
+pub fn data_parallel_gradients<B, M, T, F>(
     model: &M,
     devices: &[B::Device],
-    batch: &Batch,
+    batch: &T,
+    scale: f64,
     shard_loss: F,
 ) -> Result<(GradientsParams, StepTotals)>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Send + Sync,
-    F: Fn(&M, &Batch, &B::Device) -> Result<(Tensor<B, 1>, u64)> + Sync,
+    T: TaskBatch,
+    F: Fn(&M, &T, &B::Device) -> Result<(Tensor<B, 1>, u64)> + Sync,
 {
     let Some(main_device) = devices.first() else {
         return Err(anyhow!("data parallelism needs at least one device"));
     };
     if batch.len() < devices.len() {
         return Err(anyhow!(
-            "a batch of {} images cannot be split over {} devices; use a batch size of at least the device count",
+            "a batch of {} samples cannot be split over {} devices; use a batch size of at least the device count",
             batch.len(),
             devices.len()
         ));
     }
     materialize_parameters(model);
     let run_shard = |index: usize, device: &B::Device| -> Result<(GradientsParams, f64, u64)> {
-        // One device takes the batch as it is (no copy, no scaling).
+        // One device takes the batch as it is (no copy).
+        let sliced;
         let shard = if devices.len() == 1 {
-            Cow::Borrowed(batch)
+            batch
         } else {
-            Cow::Owned(batch_slice(
-                batch,
-                shard_range(batch.len(), devices.len(), index),
-            ))
+            sliced = batch.slice(shard_range(batch.len(), devices.len(), index));
+            &sliced
         };
         // The first shard runs on the model itself; the others on copies
         // moved to their devices.
@@ -149,13 +139,13 @@ where
             forked = model.clone().fork(device);
             &forked
         };
-        let (loss, correct) = shard_loss(replica, &shard, device)?;
+        let (loss, correct) = shard_loss(replica, shard, device)?;
         let share = shard.len() as f64 / batch.len() as f64;
         let loss_value: f64 = loss.clone().into_scalar().elem();
-        let weighted = if devices.len() == 1 {
+        let weighted = if devices.len() == 1 && scale == 1.0 {
             loss
         } else {
-            loss * share
+            loss * (share * scale)
         };
         let grads = GradientsParams::from_grads(weighted.backward(), replica);
         let grads = if index == 0 {
@@ -214,6 +204,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Batch;
     use crate::CpuTrain;
     use burn::nn::loss::CrossEntropyLossConfig;
     use models::{Architecture, Model};
@@ -247,7 +238,7 @@ mod tests {
         shard: &Batch,
         device: &burn::tensor::Device<CpuTrain>,
     ) -> Result<(Tensor<CpuTrain, 1>, u64)> {
-        let (x, y) = crate::train::to_tensors::<CpuTrain>(shard, &[0.0], &[255.0], device);
+        let (x, y) = crate::data::to_tensors::<CpuTrain>(shard, &[0.0], &[255.0], device);
         let loss = CrossEntropyLossConfig::new()
             .init(device)
             .forward(model.forward(x), y);
@@ -293,9 +284,9 @@ mod tests {
             visitor.1
         };
         let (single, single_totals) =
-            data_parallel_gradients(&model, &[device], &batch, shard_loss).unwrap();
+            data_parallel_gradients(&model, &[device], &batch, 1.0, shard_loss).unwrap();
         let (split, split_totals) =
-            data_parallel_gradients(&model, &[device, device], &batch, shard_loss).unwrap();
+            data_parallel_gradients(&model, &[device, device], &batch, 1.0, shard_loss).unwrap();
         assert!(
             (single_totals.loss - split_totals.loss).abs() < 1e-5,
             "{single_totals:?} vs {split_totals:?}"
@@ -359,8 +350,8 @@ mod tests {
         let batch = doubled_batch();
         // Several steps: each must start from the previous one's statistics.
         for _ in 0..3 {
-            data_parallel_gradients(&single, &[device], &batch, shard_loss).unwrap();
-            data_parallel_gradients(&split, &[device, device], &batch, shard_loss).unwrap();
+            data_parallel_gradients(&single, &[device], &batch, 1.0, shard_loss).unwrap();
+            data_parallel_gradients(&split, &[device, device], &batch, 1.0, shard_loss).unwrap();
         }
         let (single, split) = (all_values(&single), all_values(&split));
         let moved = single.iter().zip(&before).filter(|(a, b)| a != b).count();
@@ -381,7 +372,7 @@ mod tests {
             height: 8,
             width: 8,
         };
-        let error = data_parallel_gradients(&model, &[device, device], &batch, shard_loss)
+        let error = data_parallel_gradients(&model, &[device, device], &batch, 1.0, shard_loss)
             .err()
             .unwrap();
         assert!(

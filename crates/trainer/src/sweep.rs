@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::classification::Summary;
 use crate::config::RunConfig;
-use crate::train::Summary;
 
 /// One row of the sweep table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

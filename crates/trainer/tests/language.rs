@@ -7,6 +7,7 @@ use std::path::Path;
 
 use data_prep::text::{kjv_text, prep_text};
 use trainer::language::{fit_language, open_tokens, prune_curve, LanguageConfig};
+use trainer::FitOptions;
 
 fn config_text(data: &Path, out: &Path) -> String {
     format!(
@@ -66,7 +67,9 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
     // Training: validation loss falls, metrics carry perplexity and TopoLoss.
     let run = dir.path().join("pre");
     let config = LanguageConfig::parse(&config_text(&data, &run)).unwrap();
-    let summary = fit_language::<trainer::CpuTrain>(&config, Default::default(), false).unwrap();
+    let summary =
+        fit_language::<trainer::CpuTrain>(&config, Default::default(), &FitOptions::default())
+            .unwrap();
     assert!(
         summary.val_loss < summary.initial_val_loss - 1.0,
         "val loss {} -> {}",
@@ -78,9 +81,14 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
     let evals: Vec<serde_json::Value> = metrics
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "eval")
+        .filter(|v| v["val_loss"].is_number())
         .collect();
-    assert_eq!(evals.len(), 3, "evaluations at steps 0, 6, 12");
+    let steps: Vec<u64> = evals.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(
+        steps,
+        [0, 6, 12],
+        "evaluations before training and after each epoch"
+    );
     let (loss, ppl) = (&evals[2]["val_loss"], &evals[2]["val_perplexity"]);
     assert!((loss.as_f64().unwrap().exp() - ppl.as_f64().unwrap()).abs() < 1e-6);
     assert!(metrics.contains("\"topo_layers\":{\"transformer.h.0.mlp.c_fc\""));
@@ -103,7 +111,8 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
         .replace("steps = 12", "steps = 4");
     let config = LanguageConfig::parse(&lora_config).unwrap();
     let tuned_summary =
-        fit_language::<trainer::CpuTrain>(&config, Default::default(), false).unwrap();
+        fit_language::<trainer::CpuTrain>(&config, Default::default(), &FitOptions::default())
+            .unwrap();
     assert_eq!(tuned_summary.trainable_parameters, 2 * (32 + 128));
     assert_eq!(tuned_summary.lora_rank, Some(2));
     let (before, after) = (tensors(&base), tensors(&tuned_summary.final_weights));
@@ -136,4 +145,54 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
         (0.8f64 * 32.0 * 128.0).round() as usize
     );
     assert!(rows[1].val_loss != rows[0].val_loss);
+}
+
+#[test]
+fn a_halted_language_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("genesis");
+    prep_text(
+        &kjv_text("gen1:1-gen3:24").unwrap(),
+        "Genesis 1-3",
+        &data,
+        0.2,
+    )
+    .unwrap();
+    let config = |run: &Path| {
+        let text = config_text(&data, run)
+            .replace("steps = 12", "steps = 8")
+            .replace(
+                "eval_every = 6",
+                "eval_every = 4\ncheckpoint_every_steps = 2",
+            );
+        LanguageConfig::parse(&text).unwrap()
+    };
+    let fit = |run: &Path, options: FitOptions| {
+        fit_language::<trainer::CpuTrain>(&config(run), Default::default(), &options)
+    };
+    let straight = dir.path().join("straight");
+    let straight = fit(&straight, FitOptions::default()).unwrap();
+
+    // Halted after step 3, as a kill would leave it: step 2's checkpoint.
+    let resumed = dir.path().join("resumed");
+    let halt = FitOptions {
+        halt_after_steps: Some(3),
+        ..FitOptions::default()
+    };
+    assert!(fit(&resumed, halt).is_err());
+    assert!(
+        fit(&resumed, FitOptions::default()).is_err(),
+        "needs --resume"
+    );
+    let resume = FitOptions {
+        resume: true,
+        ..FitOptions::default()
+    };
+    let resumed = fit(&resumed, resume).unwrap();
+    assert_eq!(resumed.initial_val_loss, straight.initial_val_loss);
+    assert_eq!(resumed.val_loss, straight.val_loss);
+    assert_eq!(
+        tensors(&resumed.final_weights),
+        tensors(&straight.final_weights)
+    );
 }

@@ -250,5 +250,5 @@ pub fn batch_tensor(
     input: &Input,
     device: &CpuDevice,
 ) -> Tensor<Cpu, 4> {
-    trainer::train::to_tensors::<Cpu>(batch, &input.mean, &input.std, device).0
+    trainer::data::to_tensors::<Cpu>(batch, &input.mean, &input.std, device).0
 }

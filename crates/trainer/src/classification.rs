@@ -1,0 +1,410 @@
+//! Image classification, the paper's (ffcv) ImageNet recipe: SGD with
+//! momentum, label-smoothed cross-entropy plus TopoLoss, per-step learning
+//! rate, progressive resizing, evaluation per epoch, the final weights in
+//! torchvision layout and a picture of one topographic layer's sheet.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use models::topography::{TopoEngine, Topography};
+use models::{Architecture, Model};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::RunConfig;
+use crate::data::{self, to_tensors, Batch, DataSet, NodeShard, Split};
+use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
+use crate::eval::evaluate;
+use crate::parallel;
+use crate::sgd::InPlaceSgd;
+use crate::sheet::{write_sheet_picture, SheetPicture};
+use crate::step::{GradientPipeline, Task};
+
+/// The end-of-run summary (`summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub architecture: String,
+    pub epochs: usize,
+    pub steps: u64,
+    /// Tau at the last step (0 without a topography).
+    pub tau: f64,
+    pub val_top1: f64,
+    pub val_top5: f64,
+    pub val_loss: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    /// Mean over topographic layers of the unscaled (tau = 1) TopoLoss.
+    pub mean_topo_loss: Option<f64>,
+    pub topo_layers: BTreeMap<String, f64>,
+    pub train_seconds: f64,
+    pub images_per_sec: f64,
+    pub final_checkpoint: PathBuf,
+    pub final_weights: PathBuf,
+    /// The sheet picture of one topographic layer (absent without a
+    /// topography, or if it could not be drawn; the run says why).
+    #[serde(default)]
+    pub sheet: Option<SheetPicture>,
+}
+
+/// Image classification on a prepared data set: the [`Task`] and
+/// [`Recipe`] of vision runs.
+pub struct Classification<'a, B: Backend> {
+    pub config: &'a RunConfig,
+    pub train: &'a DataSet,
+    pub val: &'a DataSet,
+    pub loss: CrossEntropyLossConfig,
+    /// Where validation runs.
+    pub device: B::Device,
+}
+
+impl<B: AutodiffBackend> Task<B> for Classification<'_, B> {
+    type Model = Model<B>;
+    type Batch = Batch;
+
+    fn loss(
+        &self,
+        model: &Model<B>,
+        batch: &Batch,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 1>, u64)> {
+        let d = &self.config.data;
+        let (x, y) = to_tensors::<B>(batch, &d.mean, &d.std, device);
+        let logits = model.forward(x);
+        let loss = self.loss.init(device).forward(logits.clone(), y);
+        Ok((loss, count_correct(logits, &batch.labels)))
+    }
+}
+
+impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
+    type Spec = Architecture;
+
+    fn spec(&self) -> Architecture {
+        self.config
+            .architecture()
+            .expect("a validated config builds its architecture")
+    }
+
+    fn describe(spec: &Architecture) -> String {
+        spec.describe()
+    }
+
+    fn epochs(&self) -> usize {
+        self.config.training.epochs
+    }
+
+    fn steps_in_epoch(&self, _epoch: usize) -> usize {
+        self.config.steps_per_epoch(self.train.len())
+    }
+
+    fn lr(&self, epoch: usize, step: usize) -> f64 {
+        let steps = self.steps_in_epoch(epoch) as f64;
+        self.config
+            .lr
+            .at(epoch as f64 + step as f64 / steps, self.epochs())
+    }
+
+    fn batches(
+        &self,
+        epoch: usize,
+        start: usize,
+        node: NodeShard,
+    ) -> Result<StepBatches<'_, Batch>> {
+        let t = &self.config.training;
+        let split = Split::Train {
+            seed: t.seed,
+            epoch: epoch as u64,
+            resolution: self.config.data.resolution.at(epoch),
+            node,
+        };
+        let mut batches =
+            self.train
+                .batches(split, start * t.grad_accum, t.batch_size / node.nodes)?;
+        let accum = t.grad_accum;
+        Ok(Box::new(std::iter::from_fn(move || {
+            let micro: Result<Vec<Batch>> = batches.by_ref().take(accum).collect();
+            match micro {
+                Ok(m) if m.len() < accum => None,
+                other => Some(other),
+            }
+        })))
+    }
+
+    fn evaluate(
+        &self,
+        model: &Model<B::InnerBackend>,
+        epoch: Option<usize>,
+    ) -> Result<Option<Evaluation>> {
+        let t = &self.config.training;
+        let Some(epoch) = epoch else {
+            return Ok(None);
+        };
+        let last = epoch + 1 == t.epochs;
+        if !last && !(epoch + 1).is_multiple_of(t.eval_every_epochs) {
+            return Ok(None);
+        }
+        let d = &self.config.data;
+        let result = evaluate(
+            model,
+            self.val,
+            d.val_resolution,
+            t.eval_batch_size.unwrap_or(t.batch_size),
+            &d.mean,
+            &d.std,
+            t.max_eval_batches,
+            &self.device,
+        )?;
+        Ok(Some(Evaluation {
+            loss: result.loss,
+            top1: Some(result.top1),
+            top5: Some(result.top5),
+        }))
+    }
+
+    fn throughput_name(&self) -> &'static str {
+        "images_per_sec"
+    }
+
+    fn resolution(&self, epoch: usize) -> Option<usize> {
+        Some(self.config.data.resolution.at(epoch))
+    }
+
+    fn counts_correct(&self) -> bool {
+        true
+    }
+
+    fn restore(&self, model: Model<B>, record: &Path, device: &B::Device) -> Result<Model<B>> {
+        let precision = self.config.training.precision;
+        let recorder =
+            burn::record::NamedMpkFileRecorder::<burn::record::FullPrecisionSettings>::new();
+        Ok(model
+            .load_file(record, &recorder, device)
+            .map_err(|e| checkpoint::unreadable_record(&record.with_extension("mpk"), e))?
+            .with_precision(precision))
+    }
+}
+
+/// Trains `config` on `device`.
+pub fn fit<B: AutodiffBackend>(
+    config: &RunConfig,
+    device: B::Device,
+    options: &FitOptions,
+) -> Result<Summary> {
+    let run_dir = options.run_dir(&config.output.dir);
+    let nodes = options.nodes();
+    if !config.training.batch_size.is_multiple_of(nodes)
+        || config.training.batch_size / nodes < config.training.devices
+    {
+        bail!(
+            "training.batch_size = {} must split evenly over {nodes} nodes, at least one image per device each",
+            config.training.batch_size
+        );
+    }
+    let existing =
+        engine::open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
+
+    let (train_data, val_data) = data::open(&config.data)?;
+    check_data(config, &train_data, &val_data)?;
+    if config.steps_per_epoch(train_data.len()) == 0 {
+        bail!(
+            "training.batch_size = {} (x training.grad_accum = {}) is larger than the training set ({} images)",
+            config.training.batch_size,
+            config.training.grad_accum,
+            train_data.len()
+        );
+    }
+
+    let architecture = config.architecture()?;
+    B::seed(&device, config.training.seed);
+    let mut model: Model<B> = architecture.init(&device)?;
+    if let (None, Some(path)) = (&existing, &config.model.init_weights) {
+        load_initial_weights(&mut model, &architecture, path)?;
+    }
+    let model = model.with_precision(config.training.precision);
+    let topography = match &config.topography {
+        Some(t) => Some(Topography::new(&model, t)?),
+        None => None,
+    };
+    check_sheet_layer(config, topography.as_ref())?;
+    let o = &config.optimizer;
+    // Weight decay is added to the gradients (BatchNorm exempt, see
+    // `weight_decay`), so the optimiser itself has none.
+    let optimizer = InPlaceSgd::new(o.momentum, o.nesterov).init::<B, Model<B>>();
+    let devices =
+        parallel::consecutive_devices::<B>(&device, config.training.devices, options.accelerator)?;
+    if devices.len() > 1 {
+        eprintln!(
+            "data parallel over {} devices ({:?} ... {:?}), {} images each per micro-batch",
+            devices.len(),
+            devices[0],
+            devices[devices.len() - 1],
+            config.training.batch_size / nodes / devices.len()
+        );
+    }
+    let task = Classification {
+        config,
+        train: &train_data,
+        val: &val_data,
+        loss: CrossEntropyLossConfig::new()
+            .with_smoothing((o.label_smoothing > 0.0).then_some(o.label_smoothing as f32)),
+        device: device.clone(),
+    };
+    let settings = RunSettings {
+        run_dir: &run_dir,
+        devices,
+        pipeline: GradientPipeline {
+            topography: topography.as_ref(),
+            engine: config
+                .topography
+                .as_ref()
+                .map_or(TopoEngine::Auto, |t| t.engine)
+                .resolve(options.accelerator),
+            weight_decay: o.weight_decay,
+        },
+        seed: config.training.seed,
+        log_every_steps: config.training.log_every_steps,
+        checkpoint_every_steps: config.training.checkpoint_every_steps,
+        keep_checkpoints: config.output.keep_checkpoints,
+    };
+    let trained = engine::run(&task, model, optimizer, &settings, options, existing)?;
+
+    // The final weights in torchvision layout, for `eval` and analysis tools.
+    let final_weights = run_dir.join("final.safetensors");
+    let model = trained.model.valid();
+    models::save_checkpoint(&model, &final_weights)?;
+    let mut summary = summarise(
+        &run_dir,
+        config,
+        &trained.state,
+        trained.last_checkpoint,
+        final_weights,
+    )?;
+    if let Some(topography) = &topography {
+        let layer = config.output.sheet_layer.as_deref();
+        match write_sheet_picture(&model, topography, layer, summary.tau, &run_dir) {
+            Ok(picture) => {
+                eprintln!(
+                    "sheet of {} (smoothness {:.3}): {}",
+                    picture.layer,
+                    picture.smoothness,
+                    picture.png.display()
+                );
+                summary.sheet = Some(picture);
+            }
+            // The trained run is complete and saved; only the picture is missing.
+            Err(e) => eprintln!("warning: no sheet picture: {e:#}"),
+        }
+    }
+    checkpoint::write_atomic(
+        &run_dir.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+fn check_sheet_layer(config: &RunConfig, topography: Option<&Topography>) -> Result<()> {
+    let Some(layer) = &config.output.sheet_layer else {
+        return Ok(());
+    };
+    let names = topography.map(|t| t.layer_names()).unwrap_or_default();
+    if !names.contains(&layer.as_str()) {
+        bail!(
+            "output.sheet_layer = {layer:?} is not a topographic layer of this run (they are: {})",
+            if names.is_empty() {
+                "none, there is no [topography]".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `model.init_weights`: the weights a new run of `architecture` starts from.
+fn load_initial_weights<B: Backend>(
+    model: &mut Model<B>,
+    architecture: &Architecture,
+    path: &Path,
+) -> Result<()> {
+    let shown = path.display().to_string();
+    let info = models::inspect_checkpoint(path)
+        .with_context(|| format!("model.init_weights = {shown:?}"))?;
+    models::load_weights(model, &info).with_context(|| {
+        format!(
+            "model.init_weights = {shown:?} holds a {}, but [model] builds a {}; point it at weights of that architecture",
+            info.architecture.describe(),
+            architecture.describe()
+        )
+    })
+}
+
+fn check_data(config: &RunConfig, train: &DataSet, val: &DataSet) -> Result<()> {
+    for (name, set) in [("data.train", train), ("data.val", val)] {
+        if set.channels() != config.model.in_channels {
+            bail!(
+                "{name}: the data has {} channel(s) but model.in_channels = {}",
+                set.channels(),
+                config.model.in_channels
+            );
+        }
+        if set.num_classes() > config.model.num_classes {
+            bail!(
+                "{name}: the data has {} classes but model.num_classes = {}",
+                set.num_classes(),
+                config.model.num_classes
+            );
+        }
+    }
+    Ok(())
+}
+
+fn summarise(
+    run_dir: &Path,
+    config: &RunConfig,
+    state: &TrainState,
+    last_checkpoint: Option<PathBuf>,
+    final_weights: PathBuf,
+) -> Result<Summary> {
+    let last = state.history.last().context("no epoch finished")?;
+    let mean_topo_loss = (!last.topo_layers.is_empty())
+        .then(|| last.topo_layers.values().sum::<f64>() / last.topo_layers.len() as f64);
+    Ok(Summary {
+        run_dir: run_dir.to_path_buf(),
+        architecture: state.architecture.describe(),
+        epochs: config.training.epochs,
+        steps: state.step,
+        tau: last.tau,
+        val_top1: last.val_top1.unwrap_or(f64::NAN),
+        val_top5: last.val_top5.unwrap_or(f64::NAN),
+        val_loss: last.val_loss.unwrap_or(f64::NAN),
+        train_loss: last.train_loss,
+        train_acc: last.train_acc,
+        mean_topo_loss,
+        topo_layers: last.topo_layers.clone(),
+        train_seconds: state.train_seconds,
+        images_per_sec: last.images_per_sec,
+        final_checkpoint: last_checkpoint.unwrap_or_default(),
+        final_weights,
+        sheet: None,
+    })
+}
+
+/// How many rows of `logits` have their largest value at the label.
+fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: &[u32]) -> u64 {
+    let predicted = logits
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    predicted
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| **p == **l as i64)
+        .count() as u64
+}
