@@ -230,6 +230,59 @@ fn two_replicas_train_and_resume_exactly() {
     assert_same_results(&straight, &resumed);
 }
 
+/// SIGTERM (what SLURM sends at a time limit) mid-run: the step finishes,
+/// a checkpoint is written and named, the exit code is 143; resuming from
+/// it gives the uninterrupted run.
+#[test]
+fn sigterm_checkpoints_and_resume_matches_an_uninterrupted_run() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let stopped = dir.path().join("stopped");
+    let a = write_config(dir.path(), "a.toml", &config(&straight, 1.0, ""));
+    let b = write_config(dir.path(), "b.toml", &config(&stopped, 1.0, ""));
+    assert_success(&fit(&a, &["--epochs", "4"]));
+
+    let child = Command::new(env!("CARGO_BIN_EXE_topotrain"))
+        .args([
+            "fit",
+            "--quiet",
+            "--epochs",
+            "4",
+            "--config",
+            b.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal once the first step is logged.
+    let metrics = stopped.join("metrics.jsonl");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|text| text.contains("\"train\"")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no step was logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped after step"), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert!(!stopped.join("summary.json").exists());
+    assert_success(&fit(&b, &["--epochs", "4", "--resume"]));
+    assert_same_results(&straight, &stopped);
+}
+
 /// Two processes train one run (`--nodes 2`), each on half of every batch,
 /// gradients averaged between them each step: both log the same (averaged)
 /// losses and end with the same weights; rank 1 writes `node1/`.

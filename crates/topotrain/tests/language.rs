@@ -76,16 +76,29 @@ fn prep_fit_finetune_and_prune_through_the_binary() {
         "[gpt]\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 16\nvocab_size = 50257\n\n\
                [topography]\ntau = 1.0\nlayers = [{ patterns = [\"transformer.h.*.mlp.c_fc\"] }]";
     std::fs::write(&base_config, config(gpt, &data, &run, 3)).unwrap();
-    // Data parallelism is a vision-trainer feature: refused, not ignored.
+    // Language runs count steps, not epochs: --epochs is refused, not ignored.
     let refused = topotrain(&[
+        "fit",
+        "--config",
+        base_config.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--epochs"));
+    // Data parallel over two (CPU) replicas, as for vision runs.
+    let parallel = dir.path().join("parallel");
+    let output = topotrain_ok(&[
         "fit",
         "--config",
         base_config.to_str().unwrap(),
         "--devices",
         "2",
+        "--out",
+        parallel.to_str().unwrap(),
     ]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--devices"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("data parallel over 2 devices"));
+    assert!(parallel.join("final.safetensors").exists());
     let summary = json(&topotrain_ok(&[
         "fit",
         "--config",

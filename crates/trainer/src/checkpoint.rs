@@ -42,6 +42,10 @@ pub struct TrainState<A = Architecture> {
     /// The validation loss before the first step, for recipes that measure it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_val_loss: Option<f64>,
+    /// CPU threads of the run that wrote the checkpoint (results are
+    /// bit-identical across a resume only at the same count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 pub const STATE_FORMAT: u32 = 1;
@@ -88,12 +92,21 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
-/// The latest complete checkpoint of a run, if any.
+/// The latest complete checkpoint of a run, if any: the one `latest`
+/// names, or without that file the newest complete one (with a message).
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let dir = checkpoints_dir(run_dir);
     let pointer = dir.join("latest");
     if !pointer.exists() {
-        return Ok(None);
+        let newest = complete_checkpoints(&dir)?.pop();
+        if let Some(path) = &newest {
+            eprintln!(
+                "{} is missing; using the newest complete checkpoint, {}",
+                pointer.display(),
+                path.display()
+            );
+        }
+        return Ok(newest);
     }
     let name = fs::read_to_string(&pointer)
         .with_context(|| format!("cannot read {}", pointer.display()))?;
@@ -106,6 +119,23 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
         );
     }
     Ok(Some(path))
+}
+
+/// The complete checkpoints (`step-*` with a `state.json`) in `dir`, oldest first.
+fn complete_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").exists())
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 pub fn read_state<A: serde::de::DeserializeOwned>(checkpoint: &Path) -> Result<TrainState<A>> {
@@ -183,19 +213,25 @@ pub fn commit<A: Serialize>(
     }
     fs::rename(&tmp, &final_path)?;
     write_atomic(&dir.join("latest"), name.as_bytes())?;
-    prune(&dir, keep)?;
+    prune(&dir, &name, keep)?;
     Ok(final_path)
 }
 
-fn prune(dir: &Path, keep: usize) -> Result<()> {
+/// Keeps the `keep` newest checkpoints up to `newest` (the one just
+/// written). Later-numbered ones, left by a run resumed from an earlier
+/// checkpoint, are not counted and not removed.
+fn prune(dir: &Path, newest: &str, keep: usize) -> Result<()> {
     let mut names: Vec<String> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("step-") || n.starts_with(".tmp-step-"))
         .collect();
     names.sort();
-    let complete: Vec<&String> = names.iter().filter(|n| n.starts_with("step-")).collect();
-    let drop = complete.len().saturating_sub(keep);
+    let complete: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("step-") && n.as_str() <= newest)
+        .collect();
+    let drop = complete.len().saturating_sub(keep.max(1));
     for name in complete.into_iter().take(drop) {
         fs::remove_dir_all(dir.join(name)).ok();
     }
@@ -221,6 +257,7 @@ mod tests {
             architecture: Architecture::from_name("resnet18", 10).unwrap(),
             train_seconds: 0.0,
             initial_val_loss: None,
+            threads: None,
         }
     }
 
@@ -243,6 +280,36 @@ mod tests {
                              // A failed write leaves the previous checkpoint in place.
         let failed = commit(dir.path(), &state(5), 2, |_| bail!("disk full"));
         assert!(failed.is_err());
+        assert!(latest(dir.path())
+            .unwrap()
+            .unwrap()
+            .ends_with("step-0000000004"));
+    }
+
+    #[test]
+    fn without_latest_the_newest_complete_checkpoint_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [3, 5] {
+            commit(dir.path(), &state(step), 5, |_| Ok(())).unwrap();
+        }
+        // An incomplete later one does not count.
+        fs::create_dir_all(checkpoints_dir(dir.path()).join("step-0000000009")).unwrap();
+        fs::remove_file(checkpoints_dir(dir.path()).join("latest")).unwrap();
+        let found = latest(dir.path()).unwrap().unwrap();
+        assert!(found.ends_with("step-0000000005"), "{}", found.display());
+    }
+
+    #[test]
+    fn later_stale_checkpoints_do_not_push_out_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [10, 11] {
+            commit(dir.path(), &state(step), 2, |_| Ok(())).unwrap();
+        }
+        // A run resumed from an earlier point writes steps 3 and 4.
+        for step in [3, 4] {
+            let written = commit(dir.path(), &state(step), 2, |_| Ok(())).unwrap();
+            assert!(written.exists(), "{} was pruned at once", written.display());
+        }
         assert!(latest(dir.path())
             .unwrap()
             .unwrap()

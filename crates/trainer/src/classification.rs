@@ -205,7 +205,7 @@ pub fn fit<B: AutodiffBackend>(
             config.training.batch_size
         );
     }
-    let existing =
+    let (existing, _lock) =
         engine::open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
 
     let (train_data, val_data) = data::open(&config.data)?;
@@ -237,15 +237,6 @@ pub fn fit<B: AutodiffBackend>(
     let optimizer = InPlaceSgd::new(o.momentum, o.nesterov).init::<B, Model<B>>();
     let devices =
         parallel::consecutive_devices::<B>(&device, config.training.devices, options.accelerator)?;
-    if devices.len() > 1 {
-        eprintln!(
-            "data parallel over {} devices ({:?} ... {:?}), {} images each per micro-batch",
-            devices.len(),
-            devices[0],
-            devices[devices.len() - 1],
-            config.training.batch_size / nodes / devices.len()
-        );
-    }
     let task = Classification {
         config,
         train: &train_data,

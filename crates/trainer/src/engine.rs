@@ -214,11 +214,55 @@ pub struct Trained<M, S> {
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
-/// Creates `run_dir` for a run, refusing one with checkpoints unless
-/// resuming, and writes its config; returns the checkpoint to resume from.
-pub fn open_run_dir(run_dir: &Path, resume: bool, config_toml: &str) -> Result<Option<PathBuf>> {
+/// The exclusive lock on a run directory, held while a run writes it. The
+/// operating system releases it when the process ends, however it ends,
+/// so a killed run leaves no stale lock.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes `run_dir`'s lock (the file `lock` in it, holding the pid), or
+    /// says which process holds it.
+    pub fn acquire(run_dir: &Path) -> Result<RunLock> {
+        use std::io::{Read, Seek, Write};
+        let path = run_dir.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            file.read_to_string(&mut holder).ok();
+            bail!(
+                "{} is in use by another topotrain run (pid {}); wait for it to finish, or choose another output.dir",
+                run_dir.display(),
+                holder.trim()
+            );
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// Creates and locks `run_dir` for a run, refuses one with checkpoints
+/// unless resuming, and writes its config; returns the checkpoint to
+/// resume from and the lock to hold until the run has written everything.
+pub fn open_run_dir(
+    run_dir: &Path,
+    resume: bool,
+    config_toml: &str,
+) -> Result<(Option<PathBuf>, RunLock)> {
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let lock = RunLock::acquire(run_dir)?;
     let existing = checkpoint::latest(run_dir)?;
     if existing.is_some() && !resume {
         bail!(
@@ -228,7 +272,64 @@ pub fn open_run_dir(run_dir: &Path, resume: bool, config_toml: &str) -> Result<O
     }
     std::fs::write(run_dir.join("config.toml"), config_toml)
         .with_context(|| format!("cannot write {}", run_dir.join("config.toml").display()))?;
-    Ok(existing)
+    Ok((existing, lock))
+}
+
+/// A note for a run resumed with another CPU thread count than its
+/// checkpoint was written with (`None` when they agree or one is unknown).
+pub fn thread_count_note(recorded: Option<usize>, now: usize) -> Option<String> {
+    let recorded = recorded.filter(|&r| r != now)?;
+    Some(format!(
+        "the checkpoint was written with {recorded} CPU threads and this run uses {now}: training continues correctly, but bit-identical results to an uninterrupted run need the same count (training.threads = {recorded})"
+    ))
+}
+
+/// Every parameter's module path and shape, in visiting order.
+fn parameter_shapes<B: AutodiffBackend, M: Module<B>>(model: &M) -> Vec<(String, Vec<usize>)> {
+    struct Shapes {
+        path: Vec<String>,
+        shapes: Vec<(String, Vec<usize>)>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let shape = param.lazy_shape().dims::<D>().to_vec();
+            self.shapes.push((self.path.join("."), shape));
+        }
+    }
+    let mut shapes = Shapes {
+        path: vec![],
+        shapes: vec![],
+    };
+    model.visit(&mut shapes);
+    shapes.shapes
+}
+
+/// Refuses a model record whose tensors do not have the shapes of the
+/// network the config builds (Burn loads such records without a word).
+fn check_shapes(
+    expected: &[(String, Vec<usize>)],
+    loaded: &[(String, Vec<usize>)],
+    record: &Path,
+) -> Result<()> {
+    let differing = expected
+        .iter()
+        .zip(loaded)
+        .find(|(a, b)| a != b)
+        .map(|((name, want), (_, got))| format!("{name} is {got:?} there, {want:?} here"));
+    if differing.is_some() || expected.len() != loaded.len() {
+        bail!(
+            "{} holds another network than the config builds ({}); resume with the config the run started with, or start a new output.dir",
+            record.display(),
+            differing.unwrap_or_else(|| format!("{} tensors there, {} here", loaded.len(), expected.len()))
+        );
+    }
+    Ok(())
 }
 
 /// Trains `model` with `optimizer` by `recipe` to the end of its last
@@ -247,6 +348,12 @@ where
     O: Optimizer<R::Model, B>,
 {
     let device = settings.devices[0].clone();
+    if let [first, .., last] = settings.devices.as_slice() {
+        eprintln!(
+            "data parallel over {} devices ({first:?} ... {last:?}), each taking a share of every micro-batch",
+            settings.devices.len()
+        );
+    }
     let recorder = Rec::new();
     let mut state = TrainState {
         format: STATE_FORMAT,
@@ -259,6 +366,7 @@ where
         architecture: recipe.spec(),
         train_seconds: 0.0,
         initial_val_loss: None,
+        threads: None,
     };
     let mut last_checkpoint = None;
     if let Some(path) = resume_from {
@@ -271,7 +379,16 @@ where
                 R::describe(&recipe.spec())
             );
         }
+        let expected = parameter_shapes(&model);
         model = recipe.restore(model, &path.join("model"), &device)?;
+        check_shapes(
+            &expected,
+            &parameter_shapes(&model),
+            &path.join("model.mpk"),
+        )?;
+        if let Some(note) = thread_count_note(state.threads, rayon::current_num_threads()) {
+            eprintln!("note: {note}");
+        }
         let record = Recorder::<B>::load(&recorder, path.join("optim"), &device)
             .map_err(|e| checkpoint::unreadable_record(&path.join("optim.mpk"), e))?;
         optimizer = optimizer.load_record(record);
@@ -284,6 +401,7 @@ where
         );
         last_checkpoint = Some(path);
     }
+    state.threads = Some(rayon::current_num_threads());
     let mut metrics = MetricsLog::open(&settings.run_dir.join("metrics.jsonl"), state.step)?;
     let mut cluster = match &options.cluster {
         Some(c) => {
@@ -856,7 +974,7 @@ mod tests {
     ) -> Result<Trained<Model<CpuTrain>, Architecture>> {
         let model = fresh_model();
         let topography = topography(&model);
-        let resume_from = open_run_dir(run_dir, options.resume, "")?;
+        let (resume_from, _lock) = open_run_dir(run_dir, options.resume, "")?;
         let optimizer = InPlaceSgd::new(0.9, false).init::<CpuTrain, Model<CpuTrain>>();
         run(
             toy,
@@ -1018,6 +1136,63 @@ mod tests {
             "{error:#}"
         );
         assert!(checkpoint::latest(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_locked_run_directory_is_refused_and_its_config_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, lock) = open_run_dir(dir.path(), false, "first").unwrap();
+        let error = open_run_dir(dir.path(), false, "second")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&dir.path().display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!("pid {}", std::process::id())),
+            "{error}"
+        );
+        let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        assert_eq!(config, "first");
+        drop(lock);
+        open_run_dir(dir.path(), false, "second").unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_network_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let halt = FitOptions {
+            halt_after_steps: Some(2),
+            ..FitOptions::default()
+        };
+        assert!(train(&TOY, dir.path(), &halt).is_err());
+        let checkpoint = checkpoint::latest(dir.path()).unwrap().unwrap();
+        // The same kinds of tensors, wider: Burn would load it.
+        let Architecture::Vit(config) = architecture() else {
+            unreachable!()
+        };
+        let wider: Model<CpuTrain> = Architecture::Vit(config.with_hidden_dim(12).with_mlp_dim(24))
+            .init(&Default::default())
+            .unwrap();
+        wider
+            .save_file(checkpoint.join("model"), &Rec::new())
+            .unwrap();
+        let resume = FitOptions {
+            resume: true,
+            ..FitOptions::default()
+        };
+        let error = format!("{:#}", train(&TOY, dir.path(), &resume).err().unwrap());
+        assert!(error.contains("model.mpk holds another network"), "{error}");
+        assert!(
+            error.contains("conv_proj.weight is [12, 1, 4, 4] there"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_changed_thread_count_is_noted() {
+        let note = thread_count_note(Some(4), 2).unwrap();
+        assert!(note.contains("training.threads = 4"), "{note}");
+        assert_eq!(thread_count_note(Some(2), 2), None);
+        assert_eq!(thread_count_note(None, 2), None);
     }
 
     #[test]

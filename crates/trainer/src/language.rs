@@ -506,7 +506,8 @@ pub fn fit_language<B: AutodiffBackend>(
         t.batch_size,
         options.nodes()
     );
-    let existing = open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
+    let (existing, _lock) =
+        open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
 
     B::seed(&device, t.seed);
     let mut model: Gpt<B> = match (&config.gpt, &config.base) {
