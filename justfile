@@ -9,6 +9,10 @@ demo tau="5":
 test:
     scripts/test.sh
 
+# Run the unit tests only (a few minutes after a build).
+test-quick:
+    scripts/test.sh --quick
+
 # Build the release binary (add `--features cuda` or `--features cuda-untuned` for
 # NVIDIA GPUs; README, "GPUs and clusters", says which).
 build *flags:

@@ -2,10 +2,17 @@
 # Runs the whole test suite: installs what the tests need, checks formatting,
 # lints, builds the CUDA feature (without a GPU), and runs every test.
 # `.ci/run` calls exactly this script.
+#
+#   scripts/test.sh           # everything (CI)
+#   scripts/test.sh --quick   # unit tests only: no end-to-end runs of the binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+
+if [ "${1:-}" = "--quick" ]; then
+    exec cargo test --workspace --lib --bins
+fi
 
 # CI builds once from clean: incremental caches would only take disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

@@ -17,6 +17,11 @@ pub struct FitArgs {
     /// Continue the run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// With --resume: accept config changes that change what the run trains
+    /// (learning rate, batch size, tau, seed, ...); they are recorded in
+    /// metrics.jsonl and the earlier config is kept beside the new one.
+    #[arg(long, requires = "resume")]
+    pub allow_config_change: bool,
     /// "cpu", "cuda[:N]" or "wgpu" (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
@@ -89,6 +94,7 @@ pub fn run(args: FitArgs) -> Result<()> {
         progress: !args.quiet,
         cluster: cluster_config(&args)?,
         interrupter: crate::signals::interrupter()?,
+        allow_config_change: args.allow_config_change,
         accelerator: false,
     };
     if is_language_config(&args.config) {

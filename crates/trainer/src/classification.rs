@@ -21,6 +21,7 @@ use crate::data::{self, to_tensors, Batch, DataSet, NodeShard, Split};
 use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
 use crate::eval::evaluate;
 use crate::parallel;
+use crate::run_dir::{open_run_dir, OpenRunDir};
 use crate::sgd::InPlaceSgd;
 use crate::sheet::{write_sheet_picture, SheetPicture};
 use crate::step::{GradientPipeline, Task};
@@ -189,13 +190,27 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
     }
 }
 
+/// Config keys a resume may change: they do not change what is trained.
+const RESUMABLE_KEYS: &[&str] = &[
+    "training.epochs",
+    "training.log_every_steps",
+    "training.eval_every_epochs",
+    "training.eval_batch_size",
+    "training.max_eval_batches",
+    "training.checkpoint_every_steps",
+    "training.threads",
+    "training.device",
+    "training.devices",
+    "output.",
+];
+
 /// Trains `config` on `device`.
 pub fn fit<B: AutodiffBackend>(
     config: &RunConfig,
     device: B::Device,
     options: &FitOptions,
 ) -> Result<Summary> {
-    let run_dir = options.run_dir(&config.output.dir);
+    let dir = options.run_dir(&config.output.dir);
     let nodes = options.nodes();
     if !config.training.batch_size.is_multiple_of(nodes)
         || config.training.batch_size / nodes < config.training.devices
@@ -205,8 +220,12 @@ pub fn fit<B: AutodiffBackend>(
             config.training.batch_size
         );
     }
-    let (existing, _lock) =
-        engine::open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
+    let how = OpenRunDir {
+        resume: options.resume,
+        allow_config_change: options.allow_config_change,
+        resumable_keys: RESUMABLE_KEYS,
+    };
+    let run_dir = open_run_dir(&dir, how, &toml::to_string_pretty(config)?)?;
 
     let (train_data, val_data) = data::open(&config.data)?;
     check_data(config, &train_data, &val_data)?;
@@ -222,7 +241,7 @@ pub fn fit<B: AutodiffBackend>(
     let architecture = config.architecture()?;
     B::seed(&device, config.training.seed);
     let mut model: Model<B> = architecture.init(&device)?;
-    if let (None, Some(path)) = (&existing, &config.model.init_weights) {
+    if let (None, Some(path)) = (&run_dir.resume_from, &config.model.init_weights) {
         load_initial_weights(&mut model, &architecture, path)?;
     }
     let model = model.with_precision(config.training.precision);
@@ -246,7 +265,6 @@ pub fn fit<B: AutodiffBackend>(
         device: device.clone(),
     };
     let settings = RunSettings {
-        run_dir: &run_dir,
         devices,
         pipeline: GradientPipeline {
             topography: topography.as_ref(),
@@ -262,14 +280,14 @@ pub fn fit<B: AutodiffBackend>(
         checkpoint_every_steps: config.training.checkpoint_every_steps,
         keep_checkpoints: config.output.keep_checkpoints,
     };
-    let trained = engine::run(&task, model, optimizer, &settings, options, existing)?;
+    let trained = engine::run(&task, model, optimizer, &settings, options, &run_dir)?;
 
     // The final weights in torchvision layout, for `eval` and analysis tools.
-    let final_weights = run_dir.join("final.safetensors");
+    let final_weights = dir.join("final.safetensors");
     let model = trained.model.valid();
     models::save_checkpoint(&model, &final_weights)?;
     let mut summary = summarise(
-        &run_dir,
+        &dir,
         config,
         &trained.state,
         trained.last_checkpoint,
@@ -277,7 +295,7 @@ pub fn fit<B: AutodiffBackend>(
     )?;
     if let Some(topography) = &topography {
         let layer = config.output.sheet_layer.as_deref();
-        match write_sheet_picture(&model, topography, layer, summary.tau, &run_dir) {
+        match write_sheet_picture(&model, topography, layer, summary.tau, &dir) {
             Ok(picture) => {
                 eprintln!(
                     "sheet of {} (smoothness {:.3}): {}",
@@ -292,7 +310,7 @@ pub fn fit<B: AutodiffBackend>(
         }
     }
     checkpoint::write_atomic(
-        &run_dir.join("summary.json"),
+        &dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)

@@ -23,6 +23,7 @@ use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::data::NodeShard;
 use crate::metrics::{EpochLine, MetricsLog};
+use crate::run_dir::RunDir;
 use crate::step::{train_step, Diverged, GradientPipeline, StepOutput, Task};
 
 /// The micro-batches of each step of an epoch, in order.
@@ -171,6 +172,8 @@ pub struct FitOptions {
     /// Set to stop the run at the end of the step in progress, with a
     /// checkpoint.
     pub interrupter: Interrupter,
+    /// Resume even where the config changed what the run trains.
+    pub allow_config_change: bool,
     /// The device is an accelerator: the TopoLoss engine "auto" picks "device".
     pub accelerator: bool,
 }
@@ -193,7 +196,6 @@ impl FitOptions {
 
 /// The run's fixed settings.
 pub struct RunSettings<'a, B: AutodiffBackend> {
-    pub run_dir: &'a Path,
     pub devices: Vec<B::Device>,
     pub pipeline: GradientPipeline<'a>,
     pub seed: u64,
@@ -213,67 +215,6 @@ pub struct Trained<M, S> {
 }
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
-
-/// The exclusive lock on a run directory, held while a run writes it. The
-/// operating system releases it when the process ends, however it ends,
-/// so a killed run leaves no stale lock.
-#[derive(Debug)]
-pub struct RunLock {
-    _file: std::fs::File,
-}
-
-impl RunLock {
-    /// Takes `run_dir`'s lock (the file `lock` in it, holding the pid), or
-    /// says which process holds it.
-    pub fn acquire(run_dir: &Path) -> Result<RunLock> {
-        use std::io::{Read, Seek, Write};
-        let path = run_dir.join("lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        if file.try_lock().is_err() {
-            let mut holder = String::new();
-            file.read_to_string(&mut holder).ok();
-            bail!(
-                "{} is in use by another topotrain run (pid {}); wait for it to finish, or choose another output.dir",
-                run_dir.display(),
-                holder.trim()
-            );
-        }
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| write!(file, "{}", std::process::id()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(RunLock { _file: file })
-    }
-}
-
-/// Creates and locks `run_dir` for a run, refuses one with checkpoints
-/// unless resuming, and writes its config; returns the checkpoint to
-/// resume from and the lock to hold until the run has written everything.
-pub fn open_run_dir(
-    run_dir: &Path,
-    resume: bool,
-    config_toml: &str,
-) -> Result<(Option<PathBuf>, RunLock)> {
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let lock = RunLock::acquire(run_dir)?;
-    let existing = checkpoint::latest(run_dir)?;
-    if existing.is_some() && !resume {
-        bail!(
-            "{} already has checkpoints; pass --resume to continue it, or choose another output.dir",
-            run_dir.display()
-        );
-    }
-    std::fs::write(run_dir.join("config.toml"), config_toml)
-        .with_context(|| format!("cannot write {}", run_dir.join("config.toml").display()))?;
-    Ok((existing, lock))
-}
 
 /// A note for a run resumed with another CPU thread count than its
 /// checkpoint was written with (`None` when they agree or one is unknown).
@@ -340,7 +281,7 @@ pub fn run<B, R, O>(
     mut optimizer: O,
     settings: &RunSettings<B>,
     options: &FitOptions,
-    resume_from: Option<PathBuf>,
+    run_dir: &RunDir,
 ) -> Result<Trained<R::Model, R::Spec>>
 where
     B: AutodiffBackend,
@@ -369,7 +310,7 @@ where
         threads: None,
     };
     let mut last_checkpoint = None;
-    if let Some(path) = resume_from {
+    if let Some(path) = run_dir.resume_from.clone() {
         state = checkpoint::read_state(&path)?;
         if state.architecture != recipe.spec() {
             bail!(
@@ -394,7 +335,7 @@ where
         optimizer = optimizer.load_record(record);
         eprintln!(
             "resuming {} at epoch {}, batch {} (step {})",
-            settings.run_dir.display(),
+            run_dir.path.display(),
             state.epoch + 1,
             state.batch,
             state.step
@@ -402,7 +343,14 @@ where
         last_checkpoint = Some(path);
     }
     state.threads = Some(rayon::current_num_threads());
-    let mut metrics = MetricsLog::open(&settings.run_dir.join("metrics.jsonl"), state.step)?;
+    let mut metrics = MetricsLog::open(&run_dir.path.join("metrics.jsonl"), state.step)?;
+    if !run_dir.config_changes.is_empty() {
+        metrics.write(&serde_json::json!({
+            "kind": "config_change",
+            "step": state.step,
+            "changes": run_dir.config_changes,
+        }))?;
+    }
     let mut cluster = match &options.cluster {
         Some(c) => {
             eprintln!(
@@ -428,7 +376,7 @@ where
                 };
                 return Err(with_last_checkpoint(error.into(), last));
             }
-            checkpoint::commit(settings.run_dir, state, settings.keep_checkpoints, |tmp| {
+            checkpoint::commit(&run_dir.path, state, settings.keep_checkpoints, |tmp| {
                 model
                     .clone()
                     .save_file(tmp.join("model"), &recorder)
@@ -755,6 +703,7 @@ mod tests {
     use super::*;
     use crate::data::to_tensors;
     use crate::data::Batch;
+    use crate::run_dir::{open_run_dir, OpenRunDir};
     use crate::sgd::InPlaceSgd;
     use crate::step::TaskBatch;
     use crate::CpuTrain;
@@ -948,12 +897,8 @@ mod tests {
         Topography::new(model, &TopographyConfig::uniform(&patterns, 2.0, 5.0)).unwrap()
     }
 
-    fn settings<'a>(
-        run_dir: &'a Path,
-        topography: Option<&'a Topography>,
-    ) -> RunSettings<'a, CpuTrain> {
+    fn settings(topography: Option<&Topography>) -> RunSettings<'_, CpuTrain> {
         RunSettings {
-            run_dir,
             devices: vec![Default::default()],
             pipeline: GradientPipeline {
                 topography,
@@ -974,15 +919,19 @@ mod tests {
     ) -> Result<Trained<Model<CpuTrain>, Architecture>> {
         let model = fresh_model();
         let topography = topography(&model);
-        let (resume_from, _lock) = open_run_dir(run_dir, options.resume, "")?;
+        let how = OpenRunDir {
+            resume: options.resume,
+            ..OpenRunDir::default()
+        };
+        let run_dir = open_run_dir(run_dir, how, "")?;
         let optimizer = InPlaceSgd::new(0.9, false).init::<CpuTrain, Model<CpuTrain>>();
         run(
             toy,
             model,
             optimizer,
-            &settings(run_dir, Some(&topography)),
+            &settings(Some(&topography)),
             options,
-            resume_from,
+            &run_dir,
         )
     }
 
@@ -1121,9 +1070,9 @@ mod tests {
             &toy,
             model,
             optimizer,
-            &settings(dir.path(), None),
+            &settings(None),
             &FitOptions::default(),
-            None,
+            &open_run_dir(dir.path(), OpenRunDir::default(), "").unwrap(),
         )
         .err()
         .unwrap();
@@ -1136,24 +1085,6 @@ mod tests {
             "{error:#}"
         );
         assert!(checkpoint::latest(dir.path()).unwrap().is_none());
-    }
-
-    #[test]
-    fn a_locked_run_directory_is_refused_and_its_config_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, lock) = open_run_dir(dir.path(), false, "first").unwrap();
-        let error = open_run_dir(dir.path(), false, "second")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains(&dir.path().display().to_string()), "{error}");
-        assert!(
-            error.contains(&format!("pid {}", std::process::id())),
-            "{error}"
-        );
-        let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
-        assert_eq!(config, "first");
-        drop(lock);
-        open_run_dir(dir.path(), false, "second").unwrap();
     }
 
     #[test]

@@ -40,7 +40,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::write_atomic;
 use crate::config::OutputSection;
 use crate::data::NodeShard;
-use crate::engine::{self, open_run_dir, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
+use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
+use crate::run_dir::{open_run_dir, OpenRunDir};
 use crate::step::{GradientPipeline, Task, TaskBatch};
 
 /// One language-model run (training or LoRA fine-tuning).
@@ -484,18 +485,29 @@ impl<B: AutodiffBackend> Recipe<B> for LanguageModelling<'_> {
     }
 }
 
+/// Config keys a resume may change: they do not change what is trained.
+const RESUMABLE_KEYS: &[&str] = &[
+    "training.log_every",
+    "training.eval_batches",
+    "training.checkpoint_every_steps",
+    "training.threads",
+    "training.device",
+    "training.devices",
+    "output.",
+];
+
 /// Trains (or fine-tunes) `config` on `device`.
 pub fn fit_language<B: AutodiffBackend>(
     config: &LanguageConfig,
     device: B::Device,
     options: &FitOptions,
 ) -> Result<LanguageSummary> {
-    let run_dir = options.run_dir(&config.output.dir);
-    let final_weights = run_dir.join("final.safetensors");
+    let dir = options.run_dir(&config.output.dir);
+    let final_weights = dir.join("final.safetensors");
     if final_weights.exists() {
         bail!(
             "{} already holds a finished run; choose another output.dir",
-            run_dir.display()
+            dir.display()
         );
     }
     let t = &config.training;
@@ -506,8 +518,12 @@ pub fn fit_language<B: AutodiffBackend>(
         t.batch_size,
         options.nodes()
     );
-    let (existing, _lock) =
-        open_run_dir(&run_dir, options.resume, &toml::to_string_pretty(config)?)?;
+    let how = OpenRunDir {
+        resume: options.resume,
+        allow_config_change: options.allow_config_change,
+        resumable_keys: RESUMABLE_KEYS,
+    };
+    let run_dir = open_run_dir(&dir, how, &toml::to_string_pretty(config)?)?;
 
     B::seed(&device, t.seed);
     let mut model: Gpt<B> = match (&config.gpt, &config.base) {
@@ -562,7 +578,6 @@ pub fn fit_language<B: AutodiffBackend>(
         block,
     };
     let settings = RunSettings {
-        run_dir: &run_dir,
         devices: crate::parallel::consecutive_devices::<B>(
             &device,
             t.devices,
@@ -589,7 +604,7 @@ pub fn fit_language<B: AutodiffBackend>(
         adamw.init::<B, Gpt<B>>(),
         &settings,
         options,
-        existing,
+        &run_dir,
     )?;
 
     let state = &trained.state;
@@ -599,7 +614,7 @@ pub fn fit_language<B: AutodiffBackend>(
     save_gpt(&finished, &final_weights)?;
     let tokens_per_step = t.batch_size * t.grad_accum * block;
     let summary = LanguageSummary {
-        run_dir: run_dir.clone(),
+        run_dir: dir.clone(),
         model: gpt.describe(),
         steps: t.steps,
         tokens_per_step,
@@ -616,7 +631,7 @@ pub fn fit_language<B: AutodiffBackend>(
         final_weights,
     };
     write_atomic(
-        &run_dir.join("summary.json"),
+        &dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)
