@@ -366,26 +366,31 @@ where
         nodes: c.nodes(),
     });
     // Only finite weights make a checkpoint, so a resumable one is always good.
-    let save =
-        |state: &TrainState<R::Spec>, model: &R::Model, optimizer: &O, last: Option<&Path>| {
-            let count = non_finite_values(model);
-            if count > 0 {
-                let error = NotFinite {
-                    step: state.step,
-                    count,
-                };
-                return Err(with_last_checkpoint(error.into(), last));
-            }
-            checkpoint::commit(&run_dir.path, state, settings.keep_checkpoints, |tmp| {
-                model
-                    .clone()
-                    .save_file(tmp.join("model"), &recorder)
-                    .context("cannot save the model record")?;
-                Recorder::<B>::record(&recorder, optimizer.to_record(), tmp.join("optim"))
-                    .context("cannot save the optimiser record")?;
-                Ok(())
-            })
-        };
+    let save = |state: &TrainState<R::Spec>,
+                model: &R::Model,
+                optimizer: &O,
+                last: &mut Option<PathBuf>|
+     -> Result<()> {
+        let count = non_finite_values(model);
+        if count > 0 {
+            let error = NotFinite {
+                step: state.step,
+                count,
+            };
+            return Err(with_last_checkpoint(error.into(), last.as_deref()));
+        }
+        let path = checkpoint::commit(&run_dir.path, state, settings.keep_checkpoints, |tmp| {
+            model
+                .clone()
+                .save_file(tmp.join("model"), &recorder)
+                .context("cannot save the model record")?;
+            Recorder::<B>::record(&recorder, optimizer.to_record(), tmp.join("optim"))
+                .context("cannot save the optimiser record")?;
+            Ok(())
+        })?;
+        *last = Some(path);
+        Ok(())
+    };
 
     if state.step == 0 {
         if let Some(evaluation) = recipe.evaluate(&model.valid(), None)? {
@@ -477,12 +482,7 @@ where
             let due = every > 0 && state.step.is_multiple_of(every) && state.batch < steps;
             let interrupted = options.interrupter.reason();
             if due || interrupted.is_some() {
-                last_checkpoint = Some(save(
-                    &state,
-                    &model,
-                    &optimizer,
-                    last_checkpoint.as_deref(),
-                )?);
+                save(&state, &model, &optimizer, &mut last_checkpoint)?;
             }
             if options.halt_after_steps == Some(steps_this_run) {
                 return Err(Halted {
@@ -536,12 +536,7 @@ where
         state.epoch += 1;
         state.batch = 0;
         state.running = Running::default();
-        last_checkpoint = Some(save(
-            &state,
-            &model,
-            &optimizer,
-            last_checkpoint.as_deref(),
-        )?);
+        save(&state, &model, &optimizer, &mut last_checkpoint)?;
         if let Some(reason) = options.interrupter.reason() {
             if state.epoch < epochs {
                 return Err(interruption(&state, last_checkpoint, reason));
