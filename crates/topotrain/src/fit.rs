@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use trainer::overrides::{self, Override};
 use trainer::{FitOptions, RunConfig, Summary};
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
@@ -61,10 +62,62 @@ pub struct FitArgs {
     /// Testing: stop after N steps without a checkpoint, as a kill would.
     #[arg(long, hide = true)]
     pub halt_after_steps: Option<u64>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+}
+
+/// Config overrides on the command line, applied to the file before it is
+/// parsed and validated.
+#[derive(Args, Clone, Debug, Default)]
+pub struct OverrideArgs {
+    /// Set any config value: a dotted key and a TOML value, e.g. `--set
+    /// training.batch_size=256 --set lr.peak=0.5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<Override>,
+    /// Override training.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override training.batch_size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override the peak learning rate (lr.peak; optimizer.lr for language runs).
+    #[arg(long)]
+    pub lr: Option<f64>,
+}
+
+impl OverrideArgs {
+    /// Every override, the short flags after `--set`; `lr_key` is the
+    /// config's peak learning rate.
+    pub fn all(&self, lr_key: &str) -> Vec<Override> {
+        let mut all = self.set.clone();
+        let mut add = |key: &str, value: toml::Value| {
+            all.push(Override {
+                key: key.to_string(),
+                value,
+            })
+        };
+        if let Some(seed) = self.seed {
+            add("training.seed", toml::Value::Integer(seed as i64));
+        }
+        if let Some(batch) = self.batch_size {
+            add("training.batch_size", toml::Value::Integer(batch as i64));
+        }
+        if let Some(lr) = self.lr {
+            add(lr_key, toml::Value::Float(lr));
+        }
+        all
+    }
+
+    /// The config file at `path` with these overrides, as TOML text.
+    pub fn read(&self, path: &std::path::Path, lr_key: &str) -> Result<String> {
+        overrides::read(path, &self.all(lr_key))
+    }
 }
 
 pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
-    let mut config = RunConfig::load(&args.config)?;
+    let text = args.overrides.read(&args.config, "lr.peak")?;
+    let mut config = RunConfig::parse(&text)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
     if let Some(tau) = args.tau {
         config = config.with_tau(tau)?;
     }

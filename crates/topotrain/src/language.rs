@@ -28,7 +28,9 @@ pub fn run_fit(args: &FitArgs, options: FitOptions) -> Result<()> {
     if args.epochs.is_some() {
         bail!("--epochs does not apply to language configs (set training.steps)");
     }
-    let mut config = LanguageConfig::load(&args.config)?;
+    let text = args.overrides.read(&args.config, "optimizer.lr")?;
+    let mut config = LanguageConfig::parse(&text)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
     if let Some(tau) = args.tau {
         config = config.with_tau(tau)?;
     }

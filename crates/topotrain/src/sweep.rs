@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use trainer::sweep;
 use trainer::FitOptions;
@@ -31,11 +31,15 @@ pub struct SweepArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub overrides: crate::fit::OverrideArgs,
 }
 
 pub fn run(args: SweepArgs) -> Result<()> {
     let taus = sweep::parse_taus(&args.tau)?;
-    let mut base = trainer::RunConfig::load(&args.config)?;
+    let text = args.overrides.read(&args.config, "lr.peak")?;
+    let mut base = trainer::RunConfig::parse(&text)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
     if let Some(device) = &args.device {
         base.training.device = device.clone();
     }

@@ -192,3 +192,30 @@ fn gpu_smoke_config_uses_one_tensor_shape() {
     assert!(config.model.blurpool);
     assert_eq!(config.topography.as_ref().unwrap().tau.value(0), 10.0);
 }
+
+/// `fit --set KEY=VALUE` and the short flags reach the config before it is
+/// validated: typed, checked like the file, and named in errors.
+#[test]
+fn set_overrides_are_typed_and_validated_like_the_file() {
+    let config = configs_dir().join("fashion_mnist_tau5.toml");
+    let fit = |extra: &[&str]| {
+        let mut args = vec!["fit", "--quiet", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let output = common::topotrain(&args);
+        assert!(!output.status.success(), "{extra:?} should be refused");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let error = fit(&["--set", "training.grad_accum=0"]);
+    assert!(error.contains("training.grad_accum"), "{error}");
+    let error = fit(&["--batch-size", "0"]);
+    assert!(error.contains("training.batch_size"), "{error}");
+    let error = fit(&["--set", "training.bacth_size=64"]);
+    assert!(error.contains("bacth_size"), "{error}");
+    let error = fit(&["--set", "lr.peak=fast"]);
+    assert!(error.contains("peak"), "{error}");
+    // An override that parses reaches the run: the data path it names is read.
+    let error = fit(&["--set", "data.train=/nonexistent/fashion", "--seed", "3"]);
+    assert!(error.contains("/nonexistent/fashion"), "{error}");
+    let error = fit(&["--set", "batch_size"]);
+    assert!(error.contains("KEY=VALUE"), "{error}");
+}

@@ -8,6 +8,7 @@
 //! - [`engine`]: the one training loop (run, epoch, step) every task runs:
 //!   metrics ([`metrics`]), checkpoints ([`checkpoint`]) with exact resume,
 //!   stopping through an [`engine::Interrupter`].
+//! - [`overrides`]: `--set KEY=VALUE` over a config file.
 //! - [`run_dir`]: the run directory's lock, and what a resume may change.
 //! - [`step`]: one optimiser step: forward and backward over micro-batches
 //!   and devices, then cluster mean, TopoLoss, weight decay, divergence
@@ -38,6 +39,7 @@ pub mod engine;
 pub mod eval;
 pub mod language;
 pub mod metrics;
+pub mod overrides;
 pub mod parallel;
 pub mod run_dir;
 pub mod sgd;
