@@ -202,7 +202,9 @@ pub fn commit<A: Serialize>(
     }
     fs::create_dir_all(&tmp)?;
     write(&tmp)?;
-    fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    let mut record = serde_json::to_value(state)?;
+    record["checksums"] = serde_json::to_value(checksums(&tmp)?)?;
+    fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&record)?)?;
     for entry in fs::read_dir(&tmp)? {
         fs::File::open(entry?.path())
             .and_then(|f| f.sync_all())
@@ -215,6 +217,59 @@ pub fn commit<A: Serialize>(
     write_atomic(&dir.join("latest"), name.as_bytes())?;
     prune(&dir, &name, keep)?;
     Ok(final_path)
+}
+
+/// The CRC-32 of every file in `dir`, by name.
+fn checksums(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut sums = BTreeMap::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        sums.insert(name, format!("{:08x}", crc32fast::hash(&bytes)));
+    }
+    Ok(sums)
+}
+
+/// Checks a checkpoint's files against the checksums its `state.json`
+/// recorded when they were written (checkpoints written before checksums
+/// pass unchecked).
+pub fn verify(checkpoint: &Path) -> Result<()> {
+    let state = checkpoint.join("state.json");
+    let text =
+        fs::read_to_string(&state).with_context(|| format!("cannot read {}", state.display()))?;
+    let record: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", state.display()))?;
+    let recorded: BTreeMap<String, String> = match record.get("checksums") {
+        Some(sums) => serde_json::from_value(sums.clone())
+            .with_context(|| format!("{}: checksums unreadable", state.display()))?,
+        None => return Ok(()),
+    };
+    let found = checksums(checkpoint)?;
+    for (name, sum) in &recorded {
+        if found.get(name) != Some(sum) {
+            let earlier = complete_checkpoints(checkpoint.parent().unwrap_or(checkpoint))?
+                .into_iter()
+                .rfind(|p| p.as_path() < checkpoint);
+            let advice = match earlier {
+                Some(p) => format!(
+                    "the previous checkpoint is {}; to resume from it, write its name into {}",
+                    p.display(),
+                    checkpoint.with_file_name("latest").display()
+                ),
+                None => "there is no earlier checkpoint; train again".to_string(),
+            };
+            bail!(
+                "{} is damaged or missing: its checksum differs from the one recorded when it was written; {advice}",
+                checkpoint.join(name).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Keeps the `keep` newest checkpoints up to `newest` (the one just
@@ -284,6 +339,31 @@ mod tests {
             .unwrap()
             .unwrap()
             .ends_with("step-0000000004"));
+    }
+
+    #[test]
+    fn a_damaged_file_is_named_with_the_previous_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = vec![];
+        for step in [2, 4] {
+            written.push(
+                commit(dir.path(), &state(step), 5, |tmp| {
+                    fs::write(tmp.join("optim.mpk"), vec![7u8; 1000])?;
+                    Ok(())
+                })
+                .unwrap(),
+            );
+        }
+        verify(&written[1]).unwrap();
+        let file = written[1].join("optim.mpk");
+        let mut bytes = fs::read(&file).unwrap();
+        bytes[500] ^= 0x40;
+        fs::write(&file, bytes).unwrap();
+        let error = verify(&written[1]).unwrap_err().to_string();
+        assert!(error.contains("optim.mpk is damaged"), "{error}");
+        assert!(error.contains("step-0000000002"), "{error}");
+        // The state itself still reads (checksums are an extra field).
+        assert_eq!(read_state::<Architecture>(&written[1]).unwrap().step, 4);
     }
 
     #[test]
