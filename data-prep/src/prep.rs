@@ -43,6 +43,9 @@ pub struct PrepOptions {
     pub jpeg_quality: u8,
     /// Seed of the per-image compress draw in [`Storage::Mixed`].
     pub seed: u64,
+    /// Source images of more pixels than this (read from their headers) are
+    /// skipped as bad files instead of decoded.
+    pub max_pixels: u64,
     /// Fail (writing no dataset file) if any file cannot be converted.
     pub strict: bool,
     /// Worker threads; `None` uses all cores.
@@ -55,6 +58,9 @@ pub struct PrepOptions {
 /// Default longer-side limit, chosen so that one loader thread exceeds its
 /// throughput goal at resolution 176 (see BENCHMARKS.md).
 pub const DEFAULT_MAX_SIDE: u32 = 256;
+/// Default limit on a source image's pixels: 128 megapixels (384 MB as RGB),
+/// four times the largest ImageNet photo, far below a decompression bomb's claim.
+pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
 /// Default JPEG quality (ffcv's ImageNet recipe).
 pub const DEFAULT_JPEG_QUALITY: u8 = 90;
 /// Default fraction of images stored as JPEG (ffcv's ImageNet recipe uses 0.5).
@@ -69,6 +75,7 @@ impl Default for PrepOptions {
             },
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             seed: 0,
+            max_pixels: DEFAULT_MAX_PIXELS,
             strict: false,
             threads: None,
             progress: true,
@@ -83,6 +90,11 @@ impl PrepOptions {
                 "JPEG quality must be 1-100, not {}",
                 self.jpeg_quality
             )));
+        }
+        if self.max_pixels == 0 {
+            return Err(DataError::InvalidOption(
+                "max pixels must be at least 1".into(),
+            ));
         }
         if self.max_side == Some(0) {
             return Err(DataError::InvalidOption(
@@ -180,7 +192,7 @@ fn convert_file(
     options: &PrepOptions,
 ) -> std::result::Result<(EncodedRecord, Option<String>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let decoded = decode_source(&bytes)?;
+    let decoded = decode_source(&bytes, options.max_pixels)?;
     let pixels = match options.max_side {
         Some(max_side) => {
             RESAMPLER.with(|r| decoded.pixels.fit_within(max_side, &mut r.borrow_mut()))

@@ -117,6 +117,12 @@ pub struct PrepArgs {
     /// Seed of the per-image compress draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Images whose header claims more pixels than this are skipped as bad
+    /// files (as a corrupt one is), never decoded: a decompression bomb of a
+    /// few hundred bytes can claim gigabytes.
+    #[arg(long, default_value_t = data_prep::prep::DEFAULT_MAX_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_pixels: u64,
     /// Fail (writing no dataset file) if any file cannot be converted.
     #[arg(long)]
     strict: bool,
@@ -142,6 +148,7 @@ impl PrepArgs {
             storage,
             jpeg_quality: self.jpeg_quality,
             seed: self.seed,
+            max_pixels: self.max_pixels,
             strict: self.strict,
             threads: self.threads,
             progress: !self.json,
