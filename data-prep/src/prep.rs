@@ -141,6 +141,9 @@ pub struct SplitSummary {
     pub skipped: Vec<SkippedFile>,
     /// Files converted despite oddities, with what was odd.
     pub warnings: Vec<SkippedFile>,
+    /// Paths passed over because a symbolic link led to a file or folder
+    /// already converted (not counted in `files_found`).
+    pub repeats: Vec<SkippedFile>,
     /// Size of the dataset file.
     pub bytes: u64,
     /// Wall-clock seconds.
@@ -264,6 +267,22 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&partial, path).map_err(|e| DataError::io("cannot rename into place", path, e))
 }
 
+/// Tells stderr how many paths symbolic links led back to, and the first few.
+fn report_repeats(split: &str, repeats: &[SkippedFile], manifest: &Path) {
+    if repeats.is_empty() {
+        return;
+    }
+    eprintln!(
+        "{split}: {} path(s) reached again through symbolic links were skipped (each file is \
+         stored once; all are listed in {}):",
+        repeats.len(),
+        manifest.display()
+    );
+    for repeat in repeats.iter().take(3) {
+        eprintln!("  {}: {}", repeat.path.display(), repeat.reason);
+    }
+}
+
 /// Converts one split's files into `<out>/<split>.topo` with a manifest
 /// `<out>/<split>.manifest.json` listing skipped files and warnings.
 pub fn write_split(
@@ -280,6 +299,7 @@ pub fn write_split(
     let manifest = out.join(format!("{split}.manifest.json"));
     let mut writer = DatasetWriter::create(&output, 3, found.classes.clone())?;
     let pool = thread_pool(options)?;
+    report_repeats(split, &found.repeats, &manifest);
     let bar = progress_bar(found.files_found(), split, options.progress);
     bar.inc(found.unlabeled.len() as u64);
     let mut summary = SplitSummary {
@@ -292,6 +312,7 @@ pub fn write_split(
         jpeg_records: 0,
         skipped: found.unlabeled,
         warnings: Vec::new(),
+        repeats: found.repeats,
         bytes: 0,
         seconds: 0.0,
         cpu_seconds: None,
@@ -543,6 +564,7 @@ pub fn prep_fashion_mnist(src: &Path, out: &Path) -> Result<PrepSummary> {
             jpeg_records: 0,
             skipped: Vec::new(),
             warnings: Vec::new(),
+            repeats: Vec::new(),
             bytes,
             seconds: started.elapsed().as_secs_f64(),
             cpu_seconds: None,

@@ -1,6 +1,6 @@
 //! Source trees built to hurt prep: decompression bombs (tiny files whose
-//! headers claim gigapixels). Each must cost a skipped-file entry, never
-//! the run or the machine's memory.
+//! headers claim gigapixels) and symbolic-link loops. Each must be
+//! reported, and never cost the run, the machine's memory or duplicates.
 
 mod common;
 
@@ -122,4 +122,47 @@ fn max_pixels_sets_the_limit() {
         "{:?}",
         split.skipped
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn symbolic_link_loops_store_each_file_once() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    common::write_png_folder(&src, &["a", "b"], 2);
+    // A loop back to its own folder, a second loop two levels up, a link
+    // to a sibling class folder, and a link to one file.
+    symlink("../a", src.join("a/self")).unwrap();
+    std::fs::create_dir(src.join("b/deep")).unwrap();
+    symlink("../..", src.join("b/deep/up")).unwrap();
+    symlink("../a", src.join("b/alias")).unwrap();
+    symlink("img_000.png", src.join("b/same.png")).unwrap();
+    let summary = prep_image_folder(&src, &dir.path().join("out"), "train", &options()).unwrap();
+    let split = &summary.splits[0];
+    assert_eq!(
+        (split.files_found, split.written, split.skipped.len()),
+        (4, 4, 0)
+    );
+    let mut repeats: Vec<String> = split
+        .repeats
+        .iter()
+        .map(|r| {
+            let path = r.path.strip_prefix(&src).unwrap().display();
+            format!("{path}: {}", r.reason)
+        })
+        .collect();
+    repeats.sort();
+    assert_eq!(repeats.len(), 4, "{repeats:#?}");
+    for (repeat, (path, why)) in repeats.iter().zip([
+        ("a/self", "already scanned"),
+        ("b/alias", "already scanned"),
+        ("b/deep/up", "already scanned"),
+        ("b/same.png", "the same file as"),
+    ]) {
+        assert!(repeat.starts_with(path) && repeat.contains(why), "{repeat}");
+    }
+    // The manifest lists them too.
+    let manifest = std::fs::read_to_string(&split.manifest).unwrap();
+    assert!(manifest.contains("b/alias"), "{manifest}");
 }

@@ -269,13 +269,16 @@ fn print_summary(summary: &PrepSummary) {
         for warning in &split.warnings {
             println!("  warning {}: {}", warning.path.display(), warning.reason);
         }
+        for repeat in &split.repeats {
+            println!("  repeat {}: {}", repeat.path.display(), repeat.reason);
+        }
         let per_cpu = split
             .files_per_cpu_second()
             .map(|rate| format!(", {rate:.0}/CPU-s"))
             .unwrap_or_default();
         println!(
             "{}: {} files found = {} written ({} raw, {} JPEG) + {} skipped; {} warnings; \
-             {:.1} MB in {:.1} s ({:.0} images/s{per_cpu})\n  -> {}\n  manifest {}",
+             {} repeats through symbolic links skipped; {:.1} MB in {:.1} s ({:.0} images/s{per_cpu})\n  -> {}\n  manifest {}",
             split.split,
             split.files_found,
             split.written,
@@ -283,6 +286,7 @@ fn print_summary(summary: &PrepSummary) {
             split.jpeg_records,
             split.skipped.len(),
             split.warnings.len(),
+            split.repeats.len(),
             split.bytes as f64 / 1e6,
             split.seconds,
             split.files_per_second(),
