@@ -337,3 +337,71 @@ fn accumulated_gradient_adds_to_the_task_gradient() {
     assert_eq!(after.dims(), [32, 4]);
     assert!(max_abs_diff(after - before, Tensor::ones([32, 4], &Default::default())) < 1e-6);
 }
+
+/// A PyTorch `model.half()` or bf16 export: every f32 tensor of `file`
+/// rounded to 16 bits by `round` and written as `dtype`.
+fn with_16_bit_tensors(
+    file: &safetensors::SafeTensors,
+    dtype: safetensors::Dtype,
+    round: fn(f32) -> u16,
+    path: &std::path::Path,
+) {
+    let tensors: Vec<(String, Vec<u8>, Vec<usize>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let bytes = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| round(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+                .collect();
+            (name, bytes, view.shape().to_vec())
+        })
+        .collect();
+    let views = tensors.iter().map(|(name, bytes, shape)| {
+        let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap();
+        (name.clone(), view)
+    });
+    safetensors::serialize_to_file(views, &None, path).unwrap();
+}
+
+#[test]
+fn half_precision_checkpoints_load_upcast_to_f32() {
+    use burn::tensor::{bf16, f16};
+    let model = build(&Architecture::ResNet(
+        ResNetConfig::resnet18(3).with_width(4),
+    ));
+    let dir = scratch_dir("half");
+    let ours = dir.join("ours.safetensors");
+    save_checkpoint(&model, &ours).unwrap();
+    let bytes = std::fs::read(&ours).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let images = random_images([2, 3, 32, 32]);
+    let expected = model.forward(images.clone());
+    let scale = expected.clone().abs().max().into_scalar();
+    let cases: [(&str, safetensors::Dtype, fn(f32) -> u16, f32); 2] = [
+        (
+            "f16",
+            safetensors::Dtype::F16,
+            |v| f16::from_f32(v).to_bits(),
+            0.01,
+        ),
+        (
+            "bf16",
+            safetensors::Dtype::BF16,
+            |v| bf16::from_f32(v).to_bits(),
+            0.05,
+        ),
+    ];
+    for (name, dtype, round, tolerance) in cases {
+        let path = dir.join(format!("{name}.safetensors"));
+        with_16_bit_tensors(&file, dtype, round, &path);
+        let loaded = load_checkpoint::<CpuBackend>(&path, &Default::default()).unwrap();
+        let logits = loaded.forward(images.clone());
+        assert_eq!(logits.dtype(), burn::tensor::DType::F32, "{name}");
+        let error = max_abs_diff(logits, expected.clone());
+        assert!(error <= tolerance * scale, "{name}: {error} vs {scale}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
