@@ -3,7 +3,7 @@
 
 use crate::resample::{CropBox, Layout, OutputSpec, Resampler, SourceView};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder};
+use image::{DynamicImage, ImageDecoder, Limits};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
@@ -75,19 +75,55 @@ pub struct DecodedSource {
 
 const JPEG_SIGNATURE: [u8; 3] = [0xFF, 0xD8, 0xFF];
 
+/// Refuses an image whose header claims more than `max_pixels` pixels, before
+/// its pixels are allocated: a few hundred bytes can claim 60000x60000 (10 GB).
+fn check_pixel_count(width: u64, height: u64, max_pixels: u64) -> Result<(), String> {
+    let pixels = width * height;
+    if pixels <= max_pixels {
+        return Ok(());
+    }
+    Err(format!(
+        "{width}x{height} pixels ({:.1} megapixels) is over the limit of {:.1} megapixels, \
+         so it is not decoded (it would take {:.1} GB); raise --max-pixels to convert it",
+        pixels as f64 / 1e6,
+        max_pixels as f64 / 1e6,
+        pixels as f64 * 3.0 / 1e9
+    ))
+}
+
+/// The image crate's limits for a source of at most `max_pixels` pixels: a
+/// second line of defence behind [`check_pixel_count`]. 8 bytes a pixel
+/// holds the widest decoded format (16-bit RGBA).
+fn source_limits(max_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
+    limits
+}
+
 /// Decodes a source image file into RGB, whatever its format (JPEG, including CMYK
 /// and greyscale, or PNG, even when named `.JPEG`), applying EXIF orientation.
+/// Images of more than `max_pixels` pixels are refused from their header.
 /// Returns a reason a user can read when the bytes are not a decodable image.
-pub fn decode_source(bytes: &[u8]) -> Result<DecodedSource, String> {
+pub fn decode_source(bytes: &[u8], max_pixels: u64) -> Result<DecodedSource, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
-    if bytes.starts_with(&JPEG_SIGNATURE) {
-        return decode_source_jpeg(bytes);
+    // The header's claim, read by the image crate before any decoder
+    // allocates; an unreadable header is left to the decoders to report.
+    let claimed = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(image::ImageError::from)
+        .and_then(|reader| reader.into_dimensions());
+    if let Ok((width, height)) = claimed {
+        check_pixel_count(width.into(), height.into(), max_pixels)?;
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+    if bytes.starts_with(&JPEG_SIGNATURE) {
+        return decode_source_jpeg(bytes, max_pixels);
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
+    reader.limits(source_limits(max_pixels));
     let Some(format) = reader.format() else {
         let start: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
         return Err(format!(
@@ -98,6 +134,8 @@ pub fn decode_source(bytes: &[u8]) -> Result<DecodedSource, String> {
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| format!("{format:?} decoder: {e}"))?;
+    let (width, height) = decoder.dimensions();
+    check_pixel_count(width.into(), height.into(), max_pixels)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image =
         DynamicImage::from_decoder(decoder).map_err(|e| format!("{format:?} data: {e}"))?;
@@ -139,8 +177,8 @@ fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
     }
 }
 
-fn decode_source_jpeg(bytes: &[u8]) -> Result<DecodedSource, String> {
-    let strict = decode_jpeg_rgb(bytes, true);
+fn decode_source_jpeg(bytes: &[u8], max_pixels: u64) -> Result<DecodedSource, String> {
+    let strict = decode_jpeg_rgb(bytes, true, max_pixels);
     let (pixels, exif, warning) = match strict {
         Ok(decoded) => (decoded.0, decoded.1, None),
         Err(strict_error) => {
@@ -150,7 +188,8 @@ fn decode_source_jpeg(bytes: &[u8]) -> Result<DecodedSource, String> {
                 ));
             }
             // Like libjpeg, accept files with recoverable oddities, but record them.
-            let decoded = decode_jpeg_rgb(bytes, false).map_err(|e| format!("JPEG data: {e}"))?;
+            let decoded =
+                decode_jpeg_rgb(bytes, false, max_pixels).map_err(|e| format!("JPEG data: {e}"))?;
             (
                 decoded.0,
                 decoded.1,
@@ -173,13 +212,19 @@ fn decode_source_jpeg(bytes: &[u8]) -> Result<DecodedSource, String> {
     Ok(DecodedSource { pixels, warning })
 }
 
-fn decode_jpeg_rgb(bytes: &[u8], strict: bool) -> Result<(Pixels, Option<Vec<u8>>), String> {
+fn decode_jpeg_rgb(
+    bytes: &[u8],
+    strict: bool,
+    max_pixels: u64,
+) -> Result<(Pixels, Option<Vec<u8>>), String> {
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
         ZCursor::new(bytes),
         zune_options(strict, ColorSpace::RGB),
     );
-    let data = decoder.decode().map_err(|e| e.to_string())?;
+    decoder.decode_headers().map_err(|e| e.to_string())?;
     let (width, height) = decoder.dimensions().ok_or("JPEG without dimensions")?;
+    check_pixel_count(width as u64, height as u64, max_pixels)?;
+    let data = decoder.decode().map_err(|e| e.to_string())?;
     if data.len() != width * height * 3 {
         return Err(format!(
             "decoder returned {} bytes for {width}x{height} RGB",
@@ -279,6 +324,7 @@ pub fn decode_jpeg_record_reduced(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prep::DEFAULT_MAX_PIXELS;
 
     fn photo_like(width: u32, height: u32) -> Pixels {
         let data = (0..height)
@@ -311,7 +357,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decode_jpeg_record(&bytes, 3, &mut out).unwrap(), (64, 48));
         assert!(mean_abs_diff(&out, &pixels.data) < 3.0);
-        let decoded = decode_source(&bytes).unwrap();
+        let decoded = decode_source(&bytes, DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!(decoded.pixels.data, out);
         assert!(decoded.warning.is_none());
     }
@@ -340,7 +386,10 @@ mod tests {
                 image::ImageFormat::Png,
             )
             .unwrap();
-        assert_eq!(decode_source(&bytes).unwrap().pixels, pixels);
+        assert_eq!(
+            decode_source(&bytes, DEFAULT_MAX_PIXELS).unwrap().pixels,
+            pixels
+        );
     }
 
     #[test]
@@ -352,7 +401,7 @@ mod tests {
             data: (0..=255).collect(),
         };
         let bytes = encode_jpeg(&grey, 95).unwrap();
-        let decoded = decode_source(&bytes).unwrap().pixels;
+        let decoded = decode_source(&bytes, DEFAULT_MAX_PIXELS).unwrap().pixels;
         assert_eq!(decoded.channels, 3);
         assert!(decoded.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
     }
@@ -365,7 +414,7 @@ mod tests {
         jpeg_encoder::Encoder::new(&mut bytes, 95)
             .encode(&cmyk, 32, 32, jpeg_encoder::ColorType::Cmyk)
             .unwrap();
-        let decoded = decode_source(&bytes).unwrap().pixels;
+        let decoded = decode_source(&bytes, DEFAULT_MAX_PIXELS).unwrap().pixels;
         let mean = |c: usize| {
             decoded
                 .data
@@ -387,12 +436,15 @@ mod tests {
 
     #[test]
     fn broken_inputs_give_reasons() {
-        assert_eq!(decode_source(&[]).unwrap_err(), "empty file");
-        assert!(decode_source(b"not an image")
+        assert_eq!(
+            decode_source(&[], DEFAULT_MAX_PIXELS).unwrap_err(),
+            "empty file"
+        );
+        assert!(decode_source(b"not an image", DEFAULT_MAX_PIXELS)
             .unwrap_err()
             .contains("not a JPEG or PNG"));
         let bytes = encode_jpeg(&photo_like(64, 64), 90).unwrap();
-        let error = decode_source(&bytes[..bytes.len() / 2]).unwrap_err();
+        let error = decode_source(&bytes[..bytes.len() / 2], DEFAULT_MAX_PIXELS).unwrap_err();
         assert!(error.contains("truncated"), "{error}");
     }
 

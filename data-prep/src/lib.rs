@@ -11,8 +11,11 @@
 //! `ImageFolder`). Every source file is decoded whatever its content (CMYK and
 //! greyscale JPEG, PNG named `.JPEG`), converted to RGB with EXIF orientation
 //! applied, downscaled to [`PrepOptions::max_side`], and stored raw or as JPEG
-//! ([`Storage`]). Files that cannot be decoded are listed, counted and skipped
-//! (or, with [`PrepOptions::strict`], fail the run). Writes go to
+//! ([`Storage`]). Files that cannot be decoded, or whose header claims more
+//! than [`PrepOptions::max_pixels`], are listed, counted and skipped (or, with
+//! [`PrepOptions::strict`], fail the run). Symbolic links are followed, but
+//! each folder and file is converted once (by canonical path); the paths a
+//! link led back to are listed as `repeats`. Writes go to
 //! `<split>.topo.partial` and are renamed at the end, header last.
 //!
 //! # Reading

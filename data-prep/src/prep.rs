@@ -43,6 +43,9 @@ pub struct PrepOptions {
     pub jpeg_quality: u8,
     /// Seed of the per-image compress draw in [`Storage::Mixed`].
     pub seed: u64,
+    /// Source images of more pixels than this (read from their headers) are
+    /// skipped as bad files instead of decoded.
+    pub max_pixels: u64,
     /// Fail (writing no dataset file) if any file cannot be converted.
     pub strict: bool,
     /// Worker threads; `None` uses all cores.
@@ -55,6 +58,9 @@ pub struct PrepOptions {
 /// Default longer-side limit, chosen so that one loader thread exceeds its
 /// throughput goal at resolution 176 (see BENCHMARKS.md).
 pub const DEFAULT_MAX_SIDE: u32 = 256;
+/// Default limit on a source image's pixels: 128 megapixels (384 MB as RGB),
+/// four times the largest ImageNet photo, far below a decompression bomb's claim.
+pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
 /// Default JPEG quality (ffcv's ImageNet recipe).
 pub const DEFAULT_JPEG_QUALITY: u8 = 90;
 /// Default fraction of images stored as JPEG (ffcv's ImageNet recipe uses 0.5).
@@ -69,6 +75,7 @@ impl Default for PrepOptions {
             },
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             seed: 0,
+            max_pixels: DEFAULT_MAX_PIXELS,
             strict: false,
             threads: None,
             progress: true,
@@ -83,6 +90,11 @@ impl PrepOptions {
                 "JPEG quality must be 1-100, not {}",
                 self.jpeg_quality
             )));
+        }
+        if self.max_pixels == 0 {
+            return Err(DataError::InvalidOption(
+                "max pixels must be at least 1".into(),
+            ));
         }
         if self.max_side == Some(0) {
             return Err(DataError::InvalidOption(
@@ -129,6 +141,9 @@ pub struct SplitSummary {
     pub skipped: Vec<SkippedFile>,
     /// Files converted despite oddities, with what was odd.
     pub warnings: Vec<SkippedFile>,
+    /// Paths passed over because a symbolic link led to a file or folder
+    /// already converted (not counted in `files_found`).
+    pub repeats: Vec<SkippedFile>,
     /// Size of the dataset file.
     pub bytes: u64,
     /// Wall-clock seconds.
@@ -180,7 +195,7 @@ fn convert_file(
     options: &PrepOptions,
 ) -> std::result::Result<(EncodedRecord, Option<String>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let decoded = decode_source(&bytes)?;
+    let decoded = decode_source(&bytes, options.max_pixels)?;
     let pixels = match options.max_side {
         Some(max_side) => {
             RESAMPLER.with(|r| decoded.pixels.fit_within(max_side, &mut r.borrow_mut()))
@@ -252,6 +267,22 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&partial, path).map_err(|e| DataError::io("cannot rename into place", path, e))
 }
 
+/// Tells stderr how many paths symbolic links led back to, and the first few.
+fn report_repeats(split: &str, repeats: &[SkippedFile], manifest: &Path) {
+    if repeats.is_empty() {
+        return;
+    }
+    eprintln!(
+        "{split}: {} path(s) reached again through symbolic links were skipped (each file is \
+         stored once; all are listed in {}):",
+        repeats.len(),
+        manifest.display()
+    );
+    for repeat in repeats.iter().take(3) {
+        eprintln!("  {}: {}", repeat.path.display(), repeat.reason);
+    }
+}
+
 /// Converts one split's files into `<out>/<split>.topo` with a manifest
 /// `<out>/<split>.manifest.json` listing skipped files and warnings.
 pub fn write_split(
@@ -268,6 +299,7 @@ pub fn write_split(
     let manifest = out.join(format!("{split}.manifest.json"));
     let mut writer = DatasetWriter::create(&output, 3, found.classes.clone())?;
     let pool = thread_pool(options)?;
+    report_repeats(split, &found.repeats, &manifest);
     let bar = progress_bar(found.files_found(), split, options.progress);
     bar.inc(found.unlabeled.len() as u64);
     let mut summary = SplitSummary {
@@ -280,6 +312,7 @@ pub fn write_split(
         jpeg_records: 0,
         skipped: found.unlabeled,
         warnings: Vec::new(),
+        repeats: found.repeats,
         bytes: 0,
         seconds: 0.0,
         cpu_seconds: None,
@@ -531,6 +564,7 @@ pub fn prep_fashion_mnist(src: &Path, out: &Path) -> Result<PrepSummary> {
             jpeg_records: 0,
             skipped: Vec::new(),
             warnings: Vec::new(),
+            repeats: Vec::new(),
             bytes,
             seconds: started.elapsed().as_secs_f64(),
             cpu_seconds: None,

@@ -3,7 +3,7 @@
 //! and Fashion-MNIST's IDX files.
 
 use crate::error::{DataError, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,9 @@ pub struct LabeledFiles {
     pub files: Vec<(PathBuf, u32)>,
     /// Files found that cannot be used (no class folder, no label).
     pub unlabeled: Vec<SkippedFile>,
+    /// Paths not listed because a symbolic link led to a file or folder
+    /// already listed (each file is stored once); not counted as files found.
+    pub repeats: Vec<SkippedFile>,
 }
 
 impl LabeledFiles {
@@ -48,16 +51,75 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Every regular file under `dir`, recursively, in sorted order.
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for path in sorted_entries(dir)? {
-        if path.is_dir() {
-            files_under(&path, out)?;
-        } else {
-            out.push(path);
+/// A recursive listing in sorted order that follows symbolic links but
+/// enters each folder and lists each file once, by canonical path: a link
+/// back up the tree (`a/self -> ../a`) would otherwise repeat every file
+/// until the path grew too long, and two such links take exponential time.
+#[derive(Default)]
+struct Walk {
+    /// Folders entered and files listed (canonical paths).
+    seen_dirs: HashSet<PathBuf>,
+    seen_files: HashMap<PathBuf, PathBuf>,
+    /// What a link led back to, with the path it was first reached by.
+    repeats: Vec<SkippedFile>,
+}
+
+impl Walk {
+    /// A walk that will not enter `root` again through a link.
+    fn below(root: &Path) -> Self {
+        let mut walk = Walk::default();
+        if let Ok(canonical) = root.canonicalize() {
+            walk.seen_dirs.insert(canonical);
         }
+        walk
     }
-    Ok(())
+
+    /// Appends the regular files under `dir` to `out`.
+    fn files_under(&mut self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let canonical = dir
+            .canonicalize()
+            .map_err(|e| DataError::io("cannot resolve", dir, e))?;
+        if !self.seen_dirs.insert(canonical.clone()) {
+            self.repeats.push(SkippedFile {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "a link to {}, which is already scanned (a symbolic-link loop, or a \
+                     second link to one folder); its files are stored once",
+                    canonical.display()
+                ),
+            });
+            return Ok(());
+        }
+        self.list(dir, out)
+    }
+
+    fn list(&mut self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for path in sorted_entries(dir)? {
+            if path.is_dir() {
+                self.files_under(&path, out)?;
+                continue;
+            }
+            // A dangling link cannot be resolved: listed, its read fails and reports it.
+            let Ok(canonical) = path.canonicalize() else {
+                out.push(path);
+                continue;
+            };
+            match self.seen_files.get(&canonical) {
+                Some(first) => self.repeats.push(SkippedFile {
+                    reason: format!(
+                        "the same file as {} (reached through a symbolic link); stored once",
+                        first.display()
+                    ),
+                    path,
+                }),
+                None => {
+                    self.seen_files.insert(canonical, path.clone());
+                    out.push(path);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -104,6 +166,7 @@ pub fn scan_image_folder(root: &Path, known_classes: Option<&[String]>) -> Resul
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as u32))
         .collect();
+    let mut walk = Walk::below(root);
     let mut files = Vec::new();
     for dir in &class_dirs {
         let name = file_name(dir);
@@ -117,9 +180,10 @@ pub fn scan_image_folder(root: &Path, known_classes: Option<&[String]>) -> Resul
                 ),
             })?;
         files.clear();
-        files_under(dir, &mut files)?;
+        walk.files_under(dir, &mut files)?;
         found.files.extend(files.drain(..).map(|f| (f, label)));
     }
+    found.repeats = walk.repeats;
     Ok(found)
 }
 
@@ -233,8 +297,10 @@ pub fn scan_flat_val(
         classes: classes.to_vec(),
         ..LabeledFiles::default()
     };
+    let mut walk = Walk::default();
     let mut files = Vec::new();
-    files_under(val_dir, &mut files)?;
+    walk.files_under(val_dir, &mut files)?;
+    found.repeats = walk.repeats;
     for path in files {
         let stem = path
             .file_stem()

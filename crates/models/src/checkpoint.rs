@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use burn::module::{ModuleMapper, Param};
 use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
 use burn_store::pytorch::PytorchReader;
 use burn_store::{
     ApplyResult, BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
@@ -238,7 +240,22 @@ pub(crate) fn load_module<B: Backend, M: ModuleSnapshot<B>>(
                 .map_err(|e| read_error(e.to_string()))?
         }
     };
-    check_apply_result(&result, source)
+    check_apply_result(&result, source)?;
+    *module = module.clone().map(&mut UpcastToF32);
+    Ok(())
+}
+
+/// Casts float parameters loaded in another precision (f16 or bf16 from a
+/// `model.half()` export) to f32, the precision every model here keeps its
+/// weights in: burn-store keeps the file's dtype, and the first op of the
+/// forward pass then panicked on the mismatch. f32 parameters are untouched.
+struct UpcastToF32;
+
+impl<B: Backend> ModuleMapper<B> for UpcastToF32 {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.cast(FloatDType::F32), mapper)
+    }
 }
 
 fn check_apply_result(result: &ApplyResult, source: &StateDictSource) -> Result<(), ModelError> {

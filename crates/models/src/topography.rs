@@ -92,6 +92,24 @@ impl LayerSelection {
             tau: None,
         }
     }
+
+    /// Checks that each blur factor given is a finite number >= 1. Done
+    /// before clamping, where `min(NaN or inf, side)` would hide the typo.
+    pub fn validate(&self) -> Result<(), TopoError> {
+        for (axis, factor) in [
+            ("height and width (`factor`)", Some(self.factor)),
+            ("height (`factor_h`)", self.factor_h),
+            ("width (`factor_w`)", self.factor_w),
+        ] {
+            match factor {
+                Some(factor) if !(factor.is_finite() && factor >= 1.0) => {
+                    return Err(TopoError::InvalidFactor { axis, factor })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TopographyConfig {
@@ -472,6 +490,9 @@ impl TopoLayer {
                 layer: candidate.name.clone(),
             });
         }
+        selection
+            .validate()
+            .map_err(|e| e.in_layer(&candidate.name))?;
         let mut factor_h = selection.factor_h.unwrap_or(selection.factor);
         let mut factor_w = selection.factor_w.unwrap_or(selection.factor);
         if selection.clamp_factor {
@@ -930,6 +951,26 @@ mod tests {
         assert_eq!(text.matches("blur factor").count(), 1, "{text}");
         assert!(text.starts_with("topography: layer conv1: "), "{text}");
         assert!(std::error::Error::source(&error).is_none(), "{text}");
+    }
+
+    /// `config` clamps the factor to each sheet, which once turned NaN and
+    /// infinity into the sheet's side without a word.
+    #[test]
+    fn clamped_factors_must_still_be_numbers() {
+        let model = tiny_resnet();
+        for factor in [f64::NAN, f64::INFINITY, 0.5] {
+            let error = Topography::new(&model, &config(1.0, factor))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("`factor`") && error.contains("finite number >= 1"),
+                "{error}"
+            );
+        }
+        let mut height = config(1.0, 2.0);
+        height.layers[0].factor_h = Some(f64::NAN);
+        let error = Topography::new(&model, &height).unwrap_err().to_string();
+        assert!(error.contains("`factor_h`"), "{error}");
     }
 
     #[test]

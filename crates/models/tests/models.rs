@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
 use common::{golden, max_abs_diff, scratch_dir};
@@ -336,4 +338,138 @@ fn accumulated_gradient_adds_to_the_task_gradient() {
     // Burn's Linear weight is [in, out] = [8 * width, classes].
     assert_eq!(after.dims(), [32, 4]);
     assert!(max_abs_diff(after - before, Tensor::ones([32, 4], &Default::default())) < 1e-6);
+}
+
+/// Every f32 tensor of `file` rounded to `dtype` (F16 or BF16), as a
+/// PyTorch `model.half()` or bf16 export holds it: (name, bytes, shape).
+fn rounded_to_16_bits(
+    file: &safetensors::SafeTensors,
+    dtype: safetensors::Dtype,
+) -> Vec<(String, Vec<u8>, Vec<usize>)> {
+    use burn::tensor::{bf16, f16};
+    let round = |v: f32| match dtype {
+        safetensors::Dtype::F16 => f16::from_f32(v).to_bits(),
+        safetensors::Dtype::BF16 => bf16::from_f32(v).to_bits(),
+        other => panic!("{other:?} is not a 16-bit float"),
+    };
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let bytes = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| round(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+                .collect();
+            (name, bytes, view.shape().to_vec())
+        })
+        .collect()
+}
+
+fn write_safetensors(
+    tensors: &[(String, Vec<u8>, Vec<usize>)],
+    dtype: safetensors::Dtype,
+    path: &Path,
+) {
+    let views = tensors.iter().map(|(name, bytes, shape)| {
+        let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap();
+        (name.clone(), view)
+    });
+    safetensors::serialize_to_file(views, &None, path).unwrap();
+}
+
+/// Writes a state dict as `torch.save` does (a zip of `archive/data.pkl`, a
+/// protocol-2 pickle of an OrderedDict of `_rebuild_tensor_v2` calls, and
+/// one `archive/data/<key>` file of raw little-endian values per tensor),
+/// with storages of class `torch.<storage>` (e.g. `HalfStorage`).
+fn write_torch_save(tensors: &[(String, Vec<u8>, Vec<usize>)], storage: &str, path: &Path) {
+    use std::io::Write;
+    fn text(pickle: &mut Vec<u8>, s: &str) {
+        pickle.push(b'X'); // BINUNICODE
+        pickle.extend((s.len() as u32).to_le_bytes());
+        pickle.extend(s.as_bytes());
+    }
+    fn int(pickle: &mut Vec<u8>, i: usize) {
+        pickle.push(b'J'); // BININT
+        pickle.extend((i as i32).to_le_bytes());
+    }
+    fn ints(pickle: &mut Vec<u8>, values: &[usize]) {
+        pickle.push(b'('); // MARK
+        values.iter().for_each(|&v| int(pickle, v));
+        pickle.push(b't'); // TUPLE
+    }
+    let ordered_dict = b"ccollections\nOrderedDict\n)R"; // GLOBAL, EMPTY_TUPLE, REDUCE
+    let mut pickle = vec![0x80, 2]; // PROTO 2
+    pickle.extend(ordered_dict);
+    pickle.push(b'(');
+    for (key, (name, bytes, shape)) in tensors.iter().enumerate() {
+        text(&mut pickle, name);
+        pickle.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+        // The storage: a persistent id ("storage", class, key, device, numel).
+        pickle.push(b'(');
+        text(&mut pickle, "storage");
+        pickle.extend(format!("ctorch\n{storage}\n").as_bytes());
+        text(&mut pickle, &key.to_string());
+        text(&mut pickle, "cpu");
+        int(&mut pickle, bytes.len() / 2);
+        pickle.extend(b"tQ"); // TUPLE, BINPERSID
+        int(&mut pickle, 0); // storage offset
+        ints(&mut pickle, shape);
+        let strides: Vec<usize> = (0..shape.len())
+            .map(|d| shape[d + 1..].iter().product())
+            .collect();
+        ints(&mut pickle, &strides);
+        pickle.push(0x89); // NEWFALSE: requires_grad
+        pickle.extend(ordered_dict); // backward hooks
+        pickle.extend(b"tR"); // TUPLE, REDUCE
+    }
+    pickle.extend(b"u."); // SETITEMS, STOP
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut entry = |name: &str, data: &[u8]| {
+        zip.start_file(format!("archive/{name}"), stored).unwrap();
+        zip.write_all(data).unwrap();
+    };
+    entry("data.pkl", &pickle);
+    for (key, (_, bytes, _)) in tensors.iter().enumerate() {
+        entry(&format!("data/{key}"), bytes);
+    }
+    entry("version", b"3\n");
+    zip.finish().unwrap();
+}
+
+#[test]
+fn half_precision_checkpoints_load_upcast_to_f32() {
+    let model = build(&Architecture::ResNet(
+        ResNetConfig::resnet18(3).with_width(4),
+    ));
+    let dir = scratch_dir("half");
+    let ours = dir.join("ours.safetensors");
+    save_checkpoint(&model, &ours).unwrap();
+    let bytes = std::fs::read(&ours).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let images = random_images([2, 3, 32, 32]);
+    let expected = model.forward(images.clone());
+    let scale = expected.clone().abs().max().into_scalar();
+    // bf16 keeps 8 bits of mantissa to f16's 11.
+    for (dtype, storage, tolerance) in [
+        (safetensors::Dtype::F16, "HalfStorage", 0.01),
+        (safetensors::Dtype::BF16, "BFloat16Storage", 0.05),
+    ] {
+        let tensors = rounded_to_16_bits(&file, dtype);
+        let safetensors_file = dir.join(format!("{dtype:?}.safetensors"));
+        write_safetensors(&tensors, dtype, &safetensors_file);
+        let torch_file = dir.join(format!("{dtype:?}.pt"));
+        write_torch_save(&tensors, storage, &torch_file);
+        for path in [safetensors_file, torch_file] {
+            let loaded = load_checkpoint::<CpuBackend>(&path, &Default::default()).unwrap();
+            let logits = loaded.forward(images.clone());
+            let name = path.display();
+            assert_eq!(logits.dtype(), burn::tensor::DType::F32, "{name}");
+            let error = max_abs_diff(logits, expected.clone());
+            assert!(error <= tolerance * scale, "{name}: {error} vs {scale}");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

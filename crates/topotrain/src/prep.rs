@@ -117,6 +117,12 @@ pub struct PrepArgs {
     /// Seed of the per-image compress draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Images whose header claims more pixels than this are skipped as bad
+    /// files (as a corrupt one is), never decoded: a decompression bomb of a
+    /// few hundred bytes can claim gigabytes.
+    #[arg(long, default_value_t = data_prep::prep::DEFAULT_MAX_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_pixels: u64,
     /// Fail (writing no dataset file) if any file cannot be converted.
     #[arg(long)]
     strict: bool,
@@ -142,6 +148,7 @@ impl PrepArgs {
             storage,
             jpeg_quality: self.jpeg_quality,
             seed: self.seed,
+            max_pixels: self.max_pixels,
             strict: self.strict,
             threads: self.threads,
             progress: !self.json,
@@ -262,13 +269,16 @@ fn print_summary(summary: &PrepSummary) {
         for warning in &split.warnings {
             println!("  warning {}: {}", warning.path.display(), warning.reason);
         }
+        for repeat in &split.repeats {
+            println!("  repeat {}: {}", repeat.path.display(), repeat.reason);
+        }
         let per_cpu = split
             .files_per_cpu_second()
             .map(|rate| format!(", {rate:.0}/CPU-s"))
             .unwrap_or_default();
         println!(
             "{}: {} files found = {} written ({} raw, {} JPEG) + {} skipped; {} warnings; \
-             {:.1} MB in {:.1} s ({:.0} images/s{per_cpu})\n  -> {}\n  manifest {}",
+             {} repeats through symbolic links skipped; {:.1} MB in {:.1} s ({:.0} images/s{per_cpu})\n  -> {}\n  manifest {}",
             split.split,
             split.files_found,
             split.written,
@@ -276,6 +286,7 @@ fn print_summary(summary: &PrepSummary) {
             split.jpeg_records,
             split.skipped.len(),
             split.warnings.len(),
+            split.repeats.len(),
             split.bytes as f64 / 1e6,
             split.seconds,
             split.files_per_second(),

@@ -19,7 +19,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::RunConfig;
 use crate::data::{self, to_tensors, Batch, DataSet, NodeShard, Split};
 use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
-use crate::eval::evaluate;
+use crate::eval::{evaluate, rank_of_label};
 use crate::parallel;
 use crate::run_dir::{open_run_dir, OpenRunDir};
 use crate::sgd::InPlaceSgd;
@@ -78,7 +78,7 @@ impl<B: AutodiffBackend> Task<B> for Classification<'_, B> {
         let (x, y) = to_tensors::<B>(batch, &d.mean, &d.std, device);
         let logits = model.forward(x);
         let loss = self.loss.init(device).forward(logits.clone(), y);
-        Ok((loss, count_correct(logits, &batch.labels)))
+        Ok((loss, count_correct(logits, &batch.labels)?))
     }
 }
 
@@ -403,17 +403,32 @@ fn summarise(
     })
 }
 
-/// How many rows of `logits` have their largest value at the label.
-fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: &[u32]) -> u64 {
-    let predicted = logits
-        .argmax(1)
+/// How many rows of `logits` rank their label first, by PyTorch's `topk`
+/// rule (ties to the lower index, so tied logits score at chance).
+fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: &[u32]) -> Result<u64> {
+    let [_, classes] = logits.dims();
+    let values = logits
         .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .unwrap_or_default();
-    predicted
-        .iter()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read the logits: {e:?}"))?;
+    Ok(values
+        .chunks_exact(classes.max(1))
         .zip(labels)
-        .filter(|(p, l)| **p == **l as i64)
-        .count() as u64
+        .filter(|(row, &label)| rank_of_label(row, label as usize) == Some(0))
+        .count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_accuracy_counts_ties_for_the_lower_index_only() {
+        let logits = Tensor::<crate::Cpu, 2>::from_floats(
+            [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [f32::NAN, 1.0, 0.0]],
+            &Default::default(),
+        );
+        assert_eq!(count_correct(logits, &[0, 1, 1]).unwrap(), 1);
+    }
 }

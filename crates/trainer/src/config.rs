@@ -325,6 +325,59 @@ pub fn check_resolution(name: &str, px: usize) -> Result<()> {
     Ok(())
 }
 
+/// The most threads a config may ask for: a sanity bound far above any
+/// machine's cores, past which a typo would start thousands of threads.
+pub const MAX_THREADS: usize = 1024;
+
+fn check_threads(key: &str, threads: usize) -> Result<()> {
+    if threads > MAX_THREADS {
+        bail!("{key} = {threads}: must be at most {MAX_THREADS} (0 = one per core)");
+    }
+    Ok(())
+}
+
+/// Checks `data.mean` and `data.std`: one finite value per input channel,
+/// in the 0-255 units of the 8-bit pixels they normalise (pixels are
+/// stored as bytes everywhere in topotrain). Means at most 1 with stds
+/// under 1 are taken for 0-1 units (torchvision's 0.485/0.229) and refused
+/// with the 0-255 values to use instead.
+fn check_normalisation(mean: &[f32], std: &[f32], channels: usize) -> Result<()> {
+    if mean.len() != channels {
+        bail!("data.mean = {mean:?}: needs one value per input channel ({channels})");
+    }
+    if std.len() != channels {
+        bail!("data.std = {std:?}: needs one value per input channel ({channels})");
+    }
+    let in_0_1_units =
+        mean.iter().all(|m| (0.0..=1.0).contains(m)) && std.iter().all(|s| (0.0..1.0).contains(s));
+    if in_0_1_units {
+        // One decimal: 0-1 values are themselves rounded (0.2860 of 72.94).
+        let scaled = |values: &[f32]| -> Vec<f64> {
+            values
+                .iter()
+                .map(|&v| (f64::from(v) * 2550.0).round() / 10.0)
+                .collect()
+        };
+        bail!(
+            "data.mean = {mean:?}, data.std = {std:?}: these look like 0-1 units, but pixels \
+             are 8-bit and normalised in 0-255 units; use mean = {:?}, std = {:?}",
+            scaled(mean),
+            scaled(std)
+        );
+    }
+    if let Some(m) = mean.iter().find(|m| !(0.0..=255.0).contains(*m)) {
+        bail!("data.mean = {mean:?}: {m} is not a pixel mean; each must be in [0, 255]");
+    }
+    // In 0-255 units a channel's std is at most 127.5; one under 1 is a
+    // typo (or a constant channel) that would blow its inputs up.
+    if let Some(s) = std.iter().find(|s| !(1.0..=255.0).contains(*s)) {
+        bail!(
+            "data.std = {std:?}: {s} is not a pixel standard deviation; each must be in [1, 255]"
+        );
+    }
+    Ok(())
+}
+
 impl RunConfig {
     /// Reads and validates a config file; relative data paths are resolved
     /// against the working directory.
@@ -358,23 +411,7 @@ impl RunConfig {
             ));
         }
         let d = &self.data;
-        if d.mean.len() != m.in_channels {
-            return Err(bad(
-                "data.mean",
-                &d.mean,
-                &format!("needs one value per input channel ({})", m.in_channels),
-            ));
-        }
-        if d.std.len() != m.in_channels || d.std.iter().any(|s| *s <= 0.0) {
-            return Err(bad(
-                "data.std",
-                &d.std,
-                &format!(
-                    "needs one positive value per input channel ({})",
-                    m.in_channels
-                ),
-            ));
-        }
+        check_normalisation(&d.mean, &d.std, m.in_channels)?;
         check_resolution("data.resolution.start", d.resolution.start)?;
         if let Some(end) = d.resolution.end {
             check_resolution("data.resolution.end", end)?;
@@ -423,20 +460,6 @@ impl RunConfig {
                 "must be in [0, 1)",
             ));
         }
-        let l = &self.lr;
-        if !(l.peak > 0.0 && l.peak.is_finite()) {
-            return Err(bad("lr.peak", l.peak, "must be positive"));
-        }
-        if !(l.warmup_epochs >= 0.0) || l.warmup_epochs > self.training.epochs as f64 {
-            return Err(bad(
-                "lr.warmup_epochs",
-                l.warmup_epochs,
-                "must be in [0, training.epochs]",
-            ));
-        }
-        if l.shape == LrShape::Step && !(l.step_length > 0.0) {
-            return Err(bad("lr.step_length", l.step_length, "must be positive"));
-        }
         let t = &self.training;
         if t.epochs == 0 {
             return Err(bad("training.epochs", t.epochs, "must be at least 1"));
@@ -461,6 +484,15 @@ impl RunConfig {
         if t.grad_accum == 0 {
             return Err(bad("training.grad_accum", 0, "must be at least 1"));
         }
+        if t.max_steps_per_epoch == Some(0) {
+            return Err(bad(
+                "training.max_steps_per_epoch",
+                0,
+                "must be at least 1 (leave it out for whole epochs)",
+            ));
+        }
+        check_threads("training.threads", t.threads)?;
+        check_threads("data.workers", d.workers)?;
         if t.eval_batch_size == Some(0) {
             return Err(bad("training.eval_batch_size", 0, "must be at least 1"));
         }
@@ -478,6 +510,37 @@ impl RunConfig {
                 "must be at least 1",
             ));
         }
+        let l = &self.lr;
+        if !(l.peak > 0.0 && l.peak.is_finite()) {
+            return Err(bad("lr.peak", l.peak, "must be positive"));
+        }
+        if !(l.start >= 0.0 && l.start <= l.peak) {
+            return Err(bad(
+                "lr.start",
+                l.start,
+                &format!(
+                    "must be in [0, lr.peak = {}]: warm-up rises from it to the peak",
+                    l.peak
+                ),
+            ));
+        }
+        if !(l.warmup_epochs >= 0.0) || l.warmup_epochs > self.training.epochs as f64 {
+            return Err(bad(
+                "lr.warmup_epochs",
+                l.warmup_epochs,
+                "must be in [0, training.epochs]",
+            ));
+        }
+        if l.shape == LrShape::Step && !(l.step_length > 0.0) {
+            return Err(bad("lr.step_length", l.step_length, "must be positive"));
+        }
+        if !(l.step_ratio > 0.0 && l.step_ratio <= 1.0) {
+            return Err(bad(
+                "lr.step_ratio",
+                l.step_ratio,
+                "must be in (0, 1]: the LR is multiplied by it every lr.step_length epochs",
+            ));
+        }
         t.device
             .parse::<crate::DeviceChoice>()
             .map_err(|e| bad("training.device", &t.device, &e))?;
@@ -493,6 +556,11 @@ impl RunConfig {
                 .tau
                 .validate()
                 .map_err(|e| bad("topography.tau", &topography.tau, &e.to_string()))?;
+            for (i, selection) in topography.layers.iter().enumerate() {
+                selection.validate().map_err(|e| {
+                    anyhow::anyhow!("topography.layers[{i}] ({:?}): {e}", selection.patterns)
+                })?;
+            }
             if topography.layers.is_empty() {
                 return Err(bad(
                     "topography.layers",
@@ -573,7 +641,7 @@ impl RunConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const SMALL: &str = r#"
@@ -678,6 +746,96 @@ dir = "runs/test"
         assert_eq!(
             RunConfig::parse(&bf16).unwrap().training.precision,
             models::Precision::Bf16
+        );
+    }
+
+    /// Replaces `from` in the small config with `to` (which must change
+    /// it) and returns the validation error in full.
+    fn refusal(from: &str, to: &str) -> String {
+        let bad = SMALL.replacen(from, to, 1);
+        assert_ne!(bad, SMALL, "{from}");
+        match RunConfig::parse(&bad) {
+            Ok(_) => panic!("`{to}` was accepted"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    #[test]
+    fn silently_wrong_values_are_refused_by_key_and_rule() {
+        let cases = [
+            (
+                "peak = 0.2",
+                "peak = 0.2\nstart = -0.1",
+                "lr.start",
+                "[0, lr.peak",
+            ),
+            (
+                "peak = 0.2",
+                "peak = 0.2\nstart = 0.5",
+                "lr.start",
+                "[0, lr.peak",
+            ),
+            (
+                "peak = 0.2",
+                "peak = 0.2\nstep_ratio = -1",
+                "lr.step_ratio",
+                "(0, 1]",
+            ),
+            ("mean = [73.0]", "mean = [nan]", "data.mean", "[0, 255]"),
+            ("mean = [73.0]", "mean = [inf]", "data.mean", "[0, 255]"),
+            ("std = [90.0]", "std = [nan]", "data.std", "[1, 255]"),
+            ("std = [90.0]", "std = [inf]", "data.std", "[1, 255]"),
+            ("std = [90.0]", "std = [1e-30]", "data.std", "[1, 255]"),
+            ("std = [90.0]", "std = [-90.0]", "data.std", "[1, 255]"),
+            (
+                "clamp_factor = true",
+                "clamp_factor = true, factor = nan",
+                "topography.layers[0]",
+                "finite number >= 1",
+            ),
+            (
+                "clamp_factor = true",
+                "clamp_factor = true, factor = inf",
+                "topography.layers[0]",
+                "`factor`",
+            ),
+            (
+                "batch_size = 64",
+                "batch_size = 64\nthreads = 5000",
+                "training.threads = 5000",
+                "at most 1024",
+            ),
+            (
+                "flip = true",
+                "flip = true\nworkers = 5000",
+                "data.workers = 5000",
+                "at most 1024",
+            ),
+            ("epochs = 2", "epochs = 0", "training.epochs", "at least 1"),
+            (
+                "batch_size = 64",
+                "batch_size = 64\nmax_steps_per_epoch = 0",
+                "training.max_steps_per_epoch",
+                "at least 1",
+            ),
+        ];
+        for (from, to, key, rule) in cases {
+            let error = refusal(from, to);
+            assert!(error.contains(key) && error.contains(rule), "{to}: {error}");
+        }
+        // epochs = 0 once blamed lr.warmup_epochs, checked first.
+        assert!(!refusal("epochs = 2", "epochs = 0").contains("warmup"));
+    }
+
+    #[test]
+    fn mean_and_std_in_0_1_units_get_the_0_255_values() {
+        let error = refusal(
+            "mean = [73.0]\nstd = [90.0]",
+            "mean = [0.2860]\nstd = [0.3530]",
+        );
+        assert!(
+            error.contains("0-1 units") && error.contains("[72.9]") && error.contains("[90.0]"),
+            "{error}"
         );
     }
 

@@ -51,15 +51,23 @@ pub fn evaluate<B: Backend>(
             .convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("cannot read logits: {e:?}"))?;
+        let not_finite = values.iter().filter(|v| !v.is_finite()).count();
+        if not_finite > 0 {
+            bail!(
+                "{not_finite} of the {} logits of evaluation batch {index} (from 0; {n} images x {classes} \
+                 classes) are NaN or infinite, so no accuracy can be given; the model's weights \
+                 are probably not finite (a diverged run, or a broken checkpoint): evaluate an \
+                 earlier checkpoint, or retrain with a lower learning rate",
+                values.len()
+            );
+        }
         for (row, &label) in values.chunks_exact(classes).zip(&batch.labels) {
             let label = label as usize;
-            if label >= classes {
-                bail!("label {label} is out of range for a model with {classes} classes");
-            }
-            let target = row[label];
-            let above = row.iter().filter(|&&v| v > target).count();
-            top1 += (above == 0) as usize;
-            top5 += (above < 5) as usize;
+            let rank = rank_of_label(row, label).with_context(|| {
+                format!("label {label} is out of range for a model with {classes} classes")
+            })?;
+            top1 += (rank < 1) as usize;
+            top5 += (rank < 5) as usize;
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let log_sum = row
                 .iter()
@@ -67,12 +75,19 @@ pub fn evaluate<B: Backend>(
                 .sum::<f64>()
                 .ln()
                 + max;
-            loss_sum += log_sum - target as f64;
+            loss_sum += log_sum - row[label] as f64;
         }
         images += n;
     }
     if images == 0 {
         bail!("the validation set is empty");
+    }
+    if !loss_sum.is_finite() {
+        bail!(
+            "the evaluation loss summed over {images} images is {loss_sum} (not finite) although \
+             every logit is finite: the logits are too large to score; the model has probably \
+             diverged, evaluate an earlier checkpoint"
+        );
     }
     Ok(EvalResult {
         top1: top1 as f64 / images as f64,
@@ -80,6 +95,24 @@ pub fn evaluate<B: Backend>(
         loss: loss_sum / images as f64,
         images,
     })
+}
+
+/// Zero-based rank of class `label` in one row of logits, in the order of
+/// PyTorch's `topk`: higher logits first, ties broken by the lower class
+/// index, NaN above every number. Top-k counts the label when the rank is
+/// below k, so tied logits score at chance, not 100%. `None` when `label`
+/// is not a column of `row`.
+pub fn rank_of_label(row: &[f32], label: usize) -> Option<usize> {
+    let target = *row.get(label)?;
+    // `a` comes before the target in topk's order when this is true.
+    let ahead = |(index, &a): (usize, &f32)| {
+        if target.is_nan() {
+            a.is_nan() && index < label
+        } else {
+            a.is_nan() || a > target || (a == target && index < label)
+        }
+    };
+    Some(row.iter().enumerate().filter(|&entry| ahead(entry)).count())
 }
 
 /// Loads a model for evaluation from a run directory, one of its checkpoint
@@ -110,5 +143,82 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B
                 .map_err(|e| crate::checkpoint::unreadable_record(&dir.join("model.mpk"), e))
         }
         None => Ok(models::load_checkpoint(path, device)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::InMemory;
+    use crate::{Cpu, RunConfig};
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::Tensor;
+    use std::sync::Arc;
+
+    /// Sets every parameter to one value.
+    struct Fill(f32);
+
+    impl ModuleMapper<Cpu> for Fill {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<Tensor<Cpu, D>>,
+        ) -> Param<Tensor<Cpu, D>> {
+            let (id, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, tensor.full_like(self.0), mapper)
+        }
+    }
+
+    /// The small config's ResNet (10 classes, 28 px, one channel) with every
+    /// parameter `value`, on 20 images labelled 0-9 twice.
+    fn evaluate_filled(value: f32) -> Result<EvalResult> {
+        let config = RunConfig::parse(crate::config::tests::SMALL).unwrap();
+        let device = Default::default();
+        let model: Model<Cpu> = config.architecture().unwrap().init(&device).unwrap();
+        let model = model.map(&mut Fill(value));
+        let images = (0..20 * 28 * 28).map(|i| (i * 7 % 251) as u8).collect();
+        let labels = (0..20).map(|i| i % 10).collect();
+        let data = DataSet::InMemory(Arc::new(InMemory::from_parts(
+            images, labels, 28, 10, false,
+        )));
+        evaluate(&model, &data, 28, 8, &[73.0], &[90.0], None, &device)
+    }
+
+    #[test]
+    fn tied_logits_score_at_chance() {
+        // Zero weights: every logit is 0, so only label 0 is top-1 and
+        // labels 0-4 are top-5.
+        let result = evaluate_filled(0.0).unwrap();
+        assert_eq!((result.top1, result.top5), (0.1, 0.5), "{result:?}");
+        assert!((result.loss - 10f64.ln()).abs() < 1e-6, "{result:?}");
+    }
+
+    #[test]
+    fn non_finite_logits_are_an_error_not_a_score() {
+        let error = format!("{:#}", evaluate_filled(f32::NAN).unwrap_err());
+        assert!(
+            error.contains("80 of the 80 logits") && error.contains("NaN or infinite"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn rank_follows_topk_with_ties_to_the_lower_index() {
+        let row = [0.5, 2.0, -1.0, 2.0, 0.0];
+        assert_eq!(rank_of_label(&row, 1), Some(0));
+        assert_eq!(rank_of_label(&row, 3), Some(1));
+        assert_eq!(rank_of_label(&row, 0), Some(2));
+        assert_eq!(rank_of_label(&row, 4), Some(3));
+        assert_eq!(rank_of_label(&row, 2), Some(4));
+        assert_eq!(rank_of_label(&row, 5), None);
+        // A zeroed classifier: every logit tied, only class 0 is top-1.
+        let tied = [0.0f32; 10];
+        let ranks: Vec<_> = (0..10).map(|l| rank_of_label(&tied, l).unwrap()).collect();
+        assert_eq!(ranks, (0..10).collect::<Vec<_>>());
+        // NaN sorts above every number, as in torch.topk.
+        let nan = [1.0, f32::NAN, 3.0, f32::NAN];
+        assert_eq!(rank_of_label(&nan, 1), Some(0));
+        assert_eq!(rank_of_label(&nan, 3), Some(1));
+        assert_eq!(rank_of_label(&nan, 2), Some(2));
+        assert_eq!(rank_of_label(&nan, 0), Some(3));
     }
 }
