@@ -197,23 +197,26 @@ pub fn commit<A: Serialize>(
     let name = format!("step-{:010}", state.step);
     let final_path = dir.join(&name);
     let tmp = dir.join(format!(".tmp-{name}"));
+    let in_path = |what: &str, path: &Path| format!("cannot {what} {}", path.display());
     if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+        fs::remove_dir_all(&tmp).with_context(|| in_path("remove", &tmp))?;
     }
-    fs::create_dir_all(&tmp)?;
+    fs::create_dir_all(&tmp).with_context(|| in_path("create", &tmp))?;
     write(&tmp)?;
     let mut record = serde_json::to_value(state)?;
     record["checksums"] = serde_json::to_value(checksums(&tmp)?)?;
-    fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&record)?)?;
+    let state_path = tmp.join("state.json");
+    fs::write(&state_path, serde_json::to_vec_pretty(&record)?)
+        .with_context(|| in_path("write", &state_path))?;
     for entry in fs::read_dir(&tmp)? {
         fs::File::open(entry?.path())
             .and_then(|f| f.sync_all())
             .ok();
     }
     if final_path.exists() {
-        fs::remove_dir_all(&final_path)?;
+        fs::remove_dir_all(&final_path).with_context(|| in_path("remove", &final_path))?;
     }
-    fs::rename(&tmp, &final_path)?;
+    fs::rename(&tmp, &final_path).with_context(|| in_path("rename into place", &final_path))?;
     write_atomic(&dir.join("latest"), name.as_bytes())?;
     prune(&dir, &name, keep)?;
     Ok(final_path)

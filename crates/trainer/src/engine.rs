@@ -384,9 +384,11 @@ where
             model
                 .clone()
                 .save_file(tmp.join("model"), &recorder)
-                .context("cannot save the model record")?;
+                .with_context(|| format!("cannot save the model record in {}", tmp.display()))?;
             Recorder::<B>::record(&recorder, optimizer.to_record(), tmp.join("optim"))
-                .context("cannot save the optimiser record")?;
+                .with_context(|| {
+                    format!("cannot save the optimiser record in {}", tmp.display())
+                })?;
             Ok(())
         })?;
         *last = Some(path);
