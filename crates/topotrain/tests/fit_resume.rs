@@ -146,7 +146,8 @@ fn halt_mid_epoch_and_resume_matches_an_uninterrupted_run() {
         "restarting without --resume must refuse"
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    // A truncated optimiser record is named, with what to do.
+    // A truncated optimiser record is named by its checksum, with the
+    // checkpoint before it to resume from.
     let checkpoints = resumed.join("checkpoints");
     let latest = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
     let optim = checkpoints.join(latest.trim()).join("optim.mpk");
@@ -156,7 +157,9 @@ fn halt_mid_epoch_and_resume_matches_an_uninterrupted_run() {
     assert!(!damaged.status.success());
     let stderr = String::from_utf8_lossy(&damaged.stderr);
     assert!(
-        stderr.contains("optim.mpk") && stderr.contains("truncated") && !stderr.contains("0.14"),
+        stderr.contains("optim.mpk is damaged")
+            && stderr.contains("step-0000000006")
+            && !stderr.contains("0.14"),
         "{stderr}"
     );
     std::fs::write(&optim, &intact).unwrap();
