@@ -6,8 +6,7 @@
 //! segment and a `blur_filter` buffer appears beside it.
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -77,8 +76,10 @@ pub enum MaybeBlurConv2d<B: Backend> {
 }
 
 impl<B: Backend> MaybeBlurConv2d<B> {
-    /// A bias-free square conv with torchvision's padding (`kernel / 2`),
-    /// blurred when `blurpool` is on and ffcv's rule selects it.
+    /// A bias-free square conv as torchvision's ResNet builds and initialises
+    /// it ([`crate::resnet::conv2d`]), blurred when `blurpool` is on and
+    /// ffcv's rule selects it. ffcv wraps the already-initialised conv, so
+    /// the init is the same either way; the blur filter is fixed.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -87,14 +88,7 @@ impl<B: Backend> MaybeBlurConv2d<B> {
         blurpool: bool,
         device: &B::Device,
     ) -> Self {
-        let padding = kernel / 2;
-        let conv = Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(
-                padding, padding, padding, padding,
-            ))
-            .with_bias(false)
-            .init(device);
+        let conv = crate::resnet::conv2d(in_channels, out_channels, kernel, stride, device);
         if blurpool && wants_blurpool(in_channels, stride) {
             Self::Blurred(BlurPoolConv2d::new(conv, in_channels, device))
         } else {

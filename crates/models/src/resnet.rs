@@ -9,7 +9,7 @@
 //! tests and smoke runs can use tiny networks.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -127,14 +127,7 @@ impl ResNetConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, ModelError> {
         self.validate()?;
         let (kernel, stride) = if self.small_stem { (3, 1) } else { (7, 2) };
-        let padding = kernel / 2;
-        let conv1 = Conv2dConfig::new([self.in_channels, self.width], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(
-                padding, padding, padding, padding,
-            ))
-            .with_bias(false)
-            .init(device);
+        let conv1 = conv2d(self.in_channels, self.width, kernel, stride, device);
         let maxpool = (!self.small_stem).then(|| {
             MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
@@ -163,16 +156,49 @@ impl ResNetConfig {
 
         Ok(ResNet {
             conv1,
+            // Burn's BatchNorm starts at weight 1, bias 0, as torchvision sets it.
             bn1: BatchNormConfig::new(self.width).init(device),
             maxpool,
             layer1,
             layer2,
             layer3,
             layer4,
+            // torchvision leaves `fc` at nn.Linear's default, U(-1/sqrt(fan_in),
+            // 1/sqrt(fan_in)) for weight and bias, which is Burn's default too.
             fc: LinearConfig::new(in_channels, self.num_classes).init(device),
             precision: Precision::F32,
         })
     }
+}
+
+/// torchvision `resnet.py`'s init for every Conv2d,
+/// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`:
+/// N(0, 2 / (out_channels * kh * kw)).
+pub fn kaiming_fan_out_relu() -> Initializer {
+    Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: true,
+    }
+}
+
+/// A bias-free square conv as torchvision's ResNet builds it: padding
+/// `kernel / 2` and [`kaiming_fan_out_relu`] weights.
+pub fn conv2d<B: Backend>(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    let padding = kernel / 2;
+    Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(
+            padding, padding, padding, padding,
+        ))
+        .with_bias(false)
+        .with_initializer(kaiming_fan_out_relu())
+        .init(device)
 }
 
 /// A ResNet; field names are torchvision's module names.

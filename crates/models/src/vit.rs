@@ -7,9 +7,8 @@
 //! projections in one `in_proj_weight [3*dim, dim]` (PyTorch layout, not a
 //! `Linear`), so [`SelfAttention`] stores exactly that. Dropout is left out:
 //! torchvision's ViT defaults to 0 and TopoNets' ViTs did not use it.
-//! Initialisation follows torchvision where Burn has the same initialiser
-//! (zero class token and head, N(0, 0.02) position embedding, Xavier
-//! attention and MLP weights).
+//! Initialisation follows torchvision's `VisionTransformer` (see
+//! [`VitConfig::init`]).
 
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
@@ -17,7 +16,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Distribution, ElementConversion, Tensor};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::precision::Precision;
@@ -123,7 +122,13 @@ impl VitConfig {
         Ok(())
     }
 
-    /// Builds the network with freshly initialised weights.
+    /// Builds the network with torchvision's `VisionTransformer` init:
+    /// `conv_proj` trunc_normal(std sqrt(1 / fan_in)) with zero bias; MLP
+    /// linears Xavier-uniform with N(0, 1e-6) biases (`MLPBlock`);
+    /// `nn.MultiheadAttention`'s Xavier-uniform `in_proj_weight`, zero
+    /// `in_proj_bias` and `out_proj.bias`, `out_proj.weight` at nn.Linear's
+    /// default; position embedding N(0, 0.02); zero class token and head;
+    /// LayerNorm 1 / 0.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<VisionTransformer<B>, ModelError> {
         self.validate()?;
         let dim = self.hidden_dim;
@@ -134,10 +139,15 @@ impl VitConfig {
                 .init(device)
         };
         let xavier = Initializer::XavierUniform { gain: 1.0 };
-        let linear = |input, output| {
-            LinearConfig::new(input, output)
-                .with_initializer(xavier.clone())
-                .init(device)
+        let mlp_linear = |input, output| Linear {
+            weight: xavier.init_with([input, output], Some(input), Some(output), device),
+            bias: Some(
+                Initializer::Normal {
+                    mean: 0.0,
+                    std: 1e-6,
+                }
+                .init([output], device),
+            ),
         };
         let layers = (0..self.num_layers)
             .map(|_| EncoderBlock {
@@ -150,20 +160,33 @@ impl VitConfig {
                         device,
                     ),
                     in_proj_bias: Initializer::Zeros.init([3 * dim], device),
-                    out_proj: linear(dim, dim),
+                    out_proj: Linear {
+                        bias: Some(Initializer::Zeros.init([dim], device)),
+                        ..LinearConfig::new(dim, dim).init(device)
+                    },
                     num_heads: self.num_heads,
                 },
                 ln_2: layer_norm(),
                 mlp: Mlp {
-                    linear_1: linear(dim, self.mlp_dim),
-                    linear_2: linear(self.mlp_dim, dim),
+                    linear_1: mlp_linear(dim, self.mlp_dim),
+                    linear_2: mlp_linear(self.mlp_dim, dim),
                 },
             })
             .collect();
-        Ok(VisionTransformer {
-            conv_proj: Conv2dConfig::new([self.in_channels, dim], [patch, patch])
+        let patch_fan_in = self.in_channels * patch * patch;
+        let conv_proj = Conv2d {
+            weight: Param::from_tensor(trunc_normal(
+                [dim, self.in_channels, patch, patch],
+                (1.0 / patch_fan_in as f64).sqrt(),
+                device,
+            )),
+            ..Conv2dConfig::new([self.in_channels, dim], [patch, patch])
                 .with_stride([patch, patch])
-                .init(device),
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
+        Ok(VisionTransformer {
+            conv_proj,
             class_token: Initializer::Zeros.init([1, 1, dim], device),
             encoder: Encoder {
                 pos_embedding: Initializer::Normal {
@@ -181,6 +204,25 @@ impl VitConfig {
             },
             precision: Precision::F32,
         })
+    }
+}
+
+/// PyTorch's `nn.init.trunc_normal_(std=std)`: N(0, std^2) truncated to its
+/// default absolute bounds [-2, 2]; out-of-range draws are drawn again.
+fn trunc_normal<B: Backend, const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    const BOUND: f64 = 2.0;
+    let draw = || Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), device);
+    let mut values = draw();
+    loop {
+        let outside = values.clone().abs().greater_elem(BOUND);
+        if !outside.clone().any().into_scalar().elem::<bool>() {
+            return values;
+        }
+        values = values.mask_where(outside, draw());
     }
 }
 

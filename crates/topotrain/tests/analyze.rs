@@ -1,5 +1,5 @@
 //! End-to-end tests of `topotrain analyze ...` on small Fashion-MNIST models
-//! trained here (an untrained one, tau = 0 and tau = 5, through `topotrain
+//! trained here (an untrained one, tau = 0 and tau = 20, through `topotrain
 //! sweep`) and on the shared golden ResNet-18 (BlurPool) PyTorch checkpoint.
 //!
 //! Trained models and the prepared ImageNet-mini set are cached under cargo's
@@ -15,12 +15,13 @@ use serde_json::Value;
 mod common;
 use common::{fashion_config, have_fashion, shared, topotrain, topotrain_ok, FASHION};
 
-/// Topographic tau of the test sweep.
-const TAU: f64 = 5.0;
+/// Topographic tau of the test sweep. With torchvision's init, tau 5 is too
+/// weak on this short recipe for ED to fall on every seed (BENCHMARKS.md).
+const TAU: f64 = 20.0;
 /// Convs of the residual stages of ResNet-18: 16 3x3 and 3 1x1.
 const TOPOGRAPHIC_LAYERS: usize = 19;
 /// Bump to retrain the cached fixtures.
-const RECIPE: &str = "v3";
+const RECIPE: &str = "v4";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -96,7 +97,7 @@ struct Fashion {
     untrained: PathBuf,
 }
 
-/// Trains (once, cached) the tau = 0 and tau = 5 runs and saves an untrained
+/// Trains (once, cached) the tau = 0 and tau = 20 runs and saves an untrained
 /// model of the same architecture.
 fn fashion() -> &'static Fashion {
     static FIXTURE: OnceLock<Fashion> = OnceLock::new();
@@ -288,15 +289,10 @@ fn dimensionality_streams_and_stays_in_bounds() {
 ///
 /// Mean ED over 1,000 test images at the 19 topographic convs, with one
 /// sample per image (channels averaged over positions) and one per image
-/// and position. Measured on runs of this recipe with seeds 1 (the
-/// fixtures'), 2 and 3, tau 0 vs tau 5: per image 2.17 / 1.87, 2.01 / 1.70,
-/// 2.13 / 1.74; per position 3.27 / 2.29, 3.09 / 1.94, 3.65 / 2.19. With
-/// a quarter of the steps and the small stem the ordering was noise-level
-/// (1.32 vs 1.45, per position 2.26 vs 2.81): too little training. The
+/// and position; the order held for seeds 1 to 4 (BENCHMARKS.md). The
 /// untrained model's ED is printed, not ordered: the paper does not report
 /// it, and it depends on the initialisation's seed more than training
-/// moves it (per image 3.23 with the fixtures' seed, 1.57, 1.76, 3.22 and
-/// 1.99 with seeds 2 to 5).
+/// moves it.
 #[test]
 fn dimensionality_falls_as_tau_rises() {
     if !have_fashion() {

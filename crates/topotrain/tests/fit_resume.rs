@@ -334,21 +334,26 @@ fn two_nodes_train_one_run() {
     assert!(compared > 40, "{compared} tensors compared");
 }
 
-/// Runs a fit with `extra_training` on `device` in `dir` and checks that
-/// the loss of its last steps is below that of its first; returns the run.
-fn assert_loss_falls(dir: &Path, extra_training: &str, device: &str) -> PathBuf {
+/// Runs a fit of two epochs of `steps` steps with `extra_training` on
+/// `device` in `dir` and checks that the loss of its last steps is below
+/// that of its first; returns the run.
+fn assert_loss_falls(dir: &Path, extra_training: &str, steps: usize, device: &str) -> PathBuf {
     let run = dir.join("run");
-    let path = write_config(dir, "run.toml", &config(&run, 1.0, extra_training));
+    let text = config(&run, 1.0, extra_training).replace(
+        "max_steps_per_epoch = 6",
+        &format!("max_steps_per_epoch = {steps}"),
+    );
+    let path = write_config(dir, "run.toml", &text);
     assert_success(&fit(&path, &["--device", device]));
     let losses: Vec<f64> = metrics(&run)
         .iter()
         .filter(|line| line["kind"] == "train")
         .map(|line| line["task_loss"].as_f64().unwrap())
         .collect();
-    assert_eq!(losses.len(), 12);
+    assert_eq!(losses.len(), 2 * steps);
     let (first, last) = (
         losses[..3].iter().sum::<f64>(),
-        losses[9..].iter().sum::<f64>(),
+        losses[losses.len() - 3..].iter().sum::<f64>(),
     );
     assert!(last < first, "the loss does not fall: {losses:?}");
     run
@@ -362,7 +367,8 @@ fn bf16_compute_trains() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let run = assert_loss_falls(dir.path(), "precision = \"bf16\"", "cpu");
+    // With torchvision's init, 6 steps per epoch leave the model near chance.
+    let run = assert_loss_falls(dir.path(), "precision = \"bf16\"", 20, "cpu");
     assert!(summary(&run)["val_top1"].as_f64().unwrap() > 0.2);
 }
 
@@ -380,7 +386,7 @@ fn a_run_on_wgpu_trains_and_evaluates_as_on_the_cpu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let run = assert_loss_falls(dir.path(), "", "wgpu");
+    let run = assert_loss_falls(dir.path(), "", 6, "wgpu");
     let start = run.join("final.safetensors");
     let two_steps_on = |device: &str| -> PathBuf {
         let out = dir.path().join(format!("steps-{device}"));
