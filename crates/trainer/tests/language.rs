@@ -2,59 +2,12 @@
 //! from Debian's bible-kjv, installed by scripts/setup.sh), then LoRA
 //! fine-tuning changes nothing but the adapted layers, and pruning runs.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use data_prep::text::{kjv_text, prep_text};
 use trainer::language::{fit_language, open_tokens, prune_curve, LanguageConfig};
 use trainer::FitOptions;
 
-fn config_text(data: &Path, out: &Path) -> String {
-    format!(
-        r#"
-[gpt]
-n_layer = 1
-n_head = 2
-n_embd = 32
-block_size = 32
-vocab_size = 50257
-
-[data]
-dir = "{}"
-
-[topography]
-tau = 1.0
-layers = [{{ patterns = ["transformer.h.*.mlp.c_fc"] }}]
-
-[optimizer]
-lr = 1e-2
-min_lr = 1e-3
-warmup_steps = 2
-
-[training]
-steps = 12
-batch_size = 8
-grad_accum = 2
-eval_every = 6
-eval_batches = 4
-log_every = 3
-
-[output]
-dir = "{}"
-"#,
-        data.display(),
-        out.display()
-    )
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect()
-}
+mod common;
+use common::{config_text, tensors};
 
 #[test]
 fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
@@ -145,54 +98,4 @@ fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
         (0.8f64 * 32.0 * 128.0).round() as usize
     );
     assert!(rows[1].val_loss != rows[0].val_loss);
-}
-
-#[test]
-fn a_halted_language_run_resumes_to_the_same_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("genesis");
-    prep_text(
-        &kjv_text("gen1:1-gen3:24").unwrap(),
-        "Genesis 1-3",
-        &data,
-        0.2,
-    )
-    .unwrap();
-    let config = |run: &Path| {
-        let text = config_text(&data, run)
-            .replace("steps = 12", "steps = 8")
-            .replace(
-                "eval_every = 6",
-                "eval_every = 4\ncheckpoint_every_steps = 2",
-            );
-        LanguageConfig::parse(&text).unwrap()
-    };
-    let fit = |run: &Path, options: FitOptions| {
-        fit_language::<trainer::CpuTrain>(&config(run), Default::default(), &options)
-    };
-    let straight = dir.path().join("straight");
-    let straight = fit(&straight, FitOptions::default()).unwrap();
-
-    // Halted after step 3, as a kill would leave it: step 2's checkpoint.
-    let resumed = dir.path().join("resumed");
-    let halt = FitOptions {
-        halt_after_steps: Some(3),
-        ..FitOptions::default()
-    };
-    assert!(fit(&resumed, halt).is_err());
-    assert!(
-        fit(&resumed, FitOptions::default()).is_err(),
-        "needs --resume"
-    );
-    let resume = FitOptions {
-        resume: true,
-        ..FitOptions::default()
-    };
-    let resumed = fit(&resumed, resume).unwrap();
-    assert_eq!(resumed.initial_val_loss, straight.initial_val_loss);
-    assert_eq!(resumed.val_loss, straight.val_loss);
-    assert_eq!(
-        tensors(&resumed.final_weights),
-        tensors(&straight.final_weights)
-    );
 }
