@@ -204,8 +204,11 @@ fn gpu_smoke_config_uses_one_tensor_shape() {
 #[test]
 fn set_overrides_are_typed_and_validated_like_the_file() {
     let config = configs_dir().join("fashion_mnist_tau5.toml");
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().to_str().unwrap().to_string();
     let fit = |extra: &[&str]| {
         let mut args = vec!["fit", "--quiet", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(&["--out", &out]);
         args.extend_from_slice(extra);
         let output = common::topotrain(&args);
         assert!(!output.status.success(), "{extra:?} should be refused");
