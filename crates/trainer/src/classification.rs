@@ -352,7 +352,34 @@ fn load_initial_weights<B: Backend>(
     })
 }
 
+/// Refuses training and validation sets whose labels mean different
+/// classes (other names, or the same names in another order).
+fn check_class_lists(train: &[String], val: &[String]) -> Result<()> {
+    if train == val {
+        return Ok(());
+    }
+    let missing = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .filter(|c| !b.contains(c))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    let (only_train, only_val) = (missing(train, val), missing(val, train));
+    if only_train.is_empty() && only_val.is_empty() {
+        bail!("data.train and data.val name the same classes in another order, so their labels mean different classes; prepare both from one class list");
+    }
+    bail!(
+        "data.train and data.val have different classes ({} and {}): only in data.train {only_train:?}, only in data.val {only_val:?}; prepare both with the same classes",
+        train.len(),
+        val.len()
+    )
+}
+
 fn check_data(config: &RunConfig, train: &DataSet, val: &DataSet) -> Result<()> {
+    if let (Some(t), Some(v)) = (train.class_names(), val.class_names()) {
+        check_class_lists(t, v)?;
+    }
     for (name, set) in [("data.train", train), ("data.val", val)] {
         if set.channels() != config.model.in_channels {
             bail!(
@@ -422,6 +449,19 @@ fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: &[u32]) -> Result<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn train_and_val_class_lists_must_agree() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let four = names(&["n01", "n02", "n03", "n04"]);
+        check_class_lists(&four, &four).unwrap();
+        let three = names(&["n01", "n02", "n04"]);
+        let error = check_class_lists(&four, &three).unwrap_err().to_string();
+        assert!(error.contains("only in data.train [\"n03\"]"), "{error}");
+        let shuffled = names(&["n02", "n01", "n03", "n04"]);
+        let error = check_class_lists(&four, &shuffled).unwrap_err().to_string();
+        assert!(error.contains("another order"), "{error}");
+    }
 
     #[test]
     fn training_accuracy_counts_ties_for_the_lower_index_only() {

@@ -151,6 +151,15 @@ impl DataSet {
         }
     }
 
+    /// The class names a prepared data set recorded (in label order);
+    /// `None` for Fashion-MNIST's IDX files, whose classes are fixed.
+    pub fn class_names(&self) -> Option<&[String]> {
+        match self {
+            Self::InMemory(_) => None,
+            Self::Prepared { dataset, .. } => Some(dataset.class_names()),
+        }
+    }
+
     /// Batches `start..` of one epoch (training: full batches only; val:
     /// the last may be short), produced ahead on other threads.
     pub fn batches(
