@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
@@ -180,13 +180,8 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
     }
 
     fn restore(&self, model: Model<B>, record: &Path, device: &B::Device) -> Result<Model<B>> {
-        let precision = self.config.training.precision;
-        let recorder =
-            burn::record::NamedMpkFileRecorder::<burn::record::FullPrecisionSettings>::new();
-        Ok(model
-            .load_file(record, &recorder, device)
-            .map_err(|e| checkpoint::unreadable_record(&record.with_extension("mpk"), e))?
-            .with_precision(precision))
+        let model = engine::load_model_record(model, record, device)?;
+        Ok(model.with_precision(self.config.training.precision))
     }
 }
 

@@ -78,10 +78,20 @@ pub trait Recipe<B: AutodiffBackend>: Task<B> {
         record: &Path,
         device: &B::Device,
     ) -> Result<Self::Model> {
-        model
-            .load_file(record, &Rec::new(), device)
-            .map_err(|e| checkpoint::unreadable_record(&record.with_extension("mpk"), e))
+        load_model_record(model, record, device)
     }
+}
+
+/// Loads a checkpoint's model record (`record` without its `.mpk`) into
+/// `model`, naming the file if Burn cannot read it.
+pub fn load_model_record<B: AutodiffBackend, M: Module<B>>(
+    model: M,
+    record: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    model
+        .load_file(record, &Rec::new(), device)
+        .map_err(|e| checkpoint::unreadable_record(&record.with_extension("mpk"), e))
 }
 
 /// A validation result.
