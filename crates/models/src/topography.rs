@@ -225,6 +225,14 @@ impl TopoReport {
         }
     }
 
+    /// The mean over layers of the loss at tau = 1 (None with no layers):
+    /// the TopoLoss every report names plainly `mean_topo_loss`.
+    pub fn mean_loss(&self) -> Option<f64> {
+        (!self.layers.is_empty()).then(|| {
+            self.layers.iter().map(|l| l.unscaled_loss).sum::<f64>() / self.layers.len() as f64
+        })
+    }
+
     /// Each layer's loss at tau = 1, by name (the metrics' `topo_layers`).
     pub fn layer_losses(&self) -> std::collections::BTreeMap<String, f64> {
         self.layers

@@ -286,7 +286,7 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
         Samples::Images => 1,
     };
     let mut accumulator = Accumulator::new(&names);
-    let bar = crate::analyze::progress((windows.len() * args.passes) as u64, "dimensionality");
+    let bar = trainer::progress::bar((windows.len() * args.passes) as u64, "dimensionality");
     for _ in 0..args.passes {
         for starts in windows.chunks(batch) {
             let t = std::time::Instant::now();

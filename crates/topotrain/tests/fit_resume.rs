@@ -623,3 +623,70 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
     assert_eq!(x["top1"], y["top1"]);
     assert_eq!(x["top1"], summary(&run)["val_top1"]);
 }
+
+/// Outside a terminal (a batch job, a pipe) `fit` prints a plain line per
+/// `log_every_steps` steps; TopoLoss is named the same way in the lines,
+/// the metrics and the summary; TensorBoard gets the metrics too; the
+/// summary says how many validation images its accuracies rest on.
+#[test]
+fn a_batch_job_logs_plain_lines_tensorboard_events_and_val_images() {
+    if !have_fashion() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let path = write_config(dir.path(), "a.toml", &config(&run, 2.0, ""));
+    let output = topotrain(&["fit", "--config", path.to_str().unwrap(), "--epochs", "1"]);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(lines.len(), 6, "{stderr}");
+    assert!(
+        lines[5].starts_with("step 6/6 epoch 1/1 (6/6) loss ")
+            && lines[5].contains(" acc ")
+            && lines[5].contains(" TopoLoss ")
+            && lines[5].contains("(tau-weighted ")
+            && lines[5].contains(" images/s eta 0:00:00"),
+        "{}",
+        lines[5]
+    );
+
+    let summary = summary(&run);
+    assert_eq!(summary["val_images"], 4 * 64);
+    let train_lines: Vec<serde_json::Value> = metrics(&run)
+        .into_iter()
+        .filter(|l| l["kind"] == "train")
+        .collect();
+    assert_eq!(train_lines.len(), 6);
+    let last = &train_lines[5];
+    // Mean over layers at tau = 1, and the tau-weighted value (tau 2, the
+    // layers' mean) added to the loss.
+    let (mean, weighted) = (
+        last["mean_topo_loss"].as_f64().unwrap(),
+        last["weighted_topo_loss"].as_f64().unwrap(),
+    );
+    assert!((weighted - 2.0 * mean).abs() < 1e-9 * weighted, "{last}");
+    let epoch_line = metrics(&run)
+        .into_iter()
+        .find(|l| l["kind"] == "epoch")
+        .unwrap();
+    assert_eq!(epoch_line["mean_topo_loss"], summary["mean_topo_loss"]);
+    assert_eq!(epoch_line["val_samples"], 4 * 64);
+
+    let events: Vec<_> = std::fs::read_dir(run.join("tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let name = events[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    let bytes = std::fs::read(&events[0]).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    for tag in ["train/task_loss", "train/mean_topo_loss", "epoch/val_top1"] {
+        assert!(text.contains(tag), "no {tag} in {name}");
+    }
+}

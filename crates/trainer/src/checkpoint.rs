@@ -57,7 +57,9 @@ pub struct Running {
     pub images: u64,
     pub correct: u64,
     pub task_loss: f64,
-    pub topo_loss: f64,
+    /// Sum of the steps' tau-weighted TopoLoss (named `topo_loss` before).
+    #[serde(alias = "topo_loss")]
+    pub weighted_topo_loss: f64,
     /// Training seconds of the epoch so far (for its images per second).
     #[serde(default)]
     pub seconds: f64,
@@ -75,12 +77,21 @@ pub struct EpochRecord {
     pub tau: f64,
     pub train_loss: f64,
     pub train_acc: f64,
-    pub topo_loss: f64,
+    /// The epoch's mean of the tau-weighted TopoLoss added to the task loss
+    /// (named `topo_loss` before).
+    #[serde(alias = "topo_loss")]
+    pub weighted_topo_loss: f64,
+    /// The mean over layers of `topo_layers`: the TopoLoss at tau = 1.
+    #[serde(default)]
+    pub mean_topo_loss: Option<f64>,
     /// Unscaled (tau = 1) TopoLoss per layer at the end of the epoch.
     pub topo_layers: BTreeMap<String, f64>,
     pub val_top1: Option<f64>,
     pub val_top5: Option<f64>,
     pub val_loss: Option<f64>,
+    /// Validation samples (images, or token windows) behind the val_ figures.
+    #[serde(default)]
+    pub val_samples: Option<u64>,
     /// exp(val_loss), for language models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_perplexity: Option<f64>,

@@ -38,6 +38,9 @@ pub struct Summary {
     pub val_top1: f64,
     pub val_top5: f64,
     pub val_loss: f64,
+    /// Validation images behind val_top1, val_top5 and val_loss.
+    #[serde(default)]
+    pub val_images: Option<u64>,
     pub train_loss: f64,
     pub train_acc: f64,
     /// Mean over topographic layers of the unscaled (tau = 1) TopoLoss.
@@ -164,6 +167,7 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
             loss: result.loss,
             top1: Some(result.top1),
             top5: Some(result.top5),
+            samples: result.images as u64,
         }))
     }
 
@@ -402,8 +406,6 @@ fn summarise(
     final_weights: PathBuf,
 ) -> Result<Summary> {
     let last = state.history.last().context("no epoch finished")?;
-    let mean_topo_loss = (!last.topo_layers.is_empty())
-        .then(|| last.topo_layers.values().sum::<f64>() / last.topo_layers.len() as f64);
     Ok(Summary {
         run_dir: run_dir.to_path_buf(),
         architecture: state.architecture.describe(),
@@ -413,9 +415,10 @@ fn summarise(
         val_top1: last.val_top1.unwrap_or(f64::NAN),
         val_top5: last.val_top5.unwrap_or(f64::NAN),
         val_loss: last.val_loss.unwrap_or(f64::NAN),
+        val_images: last.val_samples,
         train_loss: last.train_loss,
         train_acc: last.train_acc,
-        mean_topo_loss,
+        mean_topo_loss: last.mean_topo_loss,
         topo_layers: last.topo_layers.clone(),
         train_seconds: state.train_seconds,
         images_per_sec: last.images_per_sec,

@@ -23,6 +23,7 @@ use crate::checkpoint::{self, EpochRecord, Running, TrainState, STATE_FORMAT};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::data::NodeShard;
 use crate::metrics::{EpochLine, MetricsLog};
+use crate::progress::{ProgressStyle, StepProgress, StepStatus};
 use crate::run_dir::RunDir;
 use crate::step::{train_step, Diverged, GradientPipeline, StepOutput, Task};
 
@@ -100,6 +101,8 @@ pub struct Evaluation {
     pub loss: f64,
     pub top1: Option<f64>,
     pub top5: Option<f64>,
+    /// Samples evaluated: images, or token windows for language models.
+    pub samples: u64,
 }
 
 impl Evaluation {
@@ -114,12 +117,19 @@ impl std::fmt::Display for Evaluation {
         match (self.top1, self.top5) {
             (Some(top1), Some(top5)) => write!(
                 f,
-                "val top-1 {:.2}% top-5 {:.2}% loss {:.4}",
+                "val top-1 {:.2}% top-5 {:.2}% loss {:.4} ({} images)",
                 100.0 * top1,
                 100.0 * top5,
-                self.loss
+                self.loss,
+                self.samples
             ),
-            _ => write!(f, "val loss {:.4} ppl {:.1}", self.loss, self.loss.exp()),
+            _ => write!(
+                f,
+                "val loss {:.4} ppl {:.1} ({} windows)",
+                self.loss,
+                self.loss.exp(),
+                self.samples
+            ),
         }
     }
 }
@@ -174,7 +184,8 @@ pub struct FitOptions {
     /// any checkpoint due at that step and without writing one, as a kill
     /// would.
     pub halt_after_steps: Option<u64>,
-    /// Show a progress bar (when stderr is a terminal).
+    /// Show each step's progress: a bar on a terminal, else a plain line
+    /// every `log_every_steps` steps.
     pub progress: bool,
     /// Train together with other processes (one per node); rank 0 writes
     /// `output.dir`, rank r `output.dir/node<r>`.
@@ -414,11 +425,19 @@ where
                 "val_loss": evaluation.loss,
                 "val_top1": evaluation.top1,
                 "val_perplexity": evaluation.perplexity(),
+                "val_samples": evaluation.samples,
             }))?;
             state.initial_val_loss = Some(evaluation.loss);
         }
     }
     let epochs = recipe.epochs();
+    let total_steps = (0..epochs).map(|e| recipe.steps_in_epoch(e) as u64).sum();
+    let mut progress = StepProgress::new(
+        ProgressStyle::for_stderr(options.progress),
+        settings.log_every_steps,
+        total_steps,
+        state.step,
+    );
     let mut steps_this_run = 0u64;
     let mut last_report = None;
     let mut lr = 0.0;
@@ -431,7 +450,7 @@ where
         } else {
             None
         };
-        let progress = progress_bar(options.progress, epoch, epochs, steps, state.batch);
+        progress.start_epoch(epoch, epochs, steps, state.batch);
         let epoch_start = Instant::now();
         let mut epoch_units = 0u64;
         while state.batch < steps {
@@ -473,20 +492,23 @@ where
                     recipe, epoch, state.step, lr, &output, throughput,
                 ))?;
             }
-            if let Some(bar) = &progress {
-                let r = &state.running;
-                let accuracy = if recipe.counts_correct() {
-                    format!(" acc {:.2}%", 100.0 * r.correct as f64 / r.images as f64)
-                } else {
-                    String::new()
-                };
-                bar.set_message(format!(
-                    "loss {:.4} topo {:.4}{accuracy} {throughput:.0}/s",
-                    r.task_loss / r.steps as f64,
-                    r.topo_loss / r.steps as f64,
-                ));
-                bar.inc(1);
-            }
+            let r = &state.running;
+            progress.step(&StepStatus {
+                step: state.step,
+                epoch,
+                epochs,
+                batch: state.batch,
+                steps_in_epoch: steps,
+                task_loss: r.task_loss / r.steps as f64,
+                accuracy: recipe
+                    .counts_correct()
+                    .then(|| r.correct as f64 / r.images.max(1) as f64),
+                mean_topo_loss: output.mean_topo_loss(),
+                weighted_topo_loss: r.weighted_topo_loss / r.steps as f64,
+                lr,
+                throughput,
+                throughput_unit: &throughput_unit(recipe),
+            });
             if output.topo.is_some() {
                 last_report = output.topo;
             }
@@ -508,9 +530,7 @@ where
             }
         }
         drop(batches);
-        if let Some(bar) = progress {
-            bar.finish_and_clear();
-        }
+        progress.end_epoch();
 
         // End of epoch: evaluate, record, checkpoint.
         let evaluation = recipe.evaluate(&model.valid(), Some(epoch))?;
@@ -526,7 +546,7 @@ where
             evaluation,
         );
         eprintln!(
-            "epoch {}/{}: train loss {:.4}{} topo {:.4}{} ({:.0} {}, {:.1}s)",
+            "epoch {}/{}: train loss {:.4}{}{}{} ({:.0} {}, {:.1}s)",
             epoch + 1,
             epochs,
             record.train_loss,
@@ -535,10 +555,13 @@ where
             } else {
                 String::new()
             },
-            record.topo_loss,
+            record.mean_topo_loss.map_or(String::new(), |m| format!(
+                " TopoLoss {m:.4} (tau-weighted {:.4})",
+                record.weighted_topo_loss
+            )),
             evaluation.map_or(String::new(), |e| format!(" | {e}")),
             epoch_units as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
-            recipe.throughput_name().replace("_per_sec", "/s"),
+            throughput_unit(recipe),
             epoch_start.elapsed().as_secs_f64(),
         );
         metrics.write(&EpochLine {
@@ -621,7 +644,7 @@ fn record_step<S>(state: &mut TrainState<S>, output: &StepOutput, seconds: f64) 
     r.images += output.samples;
     r.correct += output.correct;
     r.task_loss += output.task_loss;
-    r.topo_loss += output.topo_loss();
+    r.weighted_topo_loss += output.weighted_topo_loss();
     r.seconds += seconds;
     state.train_seconds += seconds;
 }
@@ -641,7 +664,8 @@ fn step_line<B: AutodiffBackend, R: Recipe<B>>(
         "lr": lr,
         "tau": output.topo.as_ref().map_or(0.0, TopoReport::mean_tau),
         "task_loss": output.task_loss,
-        "topo_loss": output.topo_loss(),
+        "mean_topo_loss": output.mean_topo_loss(),
+        "weighted_topo_loss": output.weighted_topo_loss(),
         "topo_layers": output.topo.as_ref().map(TopoReport::layer_losses).unwrap_or_default(),
     });
     let fields = line.as_object_mut().expect("a JSON object");
@@ -672,38 +696,21 @@ fn epoch_record<B: AutodiffBackend, R: Recipe<B>>(
         tau: report.map_or(0.0, TopoReport::mean_tau),
         train_loss: r.task_loss / r.steps.max(1) as f64,
         train_acc: r.correct as f64 / r.images.max(1) as f64,
-        topo_loss: r.topo_loss / r.steps.max(1) as f64,
+        weighted_topo_loss: r.weighted_topo_loss / r.steps.max(1) as f64,
+        mean_topo_loss: report.and_then(TopoReport::mean_loss),
         topo_layers: report.map(TopoReport::layer_losses).unwrap_or_default(),
         val_top1: evaluation.and_then(|e| e.top1),
         val_top5: evaluation.and_then(|e| e.top5),
         val_loss: evaluation.map(|e| e.loss),
+        val_samples: evaluation.map(|e| e.samples),
         val_perplexity: evaluation.and_then(|e| e.perplexity()),
         images_per_sec: r.images as f64 * recipe.units_per_sample() as f64 / r.seconds.max(1e-9),
     }
 }
 
-fn progress_bar(
-    enabled: bool,
-    epoch: usize,
-    epochs: usize,
-    steps: usize,
-    position: usize,
-) -> Option<indicatif::ProgressBar> {
-    if !enabled {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "epoch {prefix} [{bar:25}] {pos}/{len} {msg} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-    bar.set_position(position as u64);
-    bar.reset_eta();
-    Some(bar)
+/// "images/s" or "tokens/s": the unit of the recipe's throughput.
+fn throughput_unit<B: AutodiffBackend, R: Recipe<B>>(recipe: &R) -> String {
+    recipe.throughput_name().replace("_per_sec", "/s")
 }
 
 #[cfg(test)]
@@ -848,6 +855,7 @@ mod tests {
                 loss: loss.into_scalar() as f64,
                 top1: Some(0.0),
                 top5: Some(0.0),
+                samples: 4,
             }))
         }
         fn throughput_name(&self) -> &'static str {
@@ -1040,7 +1048,7 @@ mod tests {
             0.5,
         )
         .unwrap();
-        assert!(output.topo_loss() > 0.0);
+        assert!(output.weighted_topo_loss() > 0.0);
 
         // The same gradient built by hand: task, then TopoLoss, then decay.
         let loss = cross_entropy(&model, &batch[0], &device);

@@ -38,10 +38,16 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalResult> {
     let (mut images, mut top1, mut top5, mut loss_sum) = (0usize, 0usize, 0usize, 0.0f64);
     let batches = data.batches(Split::Val { resolution }, 0, batch_size)?;
+    let count = data.len().div_ceil(batch_size.max(1));
+    let bar = crate::progress::bar(
+        max_batches.map_or(count, |m| m.min(count)) as u64,
+        "validation",
+    );
     for (index, batch) in batches.enumerate() {
         if max_batches.is_some_and(|m| index >= m) {
             break;
         }
+        bar.inc(1);
         let batch = batch?;
         let (x, _) = to_tensors::<B>(&batch, mean, std, device);
         let logits = model.forward(x);
@@ -79,6 +85,7 @@ pub fn evaluate<B: Backend>(
         }
         images += n;
     }
+    bar.finish_and_clear();
     if images == 0 {
         bail!("the validation set is empty");
     }

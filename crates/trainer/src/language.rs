@@ -329,10 +329,16 @@ pub struct LanguageSummary {
     pub initial_val_loss: f64,
     pub val_loss: f64,
     pub val_perplexity: f64,
+    /// Validation windows (of block_size tokens) behind val_loss.
+    #[serde(default)]
+    pub val_windows: Option<u64>,
     /// Mean task loss of the last epoch (`eval_every` steps).
     pub train_loss: f64,
     /// Tau at the last step (0 without a topography).
     pub tau: f64,
+    /// Mean over topographic layers of the unscaled (tau = 1) TopoLoss.
+    #[serde(default)]
+    pub mean_topo_loss: Option<f64>,
     /// Unscaled (tau = 1) TopoLoss per topographic layer at the end.
     pub topo_layers: BTreeMap<String, f64>,
     /// LoRA: rank and trainable adapter parameters.
@@ -473,6 +479,7 @@ impl<B: AutodiffBackend> Recipe<B> for LanguageModelling<'_> {
             loss,
             top1: None,
             top5: None,
+            samples: windows.len() as u64,
         }))
     }
 
@@ -621,8 +628,10 @@ pub fn fit_language<B: AutodiffBackend>(
         initial_val_loss: state.initial_val_loss.unwrap_or(f64::NAN),
         val_loss,
         val_perplexity: val_loss.exp(),
+        val_windows: last.val_samples,
         train_loss: last.train_loss,
         tau: last.tau,
+        mean_topo_loss: last.mean_topo_loss,
         topo_layers: last.topo_layers.clone(),
         lora_rank: config.lora.as_ref().map(|l| l.rank),
         trainable_parameters: trainable,

@@ -6,7 +6,7 @@
 //! - [`data`]: deterministic batches per (seed, epoch, batch index) from
 //!   data-prep files or Fashion-MNIST IDX files in memory.
 //! - [`engine`]: the one training loop (run, epoch, step) every task runs:
-//!   metrics ([`metrics`]), checkpoints ([`checkpoint`]) with exact resume,
+//!   metrics ([`metrics`], also as [`tensorboard`] event files), checkpoints ([`checkpoint`]) with exact resume,
 //!   stopping through an [`engine::Interrupter`].
 //! - [`overrides`]: `--set KEY=VALUE` over a config file.
 //! - [`run_dir`]: the run directory's lock, and what a resume may change.
@@ -16,6 +16,7 @@
 //! - [`classification`]: image classification (the ffcv ImageNet recipe):
 //!   SGD + momentum, label-smoothed cross-entropy + TopoLoss, warm-up and
 //!   step/linear LR, progressive resizing.
+//! - [`progress`]: a bar on a terminal, plain lines in batch jobs.
 //! - [`eval`]: top-1/top-5 of our checkpoints and PyTorch ones.
 //! - [`sheet`]: the picture of one topographic layer's sheet a run ends with.
 //! - [`parallel`]: data parallelism over the devices of one process.
@@ -41,11 +42,13 @@ pub mod language;
 pub mod metrics;
 pub mod overrides;
 pub mod parallel;
+pub mod progress;
 pub mod run_dir;
 pub mod sgd;
 pub mod sheet;
 pub mod step;
 pub mod sweep;
+pub mod tensorboard;
 pub mod weight_decay;
 
 pub use classification::{fit, Summary};

@@ -1,5 +1,6 @@
 //! `metrics.jsonl`: one JSON object per line, `"kind": "train"` every
-//! `log_every_steps` steps and `"kind": "epoch"` at each epoch's end.
+//! `log_every_steps` steps and `"kind": "epoch"` at each epoch's end; the
+//! same numbers go to TensorBoard event files in `<run>/tensorboard/`.
 
 use std::fs;
 use std::io::Write;
@@ -9,6 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::checkpoint::{self, EpochRecord};
+use crate::tensorboard::EventFile;
 
 #[derive(Serialize)]
 pub(crate) struct EpochLine {
@@ -23,6 +25,7 @@ pub(crate) struct EpochLine {
 pub struct MetricsLog {
     file: fs::File,
     path: PathBuf,
+    tensorboard: EventFile,
 }
 
 impl MetricsLog {
@@ -47,9 +50,11 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        let run_dir = path.parent().unwrap_or(Path::new("."));
         Ok(MetricsLog {
             file,
             path: path.to_path_buf(),
+            tensorboard: EventFile::create(&run_dir.join("tensorboard"), resume_step)?,
         })
     }
 
@@ -58,6 +63,7 @@ impl MetricsLog {
         text.push('\n');
         self.file
             .write_all(text.as_bytes())
-            .with_context(|| format!("cannot write {}", self.path.display()))
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.tensorboard.metrics_line(&serde_json::to_value(line)?)
     }
 }

@@ -68,19 +68,25 @@ pub struct StepOutput {
 
 impl StepOutput {
     /// The tau-weighted TopoLoss added to the task loss (0 without one).
-    pub fn topo_loss(&self) -> f64 {
+    pub fn weighted_topo_loss(&self) -> f64 {
         self.topo.as_ref().map_or(0.0, |r| r.total)
+    }
+
+    /// The mean over layers of the TopoLoss at tau = 1 (None without a
+    /// topography).
+    pub fn mean_topo_loss(&self) -> Option<f64> {
+        self.topo.as_ref().and_then(TopoReport::mean_loss)
     }
 }
 
 /// A step whose loss was not finite: the model was not updated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("training diverged at step {step}: task loss {task_loss}, TopoLoss {topo_loss}")]
+#[error("training diverged at step {step}: task loss {task_loss}, tau-weighted TopoLoss {weighted_topo_loss}")]
 pub struct Diverged {
     /// The step that diverged (1-based, as in the logs).
     pub step: u64,
     pub task_loss: f64,
-    pub topo_loss: f64,
+    pub weighted_topo_loss: f64,
 }
 
 /// Runs optimiser step `step` (0-based) of `task` over `micro_batches`,
@@ -146,11 +152,11 @@ where
         samples,
         topo,
     };
-    if !output.task_loss.is_finite() || !output.topo_loss().is_finite() {
+    if !output.task_loss.is_finite() || !output.weighted_topo_loss().is_finite() {
         return Err(Diverged {
             step: step + 1,
             task_loss: output.task_loss,
-            topo_loss: output.topo_loss(),
+            weighted_topo_loss: output.weighted_topo_loss(),
         }
         .into());
     }

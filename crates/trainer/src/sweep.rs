@@ -17,6 +17,8 @@ pub struct SweepRow {
     pub top1: f64,
     pub top5: f64,
     pub mean_topo_loss: Option<f64>,
+    /// Validation images behind top1 and top5.
+    pub val_images: Option<u64>,
     pub run_dir: PathBuf,
 }
 
@@ -69,6 +71,7 @@ pub fn collect(base: &RunConfig, taus: &[f64]) -> Result<Vec<SweepRow>> {
             top1: summary.val_top1,
             top5: summary.val_top5,
             mean_topo_loss: summary.mean_topo_loss,
+            val_images: summary.val_images,
             run_dir: dir,
         });
     }
@@ -82,15 +85,17 @@ pub fn collect(base: &RunConfig, taus: &[f64]) -> Result<Vec<SweepRow>> {
 }
 
 pub fn markdown(rows: &[SweepRow]) -> String {
-    let mut out =
-        String::from("| tau | top-1 (%) | top-5 (%) | mean TopoLoss |\n|---:|---:|---:|---:|\n");
+    let mut out = String::from(
+        "| tau | top-1 (%) | top-5 (%) | mean TopoLoss | val images |\n|---:|---:|---:|---:|---:|\n",
+    );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {} |\n",
+            "| {} | {:.2} | {:.2} | {} | {} |\n",
             r.tau,
             100.0 * r.top1,
             100.0 * r.top5,
-            r.mean_topo_loss.map_or("-".into(), |l| format!("{l:.4}"))
+            r.mean_topo_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            r.val_images.map_or("-".into(), |n| n.to_string())
         ));
     }
     out

@@ -20,7 +20,7 @@ use trainer::data::Split;
 use super::data::{
     batch_tensor, forward_responses, open_dataset, DataArgs, Input, Responses, Samples,
 };
-use super::{display_name, progress, Cpu, CpuDevice, Loaded, ModelArgs, ModuleArgs, OutputArgs};
+use super::{display_name, Cpu, CpuDevice, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct DimensionalityArgs {
@@ -217,7 +217,7 @@ pub fn dataset_dimensionality(
         bail!("effective dimensionality needs at least 2 images, the data gives {total}");
     }
     let mut accumulator = Accumulator::new(layers);
-    let bar = progress(total as u64, "dimensionality");
+    let bar = trainer::progress::bar(total as u64, "dimensionality");
     let split = Split::Val {
         resolution: input.res,
     };

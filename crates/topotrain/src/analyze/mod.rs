@@ -325,19 +325,6 @@ pub fn display_name(path: &Path) -> String {
     }
 }
 
-/// A progress bar over `len` items on stderr (hidden when not a terminal).
-pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
 /// Fails unless `value` is finite and within `range`.
 pub fn check_range(name: &str, value: f64, low: f64, high: f64) -> Result<()> {
     if !(value.is_finite() && value >= low && value <= high) {

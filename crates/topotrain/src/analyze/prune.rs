@@ -18,7 +18,7 @@ use models::{Model, NativeGradient, Topographic};
 use serde::Serialize;
 
 use super::data::{open_dataset, DataArgs};
-use super::{check_range, display_name, progress, Cpu, CpuDevice, Loaded, ModelArgs, OutputArgs};
+use super::{check_range, display_name, Cpu, CpuDevice, Loaded, ModelArgs, OutputArgs};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Scope {
@@ -176,9 +176,11 @@ pub fn run(args: PruneArgs) -> Result<()> {
         }
         plans.push(("downsample".into(), factor, kept, weights));
     }
-    let bar = progress(plans.len() as u64, "evaluating variants");
     let (mut variants, mut images) = (Vec::new(), 0);
-    for (method, amount, kept, weights) in plans {
+    let count = plans.len();
+    for (index, (method, amount, kept, weights)) in plans.into_iter().enumerate() {
+        // Each evaluation shows its own bar.
+        eprintln!("variant {}/{count}: {method} {amount}", index + 1);
         let model = with_weights(&loaded.model, &candidates, &weights, &loaded.device)?;
         let result = trainer::eval::evaluate(
             &model,
@@ -201,9 +203,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
             top5: result.top5,
             loss: result.loss,
         });
-        bar.inc(1);
     }
-    bar.finish_and_clear();
 
     let mut png = None;
     if let Some(dir) = args.output.dir()? {

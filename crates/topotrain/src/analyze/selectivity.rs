@@ -16,7 +16,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::data::{forward_responses, InputArgs, Samples, Stimuli};
-use super::{file_stem, progress, Loaded, ModelArgs, ModuleArgs, OutputArgs};
+use super::{file_stem, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct SelectivityArgs {
@@ -119,7 +119,7 @@ pub fn run(args: SelectivityArgs) -> Result<()> {
     // Responses of every layer to every image, [images, units] per layer.
     let mut responses: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
     let mut units = vec![0usize; names.len()];
-    let bar = progress(stimuli.len() as u64, "selectivity");
+    let bar = trainer::progress::bar(stimuli.len() as u64, "selectivity");
     let mut start = 0;
     while start < stimuli.len() {
         let end = (start + args.batch).min(stimuli.len());
