@@ -76,8 +76,12 @@ fi
 [ -n "$gpus" ] || { echo "error: cannot tell how many GPUs this job has; request them with --gres=gpu:N or set GPUS" >&2; exit 1; }
 nodes=${SLURM_JOB_NUM_NODES:-1}
 first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# A requeued job resumes (unless --resume was given already, as it must be
+# to continue a run whose job ended without requeueing, e.g. at its limit).
 resume=()
-job_restarted && resume=(--resume)
+if job_restarted && [[ " $* " != *" --resume "* ]]; then
+    resume=(--resume)
+fi
 echo "job $SLURM_JOB_ID (start ${SLURM_RESTART_COUNT:-0}): $config on $nodes node(s) x $gpus GPUs${resume:+, resuming}"
 # One task per node; each appends its own rank.
 # shellcheck disable=SC2016

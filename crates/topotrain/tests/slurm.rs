@@ -283,6 +283,18 @@ fn a_requeued_fit_resumes_and_a_finished_one_is_not_requeued() {
     run(&mut job);
     assert!(has(&cluster.calls("topotrain")[0], "--resume"));
     assert!(!cluster.calls("scontrol").iter().any(|c| has(c, "requeue")));
+    // A --resume of the user's own is not passed twice (clap refuses that).
+    let mut job = cluster.job("fit_multi_gpu.sh", &["run.toml", "--resume"], "77");
+    job.env("SLURM_RESTART_COUNT", "2")
+        .env("SLURM_GPUS_ON_NODE", "8")
+        .env("FAKE_TOPOTRAIN_EXIT", "0");
+    run(&mut job);
+    let fit = &cluster.calls("topotrain")[1];
+    assert_eq!(
+        fit.iter().filter(|a| *a == "--resume").count(),
+        1,
+        "{fit:?}"
+    );
 }
 
 #[test]

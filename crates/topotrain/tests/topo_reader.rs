@@ -13,9 +13,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// Opens the file with the reader and writes the pixels of the records
 /// listed to a file; prints what else it read as JSON.
 const READ_SAMPLES: &str = r#"
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from topo_reader import TopoDataset
+import json
 dataset = TopoDataset(sys.argv[2])
 samples = []
 with open(sys.argv[3], "wb") as pixels:
@@ -33,23 +31,31 @@ fn reader_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python")
 }
 
-/// Debian's python3 with numpy; fails (never skips) without them.
-fn python(args: &[&str]) -> Output {
+/// Runs `code` with `TopoDataset` imported and `sys.argv` = [_, the
+/// reader's folder, `topo`, `args`...] in Debian's python3 with numpy; fails
+/// (never skips) without them.
+fn python(code: &str, topo: &Path, args: &[&str]) -> Output {
     let numpy = Command::new(PYTHON).args(["-c", "import numpy"]).output();
     assert!(
         numpy.is_ok_and(|o| o.status.success()),
         "{PYTHON} with numpy is needed to test python/topo_reader.py: run scripts/setup.sh (it installs python3-numpy)"
     );
+    let script = format!(
+        "import sys\nsys.path.insert(0, sys.argv[1])\nfrom topo_reader import TopoDataset\n{code}"
+    );
     // Imports leave no __pycache__ in the source tree.
     Command::new(PYTHON)
+        .args(["-c", &script])
+        .arg(reader_dir())
+        .arg(topo)
         .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap()
 }
 
-fn python_ok(args: &[&str]) -> String {
-    let output = python(args);
+fn python_ok(code: &str, topo: &Path, args: &[&str]) -> String {
+    let output = python(code, topo, args);
     assert!(
         output.status.success(),
         "python failed: {}",
@@ -65,14 +71,11 @@ fn python_ok(args: &[&str]) -> String {
 fn assert_python_reads_as_topotrain(topo: &Path, indices: &[usize], decoder_tolerance: f64) {
     let pixels_path = topo.with_extension("pixels");
     let list: Vec<String> = indices.iter().map(usize::to_string).collect();
-    let json = python_ok(&[
-        "-c",
+    let json = python_ok(
         READ_SAMPLES,
-        reader_dir().to_str().unwrap(),
-        topo.to_str().unwrap(),
-        pixels_path.to_str().unwrap(),
-        &list.join(","),
-    ]);
+        topo,
+        &[pixels_path.to_str().unwrap(), &list.join(",")],
+    );
     let read: serde_json::Value = serde_json::from_str(&json).unwrap();
     let dataset = data_prep::Dataset::open(topo).unwrap();
     assert_eq!(read["len"], dataset.len());
@@ -151,14 +154,12 @@ fn reads_a_raw_image_folder_as_topotrain_does() {
     let topo = prepared_folder(dir.path(), "raw");
     assert_python_reads_as_topotrain(&topo, &[0, 2, 3, 5], 0.0);
     // Negative indices count from the end; past the end is an IndexError.
-    let last = python_ok(&[
-        "-c",
-        "import sys; sys.path.insert(0, sys.argv[1]); from topo_reader import TopoDataset\n\
-         d = TopoDataset(sys.argv[2]); print(d[-1][0].shape, d[-1][1])\n\
+    let last = python_ok(
+        "d = TopoDataset(sys.argv[2]); print(d[-1][0].shape, d[-1][1])\n\
          try: d[len(d)]\nexcept IndexError as e: print('IndexError', e)",
-        reader_dir().to_str().unwrap(),
-        topo.to_str().unwrap(),
-    ]);
+        &topo,
+        &[],
+    );
     assert_eq!(
         last,
         "(5, 7, 3) 1\nIndexError record 6 of a dataset with 6 records\n"
@@ -188,13 +189,11 @@ fn reads_fashion_mnist_greyscale_as_topotrain_does() {
 fn jpeg_records_decode_with_pillow_or_say_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let topo = prepared_folder(dir.path(), "jpeg");
-    let output = python(&[
-        "-c",
-        "import sys; sys.path.insert(0, sys.argv[1]); from topo_reader import TopoDataset\n\
-         image, label = TopoDataset(sys.argv[2])[4]; print(image.shape, image.dtype, label)",
-        reader_dir().to_str().unwrap(),
-        topo.to_str().unwrap(),
-    ]);
+    let output = python(
+        "image, label = TopoDataset(sys.argv[2])[4]; print(image.shape, image.dtype, label)",
+        &topo,
+        &[],
+    );
     let has_pillow = Command::new(PYTHON)
         .args(["-c", "import PIL"])
         .output()
@@ -226,13 +225,7 @@ fn damaged_files_are_refused() {
     let open = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let output = python(&[
-            "-c",
-            "import sys; sys.path.insert(0, sys.argv[1]); from topo_reader import TopoDataset\n\
-             TopoDataset(sys.argv[2])",
-            reader_dir().to_str().unwrap(),
-            path.to_str().unwrap(),
-        ]);
+        let output = python("TopoDataset(sys.argv[2])", &path, &[]);
         assert!(!output.status.success(), "{name} was accepted");
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
