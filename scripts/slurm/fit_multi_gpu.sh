@@ -75,7 +75,8 @@ if [ -z "$gpus" ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
 fi
 [ -n "$gpus" ] || { echo "error: cannot tell how many GPUs this job has; request them with --gres=gpu:N or set GPUS" >&2; exit 1; }
 nodes=${SLURM_JOB_NUM_NODES:-1}
-first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+first=${hosts%%$'\n'*}
 # A requeued job resumes (unless --resume was given already, as it must be
 # to continue a run whose job ended without requeueing, e.g. at its limit).
 resume=()
