@@ -7,8 +7,8 @@ TopoLoss here is the authors' definition written with F.interpolate (as their
 `topoloss` package does): each conv's units on an h x w sheet, bilinear down
 by the factor and back up, loss = 1 - mean cos(w, blur(w)), mean over layers.
 
-    python3 scripts/bench_torch_train.py --arch resnet18 --batch 256 --res 176
-    python3 scripts/bench_torch_train.py --device cpu --threads 2 --batch 8 --res 64
+    python3 scripts/bench_torch_train.py --arch resnet18 --batch-size 256 --res 176
+    python3 scripts/bench_torch_train.py --device cpu --threads 2 --batch-size 8 --res 64
     python3 scripts/bench_torch_train.py --variants f32,f32+topo,bf16,bf16+topo
 
 --variants runs several settings in one process (one JSON line each), so the
@@ -45,7 +45,7 @@ def topo_loss(weights, factor):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=256)
     parser.add_argument("--res", type=int, default=176)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast + channels_last")
     parser.add_argument("--topo-tau", type=float, default=None)

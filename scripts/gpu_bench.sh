@@ -78,7 +78,7 @@ stage() {
 
 # DEVICE, BATCH and RES exist to try the script out on a CPU.
 device=${DEVICE:-cuda}
-r18=(bench train --arch resnet18 --batch "${BATCH:-256}" --res "${RES:-176}" --device "$device")
+r18=(bench train --arch resnet18 --batch-size "${BATCH:-256}" --res "${RES:-176}" --device "$device")
 declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf16" [r18_igemm]="")
 # r18_igemm: the experimental implicit-GEMM convolutions (README, GPUs).
 declare -A run_env=([r18_igemm]="TOPOTRAIN_CONV_KERNELS=implicit-gemm")
@@ -115,7 +115,7 @@ done
     stage topoloss 60 "$root/gpu-cache/r18_topo" "$bin" bench topoloss --arch resnet18 --device "$device" --json
 
 stage torch18 120 "" "$python" scripts/bench_torch_train.py --device "$device" \
-    --batch "${BATCH:-256}" --res "${RES:-176}" --arch resnet18 --variants "${TORCH_VARIANTS:-f32,f32+topo,bf16,bf16+topo}"
+    --batch-size "${BATCH:-256}" --res "${RES:-176}" --arch resnet18 --variants "${TORCH_VARIANTS:-f32,f32+topo,bf16,bf16+topo}"
 
 for run in $runs; do
     c=$root/gpu-cache/$run

@@ -72,14 +72,14 @@ $topotrain analyze sheets --checkpoint "$topo" --layer layer4.1.conv2 --out "$wo
 $topotrain analyze sheets --checkpoint "$work/sweep/tau_0" --layer layer4.1.conv2 --out "$work/sheets_tau0"
 $topotrain analyze smoothness --checkpoint "$topo" --out "$work/smoothness"
 $topotrain analyze dimensionality --checkpoint "$topo" --modules 'layer*.*' \
-    --data "$fashion" --max-images 2000 --batch 250 --out "$work/dimensionality"
+    --data "$fashion" --max-images 2000 --batch-size 250 --out "$work/dimensionality"
 # Layers 1-2 have 2x4 and 4x4 sheets, too small to down-sample; prune the
 # 4x8 and 8x8 sheets of layers 3-4, with and without topography.
 for tau in 0 20; do
     $topotrain analyze prune --checkpoint "$work/sweep/tau_$tau" --layers 'layer3.**,layer4.**' \
-        --factors 1.5,2,4 --data "$fashion" --max-images 2000 --batch 250 --out "$work/prune_tau$tau"
+        --factors 1.5,2,4 --data "$fashion" --max-images 2000 --batch-size 250 --out "$work/prune_tau$tau"
 done
-$topotrain analyze sweep-report --sweep "$work/sweep" --data "$fashion" --max-images 1000 --batch 250 \
+$topotrain analyze sweep-report --sweep "$work/sweep" --data "$fashion" --max-images 1000 --batch-size 250 \
     --out "$work/sweep_report"
 golden=$shared/golden/resnet18_blurpool.pt
 $topotrain analyze selectivity --checkpoint "$golden" --layers layer4.1.conv2 --stimuli stimuli \

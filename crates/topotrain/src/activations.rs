@@ -37,6 +37,8 @@ pub struct ActivationsArgs {
     /// Print the checkpoint's module names and exit (ignores --input, --layers, --out).
     #[arg(long)]
     list_layers: bool,
+    #[command(flatten)]
+    threads: crate::threads::ThreadsArg,
 }
 
 /// One output being assembled across batches.
@@ -46,6 +48,7 @@ struct Collected {
 }
 
 pub fn run(args: ActivationsArgs) -> Result<()> {
+    args.threads.apply();
     let device = Default::default();
     let model = trainer::eval::load_model::<CpuBackend>(&args.checkpoint, &device)?;
     if args.list_layers {

@@ -13,7 +13,7 @@ pub struct BenchTrainArgs {
     /// resnet18, resnet50 or vit_b_32.
     #[arg(long, default_value = "resnet18")]
     pub arch: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 8)]
     pub batch: usize,
     #[arg(long, default_value_t = 64)]
     pub res: usize,

@@ -24,8 +24,11 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[command(flatten)]
     pub input: InputArgs,
-    #[arg(long, default_value_t = 256)]
+    /// Images per forward pass.
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 256)]
     pub batch: usize,
+    #[command(flatten)]
+    pub threads: crate::threads::ThreadsArg,
     /// Evaluate only this many batches.
     #[arg(long)]
     pub max_batches: Option<usize>,
@@ -38,8 +41,9 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch == 0 {
-        anyhow::bail!("--batch must be at least 1");
+        anyhow::bail!("--batch-size must be at least 1");
     }
+    args.threads.apply();
     let run = run_config(&args.checkpoint)?;
     let (res, crop_ratio) = args.input.geometry(run.as_ref())?;
     let (data, path) = open_validation(&args.data, res, crop_ratio)?;

@@ -1,32 +1,42 @@
-//! `topotrain inspect CHECKPOINT`: each topographic layer's sheet and its
-//! TopoLoss at tau = 1, for our checkpoints and PyTorch state dicts alike.
+//! `topotrain inspect --checkpoint CKPT`: each topographic layer's sheet and
+//! its TopoLoss at tau = 1, for run directories, our checkpoints and
+//! PyTorch state dicts alike.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use models::topography::{TopoLayer, Topography, TopographyConfig};
-use models::{inspect_checkpoint, load_weights, Architecture};
+use models::Architecture;
 use serde::Serialize;
 
 use crate::device::CpuBackend;
+use crate::validation::run_config;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A checkpoint: PyTorch `.pt`/`.pth`, safetensors, or one of ours.
-    checkpoint: PathBuf,
+    /// A run directory, one of its checkpoints, a .safetensors or a PyTorch .pt.
+    #[arg(long, required_unless_present = "checkpoint_path")]
+    checkpoint: Option<PathBuf>,
+    /// The checkpoint, given without --checkpoint (as before).
+    #[arg(hide = true, conflicts_with = "checkpoint")]
+    checkpoint_path: Option<PathBuf>,
     /// Architecture (resnet18, resnet50, vit_b_32); inferred from the checkpoint when omitted.
     #[arg(long)]
     arch: Option<String>,
-    /// Blur factor, clamped per layer to min(factor, sheet height, sheet width).
-    #[arg(long, default_value_t = 3.0)]
-    factor: f64,
-    /// Layer patterns (dotted globs, comma-separated); default: every Conv2d and Linear.
-    #[arg(long, value_delimiter = ',', default_value = "**")]
-    layers: Vec<String>,
+    /// Blur factor, clamped per layer to min(factor, sheet height, sheet width)
+    /// (default: the run's [topography] factors, else 3).
+    #[arg(long)]
+    factor: Option<f64>,
+    /// Layer patterns (dotted globs, comma-separated); default: the run's
+    /// [topography] layers, else every Conv2d and Linear layer.
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<String>>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    threads: crate::threads::ThreadsArg,
 }
 
 /// One line of the report.
@@ -48,31 +58,45 @@ fn arch_name(architecture: &Architecture) -> String {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let info = inspect_checkpoint(&args.checkpoint)?;
+    args.threads.apply();
+    let checkpoint = args
+        .checkpoint
+        .as_ref()
+        .or(args.checkpoint_path.as_ref())
+        .context("give the checkpoint with --checkpoint")?;
+    let run = run_config(checkpoint)?;
+    let model = trainer::eval::load_model::<CpuBackend>(checkpoint, &Default::default())?;
+    let architecture = model.architecture();
     if let Some(arch) = &args.arch {
-        let found = arch_name(&info.architecture);
+        let found = arch_name(&architecture);
         if *arch != found {
             bail!(
                 "{}: --arch {arch} was given, but the checkpoint holds a {}; \
                  leave --arch out to use the checkpoint's architecture",
-                args.checkpoint.display(),
-                info.architecture.describe()
+                checkpoint.display(),
+                architecture.describe()
             );
         }
     }
-    let device = Default::default();
-    let mut model = info.architecture.init::<CpuBackend>(&device)?;
-    load_weights(&mut model, &info)?;
-    let summaries = summarise_layers(&model, args.factor, &args.layers)
-        .with_context(|| format!("inspecting {}", args.checkpoint.display()))?;
+    let run_topography = run.as_ref().and_then(|r| r.topography.clone());
+    let selection = match (run_topography, &args.layers, args.factor) {
+        // The run's own layers and factors, unless told otherwise.
+        (Some(topography), None, None) => topography,
+        (run_topography, layers, factor) => {
+            let patterns = crate::analyze::layer_patterns(layers.as_deref(), run.as_ref());
+            let factor = factor.unwrap_or(3.0);
+            if run_topography.is_some() && layers.is_none() {
+                eprintln!("the run's layers, each at --factor {factor}");
+            }
+            TopographyConfig::uniform(&patterns, factor, 1.0)
+        }
+    };
+    let summaries = summarise_layers(&model, &selection)
+        .with_context(|| format!("inspecting {}", checkpoint.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summaries)?);
     } else {
-        println!(
-            "{} ({})",
-            args.checkpoint.display(),
-            info.architecture.describe()
-        );
+        println!("{} ({})", checkpoint.display(), architecture.describe());
         println!(
             "{:<32} {:>7} {:>7} {:>7} {:>10}",
             "layer", "sheet_h", "sheet_w", "factor", "topo_loss"
@@ -87,16 +111,17 @@ pub fn run(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// Sheet and TopoLoss (tau = 1) of each layer matching `patterns`.
+/// Sheet and TopoLoss (tau = 1) of each layer `selection` picks.
 pub fn summarise_layers<B: burn::tensor::backend::Backend>(
     model: &impl models::Topographic<B>,
-    factor: f64,
-    patterns: &[String],
+    selection: &TopographyConfig,
 ) -> Result<Vec<LayerSummary>> {
-    if !(factor.is_finite() && factor >= 1.0) {
-        bail!("--factor must be a number >= 1, got {factor}");
+    for layers in &selection.layers {
+        if !(layers.factor.is_finite() && layers.factor >= 1.0) {
+            bail!("--factor must be a number >= 1, got {}", layers.factor);
+        }
     }
-    let topography = Topography::new(model, &TopographyConfig::uniform(patterns, factor, 1.0))?;
+    let topography = Topography::new(model, selection)?;
     let report = topography.report(model, 0)?;
     Ok(topography
         .layers

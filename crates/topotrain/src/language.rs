@@ -150,7 +150,7 @@ pub struct LanguagePruneArgs {
     /// Language models: tokens per validation window (default: the model's block size).
     #[arg(long)]
     pub block_size: Option<usize>,
-    /// Language models: batches of `--batch` validation windows evaluated per sparsity.
+    /// Language models: batches of `--batch-size` validation windows evaluated per sparsity.
     #[arg(long, default_value_t = 20)]
     pub eval_batches: usize,
 }
@@ -192,7 +192,7 @@ pub fn prune(args: &PruneArgs) -> Result<()> {
     let batch_size = args.data.batch;
     let eval_batches = args.language.eval_batches;
     if batch_size == 0 || eval_batches == 0 {
-        bail!("--batch and --eval-batches must be at least 1");
+        bail!("--batch-size and --eval-batches must be at least 1");
     }
     let (model, layers) = open_gpt(&args.model)?;
     let block_size = args
@@ -248,7 +248,7 @@ pub struct GptDimensionality {
 /// `c_fc`) over windows of the token folder `--data` (its val.bin), each
 /// token position one sample of a layer's units (`--samples images`: one
 /// per window, averaged over its tokens). `--max-images` caps the
-/// windows (default: as many as fit the file, spread evenly) and `--batch`
+/// windows (default: as many as fit the file, spread evenly) and `--batch-size`
 /// is windows per forward pass.
 pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
     if args.modules.modules.is_some() {
@@ -256,7 +256,7 @@ pub fn dimensionality(args: &DimensionalityArgs) -> Result<GptDimensionality> {
     }
     let batch = args.data.batch;
     if batch == 0 || args.passes == 0 {
-        bail!("--batch and --passes must be at least 1");
+        bail!("--batch-size and --passes must be at least 1");
     }
     let (model, patterns) = open_gpt(&args.model)?;
     let block_size = model.config().block_size;

@@ -18,6 +18,7 @@ mod language;
 mod prep;
 mod signals;
 mod sweep;
+mod threads;
 mod validation;
 
 #[derive(Parser)]
@@ -52,8 +53,7 @@ enum Command {
     /// LoRA fine-tuning of a GPT checkpoint (base weights frozen).
     Finetune(language::FinetuneArgs),
     /// Analyses of a checkpoint: sheets, smoothness, dimensionality, selectivity, pruning, sweep report.
-    #[command(subcommand)]
-    Analyze(analyze::AnalyzeCommand),
+    Analyze(analyze::AnalyzeArgs),
 }
 
 // mimalloc keeps freed memory for reuse: with glibc's allocator, the CPU

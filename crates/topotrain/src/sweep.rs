@@ -28,6 +28,9 @@ pub struct SweepArgs {
     /// Only write the table from finished runs (e.g. after a SLURM array).
     #[arg(long)]
     pub collect: bool,
+    /// CPU threads (overrides training.threads; 0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -48,6 +51,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
     }
     if let Some(epochs) = args.epochs {
         base.training.epochs = epochs;
+    }
+    if let Some(threads) = args.threads {
+        base.training.threads = threads;
     }
     base.validate()?;
     if !args.collect {

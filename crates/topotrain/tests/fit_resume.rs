@@ -410,7 +410,7 @@ threads = 1
             run.to_str().unwrap(),
             "--data",
             FASHION,
-            "--batch",
+            "--batch-size",
             "64",
             "--max-batches",
             "4",
@@ -593,7 +593,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         FASHION,
         "--max-batches",
         "4",
-        "--batch",
+        "--batch-size",
         "64",
     ]);
     assert_success(&on_run);
@@ -606,7 +606,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         FASHION,
         "--max-batches",
         "4",
-        "--batch",
+        "--batch-size",
         "64",
         "--mean",
         "72.94",
@@ -627,9 +627,10 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
 /// Outside a terminal (a batch job, a pipe) `fit` prints a plain line per
 /// `log_every_steps` steps; TopoLoss is named the same way in the lines,
 /// the metrics and the summary; TensorBoard gets the metrics too; the
-/// summary says how many validation images its accuracies rest on.
+/// summary says how many validation images its accuracies rest on; and
+/// `inspect` reads the run directory.
 #[test]
-fn a_batch_job_logs_plain_lines_tensorboard_events_and_val_images() {
+fn a_batch_job_logs_lines_tensorboard_events_val_images_and_inspects() {
     if !have_fashion() {
         return;
     }
@@ -672,6 +673,22 @@ fn a_batch_job_logs_plain_lines_tensorboard_events_and_val_images() {
         .unwrap();
     assert_eq!(epoch_line["mean_topo_loss"], summary["mean_topo_loss"]);
     assert_eq!(epoch_line["val_samples"], 4 * 64);
+
+    // `inspect` reads the run directory and reports the run's own layers,
+    // with the TopoLoss the run ended with.
+    let inspected = topotrain(&["inspect", "--checkpoint", run.to_str().unwrap(), "--json"]);
+    assert_success(&inspected);
+    let layers: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let run_layers = summary["topo_layers"].as_object().unwrap();
+    assert_eq!(layers.as_array().unwrap().len(), run_layers.len());
+    for layer in layers.as_array().unwrap() {
+        let name = layer["name"].as_str().unwrap();
+        let (got, want) = (
+            layer["topo_loss"].as_f64().unwrap(),
+            run_layers[name].as_f64().unwrap(),
+        );
+        assert!((got - want).abs() <= 1e-6 * want, "{name}: {got} vs {want}");
+    }
 
     let events: Vec<_> = std::fs::read_dir(run.join("tensorboard"))
         .unwrap()

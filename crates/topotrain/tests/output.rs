@@ -11,7 +11,14 @@ fn a_closed_stdout_ends_the_program_without_a_panic() {
     use std::os::unix::process::ExitStatusExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_topotrain"))
         .args([
-            "bench", "train", "--width", "4", "--res", "8", "--batch", "1",
+            "bench",
+            "train",
+            "--width",
+            "4",
+            "--res",
+            "8",
+            "--batch-size",
+            "1",
         ])
         .args(["--warmup", "0", "--steps", "1", "--num-classes", "3"])
         .stdout(Stdio::piped())

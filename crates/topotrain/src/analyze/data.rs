@@ -24,7 +24,7 @@ pub struct DataArgs {
     #[command(flatten)]
     pub input: InputArgs,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 64)]
     pub batch: usize,
     /// Use at most this many images (default: all).
     #[arg(long)]

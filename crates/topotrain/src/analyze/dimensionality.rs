@@ -208,7 +208,7 @@ pub fn dataset_dimensionality(
         passes,
     } = sampling;
     if batch == 0 || passes == 0 {
-        bail!("--batch and --passes must be at least 1");
+        bail!("--batch-size and --passes must be at least 1");
     }
     let total = max_images
         .unwrap_or(usize::MAX)

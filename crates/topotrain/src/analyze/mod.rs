@@ -33,6 +33,16 @@ pub type Cpu = trainer::Cpu;
 /// Its device.
 pub type CpuDevice = <Cpu as burn::tensor::backend::BackendTypes>::Device;
 
+/// `topotrain analyze [--threads N] <analysis> ...`.
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// CPU threads (0 = all cores, the default); also after the analysis's name.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: AnalyzeCommand,
+}
+
 #[derive(Subcommand)]
 pub enum AnalyzeCommand {
     /// Cortical sheet pictures: units coloured by the first 3 PCs of their weights.
@@ -49,8 +59,9 @@ pub enum AnalyzeCommand {
     SweepReport(sweep_report::SweepReportArgs),
 }
 
-pub fn run(command: AnalyzeCommand) -> Result<()> {
-    match command {
+pub fn run(args: AnalyzeArgs) -> Result<()> {
+    trainer::device::set_cpu_threads(args.threads.unwrap_or(0));
+    match args.command {
         AnalyzeCommand::Sheets(args) => sheets::run(args),
         AnalyzeCommand::Smoothness(args) => smoothness::run(args),
         AnalyzeCommand::Dimensionality(args) => dimensionality::run(args),

@@ -130,7 +130,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         check_range("--factors", f, 1.0, f64::MAX)?;
     }
     if args.data.batch == 0 {
-        bail!("--batch must be at least 1");
+        bail!("--batch-size must be at least 1");
     }
     let loaded = Loaded::open(&args.model)?;
     let layers = loaded.layers()?;

@@ -40,7 +40,7 @@ pub struct SelectivityArgs {
     #[arg(long)]
     pub max_per_category: Option<usize>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 64)]
     pub batch: usize,
     #[command(flatten)]
     pub input: InputArgs,
@@ -84,7 +84,7 @@ struct SelectivityReport {
 
 pub fn run(args: SelectivityArgs) -> Result<()> {
     if args.batch == 0 {
-        bail!("--batch must be at least 1");
+        bail!("--batch-size must be at least 1");
     }
     let loaded = Loaded::open(&args.model)?;
     let names = loaded.response_modules(&args.modules)?;

@@ -33,7 +33,7 @@ pub struct SweepReportArgs {
     /// Images for effective dimensionality.
     #[arg(long, default_value_t = 1000)]
     pub max_images: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 64)]
     pub batch: usize,
     #[command(flatten)]
     pub input: InputArgs,
