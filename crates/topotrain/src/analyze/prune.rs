@@ -180,16 +180,15 @@ pub fn run(args: PruneArgs) -> Result<()> {
     let (mut variants, mut images) = (Vec::new(), 0);
     for (method, amount, kept, weights) in plans {
         let model = with_weights(&loaded.model, &candidates, &weights, &loaded.device)?;
-        let result = trainer::eval::evaluate(
-            &model,
-            &data,
-            input.res,
-            batch,
-            &input.mean,
-            &input.std,
+        let settings = trainer::eval::EvalSettings {
+            resolution: input.res,
+            batch_size: batch,
+            mean: &input.mean,
+            std: &input.std,
             max_batches,
-            &loaded.device,
-        )?;
+            tta: trainer::eval::Tta::None,
+        };
+        let result = trainer::eval::evaluate(&model, &data, &settings, &loaded.device)?;
         images = result.images;
         variants.push(Variant {
             method,
