@@ -187,7 +187,8 @@ fn default_momentum() -> f64 {
 pub enum LrShape {
     /// Linear from the peak to zero at the end of training (ffcv "triangular").
     Linear,
-    /// Multiply by `step_ratio` every `step_length` epochs (ffcv "step").
+    /// Multiply by `step_ratio` every `step_length` epochs, reaching 0 at
+    /// the end; ffcv's "step", which ramps over the epoch before each drop.
     Step,
     /// Keep the peak.
     Constant,
@@ -252,10 +253,19 @@ impl LrSection {
                 (self.peak * (epochs - epoch) / span).max(0.0)
             }
             LrShape::Step => {
-                self.peak
-                    * self
-                        .step_ratio
-                        .powi((epoch / self.step_length).floor() as i32)
+                // ffcv's get_step_lr at whole epochs, 0 from the last on
+                // (train_imagenet.py:100-105), interpolated within each
+                // epoch as its train_loop does (lines 356-358).
+                let at_whole = |e: f64| {
+                    if e >= epochs {
+                        0.0
+                    } else {
+                        self.peak * self.step_ratio.powi((e / self.step_length).floor() as i32)
+                    }
+                };
+                let whole = epoch.floor();
+                let (from, to) = (at_whole(whole), at_whole(whole + 1.0));
+                from + (to - from) * (epoch - whole)
             }
         }
     }
@@ -938,6 +948,11 @@ dir = "runs/test"
             ..lr
         };
         assert!((step.at(3.5, 10) - 0.1).abs() < 1e-12);
+        // As ffcv, the epoch before a drop ramps to the next value, and the
+        // last epoch ramps to 0.
+        assert!((step.at(2.5, 10) - 0.55).abs() < 1e-12);
+        assert!((step.at(9.5, 10) - 0.0005).abs() < 1e-12);
+        assert_eq!(step.at(10.0, 10), 0.0);
     }
 
     /// ffcv-imagenet's `get_cyclic_lr` (train_imagenet.py:110-113) with
