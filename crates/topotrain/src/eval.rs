@@ -2,13 +2,13 @@
 //! checkpoint, our safetensors or a PyTorch checkpoint on a prepared
 //! validation set (or Fashion-MNIST IDX files).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use trainer::data::DataSet;
-use trainer::eval::EvalResult;
+use trainer::eval::{EvalResult, EvalSettings, Tta};
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
 use crate::validation::{open_validation, run_config, InputArgs};
@@ -32,6 +32,11 @@ pub struct EvalArgs {
     /// Evaluate only this many batches.
     #[arg(long)]
     pub max_batches: Option<usize>,
+    /// Test-time augmentation: "flip" averages the logits of each image and
+    /// of its mirror (ffcv's lr_tta), "none" not (default: the run's
+    /// data.val_tta, else none).
+    #[arg(long)]
+    pub tta: Option<Tta>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Write the result as JSON to this file too.
@@ -48,14 +53,24 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let (res, crop_ratio) = args.input.geometry(run.as_ref())?;
     let (data, path) = open_validation(&args.data, res, crop_ratio)?;
     let (mean, std) = args.input.normalisation(run.as_ref(), data.channels())?;
+    let tta = args
+        .tta
+        .or(run.as_ref().map(|r| r.data.val_tta))
+        .unwrap_or_default();
+    let settings = EvalSettings {
+        resolution: res,
+        batch_size: args.batch,
+        mean: &mean,
+        std: &std,
+        max_batches: args.max_batches,
+        tta,
+    };
     let result = run_on(
         args.device,
         Evaluate {
-            args: &args,
+            checkpoint: &args.checkpoint,
             data: &data,
-            res,
-            mean: &mean,
-            std: &std,
+            settings: &settings,
         },
     )?;
     let json = serde_json::json!({
@@ -63,6 +78,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "data": path,
         "resolution": res,
         "crop_ratio": crop_ratio,
+        "tta": tta,
         "top1": result.top1,
         "top5": result.top5,
         "loss": result.loss,
@@ -73,7 +89,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
     eprintln!(
-        "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
+        "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images, test-time augmentation: {tta})",
         100.0 * result.top1,
         100.0 * result.top5,
         result.loss,
@@ -84,27 +100,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 struct Evaluate<'a> {
-    args: &'a EvalArgs,
+    checkpoint: &'a Path,
     data: &'a DataSet,
-    res: usize,
-    mean: &'a [f32],
-    std: &'a [f32],
+    settings: &'a EvalSettings<'a>,
 }
 
 impl BackendJob for Evaluate<'_> {
     type Output = EvalResult;
     /// Inference needs no autodiff: the model lives on the inner backend.
     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceChoice) -> Result<EvalResult> {
-        let model = trainer::eval::load_model::<B::InnerBackend>(&self.args.checkpoint, &device)?;
-        trainer::eval::evaluate(
-            &model,
-            self.data,
-            self.res,
-            self.args.batch,
-            self.mean,
-            self.std,
-            self.args.max_batches,
-            &device,
-        )
+        let model = trainer::eval::load_model::<B::InnerBackend>(self.checkpoint, &device)?;
+        trainer::eval::evaluate(&model, self.data, self.settings, &device)
     }
 }

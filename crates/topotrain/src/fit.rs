@@ -77,10 +77,12 @@ pub struct OverrideArgs {
     /// Override training.seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Override training.batch_size.
+    /// Override training.batch_size (with lr.reference_batch set, the
+    /// learning rate follows it and keeps its rate per sample).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Override the peak learning rate (lr.peak; optimizer.lr for language runs).
+    /// Override the peak learning rate (lr.peak, at lr.reference_batch if
+    /// set; optimizer.lr for language runs).
     #[arg(long)]
     pub lr: Option<f64>,
 }

@@ -100,8 +100,40 @@ pub enum StorageArg {
     Mixed,
 }
 
+/// ffcv-imagenet's ImageNet files (its README, "Dataset setup"): mixed
+/// storage at JPEG quality 90, as its `write_imagenet.sh 500 0.50 90`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// ResNet-18's: 400 px longest side, 10% of images JPEG.
+    Rn18,
+    /// ResNet-50's: 500 px longest side, 50% of images JPEG.
+    Rn50,
+}
+
+impl Preset {
+    fn max_side(self) -> u32 {
+        match self {
+            Preset::Rn18 => 400,
+            Preset::Rn50 => 500,
+        }
+    }
+
+    fn compress_probability(self) -> f64 {
+        match self {
+            Preset::Rn18 => 0.1,
+            Preset::Rn50 => 0.5,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct PrepArgs {
+    /// ffcv-imagenet's settings for a ResNet-18 (400 px, 10% JPEG) or a
+    /// ResNet-50 (500 px, 50% JPEG), JPEG quality 90; replaces --max-side,
+    /// --storage, --compress-probability and --jpeg-quality.
+    #[arg(long, value_enum,
+          conflicts_with_all = ["max_side", "storage", "compress_probability", "jpeg_quality"])]
+    preset: Option<Preset>,
     /// Images whose longer side exceeds this are downscaled to it (0: keep sizes).
     #[arg(long, default_value_t = data_prep::prep::DEFAULT_MAX_SIDE)]
     max_side: u32,
@@ -136,17 +168,30 @@ pub struct PrepArgs {
 
 impl PrepArgs {
     fn options(&self) -> PrepOptions {
-        let storage = match self.storage {
-            StorageArg::Raw => Storage::Raw,
-            StorageArg::Jpeg => Storage::Jpeg,
-            StorageArg::Mixed => Storage::Mixed {
-                compress_probability: self.compress_probability,
-            },
+        let (max_side, storage, jpeg_quality) = match self.preset {
+            Some(preset) => (
+                Some(preset.max_side()),
+                Storage::Mixed {
+                    compress_probability: preset.compress_probability(),
+                },
+                90,
+            ),
+            None => (
+                (self.max_side > 0).then_some(self.max_side),
+                match self.storage {
+                    StorageArg::Raw => Storage::Raw,
+                    StorageArg::Jpeg => Storage::Jpeg,
+                    StorageArg::Mixed => Storage::Mixed {
+                        compress_probability: self.compress_probability,
+                    },
+                },
+                self.jpeg_quality,
+            ),
         };
         PrepOptions {
-            max_side: (self.max_side > 0).then_some(self.max_side),
+            max_side,
             storage,
-            jpeg_quality: self.jpeg_quality,
+            jpeg_quality,
             seed: self.seed,
             max_pixels: self.max_pixels,
             strict: self.strict,
@@ -295,4 +340,58 @@ fn print_summary(summary: &PrepSummary) {
         );
     }
     println!("classes: {}", summary.classes_file.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        prep: PrepArgs,
+    }
+
+    fn options(args: &[&str]) -> Result<PrepOptions, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("prep").chain(args.iter().copied()))?;
+        Ok(cli.prep.options())
+    }
+
+    #[test]
+    fn presets_are_ffcvs_data_settings() {
+        let mixed = |p| Storage::Mixed {
+            compress_probability: p,
+        };
+        let rn18 = options(&["--preset", "rn18"]).unwrap();
+        assert_eq!(
+            (rn18.max_side, rn18.storage, rn18.jpeg_quality),
+            (Some(400), mixed(0.1), 90)
+        );
+        let rn50 = options(&["--preset", "rn50", "--seed", "3"]).unwrap();
+        assert_eq!(
+            (rn50.max_side, rn50.storage, rn50.jpeg_quality, rn50.seed),
+            (Some(500), mixed(0.5), 90, 3)
+        );
+        // Without a preset, the flags (and their defaults) apply.
+        let plain = options(&["--max-side", "320", "--jpeg-quality", "80"]).unwrap();
+        assert_eq!((plain.max_side, plain.jpeg_quality), (Some(320), 80));
+    }
+
+    #[test]
+    fn a_preset_refuses_the_flags_it_sets() {
+        for flag in [
+            ["--max-side", "256"],
+            ["--jpeg-quality", "95"],
+            ["--storage", "raw"],
+            ["--compress-probability", "0.2"],
+        ] {
+            let args = [&["--preset", "rn18"][..], &flag[..]].concat();
+            let error = options(&args).expect_err("a conflict").to_string();
+            assert!(
+                error.contains("--preset") && error.contains(flag[0]),
+                "{error}"
+            );
+        }
+    }
 }

@@ -164,6 +164,8 @@ pub fn open_validation(path: &Path, res: usize, crop_ratio: f64) -> Result<(Data
         },
         val_resolution: res,
         val_crop_ratio: crop_ratio,
+        // Test-time augmentation is the evaluation's, not the data's.
+        val_tta: Default::default(),
         flip: false,
         crop_scale: [0.08, 1.0],
         workers: 0,

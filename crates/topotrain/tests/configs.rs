@@ -62,10 +62,79 @@ fn every_config_parses_and_matches_its_name() {
             assert_eq!(config.data.val_resolution, 256, "{stem}");
             assert_eq!(config.data.val_crop_ratio, 224.0 / 256.0, "{stem}");
         }
+        check_ffcv_schedule_and_validation(&config, &arch, &stem);
+        if arch == "vit_b_32" {
+            assert_eq!(topography.layers.len(), 1, "{stem}: one layer selection");
+            assert_eq!(
+                topography.layers[0].patterns,
+                ["encoder.layers.*.mlp.3"],
+                "{stem}: the paper's TopoLoss is on mlp.3 only"
+            );
+        }
     }
     // ResNet-18 at 7 taus and ResNet-50, ViT-B/32 at one, 16 and 88 epochs
     // (the ResNet-18 baseline at tau 0 too).
     assert!(imagenet >= 14, "only {imagenet} ImageNet configs");
+}
+
+/// ffcv-imagenet's learning rate per image (lr over the images of a step:
+/// `batch_size` per process x `world_size`), its cyclic schedule's start
+/// (train_imagenet.py:110-113) and flip TTA (`validation.lr_tta: true`).
+/// ResNet-18 and ViT (which has no ffcv recipe) follow
+/// rn18_configs/rn18_*_epochs.yaml: lr 0.5, batch_size 1024, world_size 1;
+/// ResNet-50 rn50_configs/rn50_*_epochs.yaml: lr 1.7, batch_size 512,
+/// world_size 8.
+fn check_ffcv_schedule_and_validation(config: &RunConfig, arch: &str, stem: &str) {
+    let per_sample = if arch == "resnet50" {
+        1.7 / (512.0 * 8.0)
+    } else {
+        0.5 / 1024.0
+    };
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    assert!(
+        same(config.peak_lr_per_sample(), per_sample),
+        "{stem}: peak learning rate per image {} (peak {} at a step of {} images), ffcv's {per_sample}",
+        config.peak_lr_per_sample(),
+        config.lr.peak * config.lr_scale(),
+        config.step_batch()
+    );
+    // The same rate per image at another batch, e.g. one that fits a
+    // smaller GPU.
+    let mut smaller = config.clone();
+    smaller.training.batch_size /= 4;
+    assert!(
+        same(smaller.peak_lr_per_sample(), per_sample),
+        "{stem}: at a quarter of the batch"
+    );
+    // Cyclic: 1e-4 x lr at epoch 0, lr at epoch 2, 0 at the last epoch.
+    let peak = config.lr_at(2.0);
+    assert!(
+        same(peak, per_sample * config.step_batch() as f64),
+        "{stem}: the peak at epoch 2"
+    );
+    assert!(
+        same(config.lr_at(0.0), 1e-4 * peak),
+        "{stem}: the schedule starts at 1e-4 x lr"
+    );
+    assert!(
+        same(config.lr_at(1.0), (1e-4 + (1.0 - 1e-4) / 2.0) * peak),
+        "{stem}: warm-up"
+    );
+    assert_eq!(
+        config.lr_at(config.training.epochs as f64),
+        0.0,
+        "{stem}: ends at 0"
+    );
+    let midway = 2.0 + (config.training.epochs as f64 - 2.0) / 2.0;
+    assert!(
+        same(config.lr_at(midway), peak / 2.0),
+        "{stem}: linear decay"
+    );
+    assert_eq!(
+        config.data.val_tta,
+        trainer::eval::Tta::Flip,
+        "{stem}: flip TTA"
+    );
 }
 
 /// `configs/<name>.toml` resized to a few seconds of CPU work on `data`.
@@ -107,15 +176,14 @@ fn small_run(name: &str, data: &Path, out: &Path) -> PathBuf {
         set(&mut value, "model", "image_size", res.into());
     }
     set(&mut value, "lr", "warmup_epochs", 0.5.into());
-    // The recipe's peak LR scaled to the batch of 4 (linear scaling, as
-    // ffcv's lr = 0.5 x batch / 256): at the full peak two steps diverge,
-    // and evaluation rightly refuses the non-finite logits.
-    let batch = value["training"]["batch_size"].as_integer().unwrap() as f64;
-    let peak = value["lr"]["peak"].as_float().unwrap();
-    set(&mut value, "lr", "peak", (peak * 4.0 / batch).into());
+    // lr.reference_batch scales the recipe's learning rate to the batch of 4
+    // (at the full peak two steps diverge, and evaluation rightly refuses
+    // the non-finite logits).
+    assert!(value["lr"].get("reference_batch").is_some(), "{name}");
     for (key, v) in [
         ("epochs", 1),
         ("batch_size", 4),
+        ("grad_accum", 1),
         ("eval_batch_size", 8),
         ("max_steps_per_epoch", 2),
         ("max_eval_batches", 1),
@@ -168,11 +236,13 @@ fn imagenet_configs_train_a_few_steps_on_imagenet_mini() {
         let layers = summary["topo_layers"].as_object().unwrap();
         assert!(!layers.is_empty(), "{name}: no TopoLoss per layer");
         if name.starts_with("vit") {
+            // The 12 encoder blocks' mlp.3, nothing else.
             assert!(
-                layers.keys().all(|k| k.contains(".mlp.")),
+                layers.len() == 12 && layers.keys().all(|k| k.ends_with(".mlp.3")),
                 "{name}: {layers:?}"
             );
         }
+        assert_eq!(summary["val_tta"], "flip", "{name}: {summary}");
         // The run's own weights are deleted as soon as they are checked:
         // ViT-B/32's checkpoint and final weights are over a gigabyte.
         std::fs::remove_dir_all(dir.path().join(name)).unwrap();

@@ -585,43 +585,45 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
 
     // eval on the run directory and on the exported safetensors agree.
     let run = base.join("tau_5");
-    let on_run = topotrain(&[
-        "eval",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--data",
-        FASHION,
-        "--max-batches",
-        "4",
-        "--batch-size",
-        "64",
-    ]);
-    assert_success(&on_run);
-    let weights = run.join("final.safetensors");
-    let on_weights = topotrain(&[
-        "eval",
-        "--checkpoint",
-        weights.to_str().unwrap(),
-        "--data",
-        FASHION,
-        "--max-batches",
-        "4",
-        "--batch-size",
-        "64",
-        "--mean",
-        "72.94",
-        "--std",
-        "90.02",
-        "--res",
-        "28",
-        "--crop-ratio",
-        "1.0",
-    ]);
-    assert_success(&on_weights);
-    let parse = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
-    let (x, y) = (parse(&on_run), parse(&on_weights));
+    let eval = |checkpoint: &Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--checkpoint", checkpoint.to_str().unwrap()];
+        args.extend_from_slice(&[
+            "--data",
+            FASHION,
+            "--max-batches",
+            "4",
+            "--batch-size",
+            "64",
+        ]);
+        args.extend_from_slice(extra);
+        let output = topotrain(&args);
+        assert_success(&output);
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let x = eval(&run, &[]);
+    let y = eval(
+        &run.join("final.safetensors"),
+        &[
+            "--mean",
+            "72.94",
+            "--std",
+            "90.02",
+            "--res",
+            "28",
+            "--crop-ratio",
+            "1.0",
+        ],
+    );
     assert_eq!(x["top1"], y["top1"]);
     assert_eq!(x["top1"], summary(&run)["val_top1"]);
+    // The run's config has no data.val_tta, so neither has its eval;
+    // `--tta flip` adds each image's mirror, and says so.
+    assert_eq!(x["tta"], "none");
+    assert_eq!(summary(&run)["val_tta"], "none");
+    let flipped = eval(&run, &["--tta", "flip"]);
+    assert_eq!(flipped["tta"], "flip");
+    assert_eq!(flipped["images"], x["images"]);
+    assert_ne!(flipped["loss"], x["loss"]);
 }
 
 /// Outside a terminal (a batch job, a pipe) `fit` prints a plain line per

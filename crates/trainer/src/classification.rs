@@ -19,7 +19,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::RunConfig;
 use crate::data::{self, to_tensors, Batch, DataSet, NodeShard, Split};
 use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
-use crate::eval::{evaluate, rank_of_label};
+use crate::eval::{evaluate, rank_of_label, EvalSettings, Tta};
 use crate::parallel;
 use crate::run_dir::{open_run_dir, OpenRunDir};
 use crate::sgd::InPlaceSgd;
@@ -41,6 +41,9 @@ pub struct Summary {
     /// Validation images behind val_top1, val_top5 and val_loss.
     #[serde(default)]
     pub val_images: Option<u64>,
+    /// The test-time augmentation of the validation figures.
+    #[serde(default)]
+    pub val_tta: Tta,
     pub train_loss: f64,
     pub train_acc: f64,
     /// Mean over topographic layers of the unscaled (tau = 1) TopoLoss.
@@ -108,9 +111,7 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
 
     fn lr(&self, epoch: usize, step: usize) -> f64 {
         let steps = self.steps_in_epoch(epoch) as f64;
-        self.config
-            .lr
-            .at(epoch as f64 + step as f64 / steps, self.epochs())
+        self.config.lr_at(epoch as f64 + step as f64 / steps)
     }
 
     fn batches(
@@ -153,16 +154,15 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
             return Ok(None);
         }
         let d = &self.config.data;
-        let result = evaluate(
-            model,
-            self.val,
-            d.val_resolution,
-            t.eval_batch_size.unwrap_or(t.batch_size),
-            &d.mean,
-            &d.std,
-            t.max_eval_batches,
-            &self.device,
-        )?;
+        let settings = EvalSettings {
+            resolution: d.val_resolution,
+            batch_size: t.eval_batch_size.unwrap_or(t.batch_size),
+            mean: &d.mean,
+            std: &d.std,
+            max_batches: t.max_eval_batches,
+            tta: d.val_tta,
+        };
+        let result = evaluate(model, self.val, &settings, &self.device)?;
         Ok(Some(Evaluation {
             loss: result.loss,
             top1: Some(result.top1),
@@ -197,6 +197,7 @@ const RESUMABLE_KEYS: &[&str] = &[
     "training.eval_batch_size",
     "training.max_eval_batches",
     "training.checkpoint_every_steps",
+    "data.val_tta",
     "training.threads",
     "training.device",
     "training.devices",
@@ -416,6 +417,7 @@ fn summarise(
         val_top5: last.val_top5.unwrap_or(f64::NAN),
         val_loss: last.val_loss.unwrap_or(f64::NAN),
         val_images: last.val_samples,
+        val_tta: config.data.val_tta,
         train_loss: last.train_loss,
         train_acc: last.train_acc,
         mean_topo_loss: last.mean_topo_loss,

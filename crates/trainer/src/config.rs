@@ -10,6 +10,8 @@ use models::topography::TopographyConfig;
 use models::{Architecture, ResNetConfig, VitConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::eval::Tta;
+
 /// One training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +90,10 @@ pub struct DataSection {
     pub val_resolution: usize,
     #[serde(default = "default_crop_ratio")]
     pub val_crop_ratio: f64,
+    /// Test-time augmentation of validation: "flip" averages the image's
+    /// and its mirror's logits (ffcv's `lr_tta`), "none" (the default) not.
+    #[serde(default)]
+    pub val_tta: Tta,
     /// Random horizontal flips when training.
     #[serde(default = "yes")]
     pub flip: bool,
@@ -142,9 +148,10 @@ impl ResolutionSchedule {
         }
         let t = (epoch - self.ramp_start) as f64 / (self.ramp_end - self.ramp_start) as f64;
         let res = self.start as f64 + t * (end as f64 - self.start as f64);
-        // np.round(res / multiple) * multiple, as in ffcv.
+        // np.round(res / multiple) * multiple, as in ffcv (numpy rounds
+        // halves to even).
         let multiple = self.multiple.max(1) as f64;
-        (((res / multiple).round() * multiple) as usize).max(1)
+        (((res / multiple).round_ties_even() * multiple) as usize).max(1)
     }
 }
 
@@ -180,7 +187,8 @@ fn default_momentum() -> f64 {
 pub enum LrShape {
     /// Linear from the peak to zero at the end of training (ffcv "triangular").
     Linear,
-    /// Multiply by `step_ratio` every `step_length` epochs (ffcv "step").
+    /// Multiply by `step_ratio` every `step_length` epochs, reaching 0 at
+    /// the end; ffcv's "step", which ramps over the epoch before each drop.
     Step,
     /// Keep the peak.
     Constant,
@@ -192,8 +200,21 @@ pub enum LrShape {
 #[serde(deny_unknown_fields)]
 pub struct LrSection {
     pub peak: f64,
+    /// Where the warm-up starts, in learning-rate units.
     #[serde(default)]
     pub start: f64,
+    /// Where the warm-up starts, as a fraction of `peak` (ffcv's cyclic
+    /// schedule: 1e-4); replaces `start`, and follows `peak` when a sweep or
+    /// `--lr` changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_fraction: Option<f64>,
+    /// The images per optimiser step (`training.batch_size x grad_accum`,
+    /// over all devices) that `peak` and `start` are stated for. A run with
+    /// another step batch scales both by its own over this one (the linear
+    /// scaling rule), so the learning rate per sample stays the recipe's.
+    /// Absent: `peak` and `start` are used as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_batch: Option<usize>,
     #[serde(default)]
     pub warmup_epochs: f64,
     pub shape: LrShape,
@@ -211,11 +232,19 @@ fn default_step_length() -> f64 {
 }
 
 impl LrSection {
-    /// Learning rate at fractional epoch `epoch` of a run of `epochs` epochs.
+    /// The learning rate the warm-up starts from, at the reference batch.
+    pub fn warmup_start(&self) -> f64 {
+        self.start_fraction
+            .map_or(self.start, |fraction| fraction * self.peak)
+    }
+
+    /// Learning rate at fractional epoch `epoch` of a run of `epochs` epochs,
+    /// at the reference batch (see [`RunConfig::lr_at`] for the run's).
     pub fn at(&self, epoch: f64, epochs: usize) -> f64 {
         let epochs = epochs as f64;
         if epoch < self.warmup_epochs {
-            return self.start + (self.peak - self.start) * epoch / self.warmup_epochs;
+            let start = self.warmup_start();
+            return start + (self.peak - start) * epoch / self.warmup_epochs;
         }
         match self.shape {
             LrShape::Constant => self.peak,
@@ -224,10 +253,19 @@ impl LrSection {
                 (self.peak * (epochs - epoch) / span).max(0.0)
             }
             LrShape::Step => {
-                self.peak
-                    * self
-                        .step_ratio
-                        .powi((epoch / self.step_length).floor() as i32)
+                // ffcv's get_step_lr at whole epochs, 0 from the last on
+                // (train_imagenet.py:100-105), interpolated within each
+                // epoch as its train_loop does (lines 356-358).
+                let at_whole = |e: f64| {
+                    if e >= epochs {
+                        0.0
+                    } else {
+                        self.peak * self.step_ratio.powi((e / self.step_length).floor() as i32)
+                    }
+                };
+                let whole = epoch.floor();
+                let (from, to) = (at_whole(whole), at_whole(whole + 1.0));
+                from + (to - from) * (epoch - whole)
             }
         }
     }
@@ -514,6 +552,29 @@ impl RunConfig {
         if !(l.peak > 0.0 && l.peak.is_finite()) {
             return Err(bad("lr.peak", l.peak, "must be positive"));
         }
+        if let Some(fraction) = l.start_fraction {
+            if !(0.0..=1.0).contains(&fraction) {
+                return Err(bad(
+                    "lr.start_fraction",
+                    fraction,
+                    "must be in [0, 1]: the warm-up starts at this fraction of lr.peak",
+                ));
+            }
+            if l.start != 0.0 {
+                return Err(bad(
+                    "lr.start",
+                    l.start,
+                    "give lr.start or lr.start_fraction, not both",
+                ));
+            }
+        }
+        if l.reference_batch == Some(0) {
+            return Err(bad(
+                "lr.reference_batch",
+                0,
+                "must be at least 1: the images per step that lr.peak is stated for",
+            ));
+        }
         if !(l.start >= 0.0 && l.start <= l.peak) {
             return Err(bad(
                 "lr.start",
@@ -614,6 +675,30 @@ impl RunConfig {
             other => bail!("model.arch = {other:?}: unknown; known: resnet18, resnet50, vit_b_32"),
         };
         Ok(arch)
+    }
+
+    /// Images per optimiser step, over all devices and nodes.
+    pub fn step_batch(&self) -> usize {
+        self.training.batch_size * self.training.grad_accum
+    }
+
+    /// The factor on `lr.peak` and the warm-up start: this run's step batch
+    /// over `lr.reference_batch` (1 without one).
+    pub fn lr_scale(&self) -> f64 {
+        self.lr
+            .reference_batch
+            .map_or(1.0, |reference| self.step_batch() as f64 / reference as f64)
+    }
+
+    /// The learning rate of this run at fractional epoch `epoch`.
+    pub fn lr_at(&self, epoch: f64) -> f64 {
+        self.lr.at(epoch, self.training.epochs) * self.lr_scale()
+    }
+
+    /// The peak learning rate per image of a step: the quantity a recipe
+    /// keeps when its batch or number of devices changes.
+    pub fn peak_lr_per_sample(&self) -> f64 {
+        self.lr.peak * self.lr_scale() / self.step_batch() as f64
     }
 
     /// Number of optimiser steps in one epoch of `train_len` samples (the
@@ -845,6 +930,8 @@ dir = "runs/test"
             peak: 1.0,
             start: 0.0,
             warmup_epochs: 2.0,
+            start_fraction: None,
+            reference_batch: None,
             shape: LrShape::Linear,
             step_ratio: 0.1,
             step_length: 30.0,
@@ -861,6 +948,78 @@ dir = "runs/test"
             ..lr
         };
         assert!((step.at(3.5, 10) - 0.1).abs() < 1e-12);
+        // As ffcv, the epoch before a drop ramps to the next value, and the
+        // last epoch ramps to 0.
+        assert!((step.at(2.5, 10) - 0.55).abs() < 1e-12);
+        assert!((step.at(9.5, 10) - 0.0005).abs() < 1e-12);
+        assert_eq!(step.at(10.0, 10), 0.0);
+    }
+
+    /// ffcv-imagenet's `get_cyclic_lr` (train_imagenet.py:110-113) with
+    /// `train_loop`'s per-step interpolation (lines 356-358), at lr 1.7,
+    /// peak epoch 2, 16 epochs, 100 steps an epoch.
+    fn ffcv_cyclic(epoch: usize, step: usize) -> f64 {
+        let (lr, epochs, steps) = (1.7, 16.0, 100.0);
+        let at = |e: f64| {
+            if e <= 2.0 {
+                1e-4 * lr + (lr - 1e-4 * lr) * e / 2.0
+            } else {
+                (lr * (epochs - e) / (epochs - 2.0)).max(0.0)
+            }
+        };
+        let (from, to) = (at(epoch as f64), at(epoch as f64 + 1.0));
+        from + (to - from) * step as f64 / steps
+    }
+
+    #[test]
+    fn start_fraction_and_reference_batch_give_ffcv_cyclic_per_sample() {
+        let config = |batch: usize, accum: usize| {
+            let text = SMALL
+                .replace(
+                    "peak = 0.2\nwarmup_epochs = 1",
+                    "peak = 1.7\nstart_fraction = 1e-4\nreference_batch = 4096\nwarmup_epochs = 2",
+                )
+                .replace(
+                    "epochs = 2\nbatch_size = 64",
+                    &format!("epochs = 16\nbatch_size = {batch}\ngrad_accum = {accum}"),
+                );
+            RunConfig::parse(&text).unwrap()
+        };
+        // ffcv's rn50 recipe as written: 8 processes x 512 images.
+        let full = config(4096, 1);
+        for (epoch, step) in [(0, 0), (0, 37), (1, 99), (2, 0), (5, 50), (15, 99)] {
+            let ours = full.lr_at(epoch as f64 + step as f64 / 100.0);
+            let theirs = ffcv_cyclic(epoch, step);
+            assert!(
+                (ours - theirs).abs() < 1e-12,
+                "epoch {epoch} step {step}: {ours} vs {theirs}"
+            );
+        }
+        assert_eq!(full.lr_at(0.0), 1.7e-4);
+        // A quarter of the batch (on any number of devices, or as two
+        // accumulated micro-batches) takes a quarter of the rate.
+        for smaller in [config(1024, 1), config(512, 2)] {
+            assert_eq!(smaller.peak_lr_per_sample(), full.peak_lr_per_sample());
+            assert!((smaller.lr_at(3.5) - full.lr_at(3.5) / 4.0).abs() < 1e-15);
+        }
+        assert!((full.peak_lr_per_sample() - 1.7 / 4096.0).abs() < 1e-18);
+    }
+
+    #[test]
+    fn start_fraction_and_reference_batch_are_validated() {
+        let refusal = |lr: &str| {
+            let text = SMALL.replace("peak = 0.2\n", &format!("peak = 0.2\n{lr}\n"));
+            format!("{:#}", RunConfig::parse(&text).unwrap_err())
+        };
+        let error = refusal("start_fraction = 2.0");
+        assert!(
+            error.contains("lr.start_fraction = 2.0") && error.contains("[0, 1]"),
+            "{error}"
+        );
+        let error = refusal("start_fraction = 1e-4\nstart = 0.01");
+        assert!(error.contains("not both"), "{error}");
+        let error = refusal("reference_batch = 0");
+        assert!(error.contains("lr.reference_batch = 0"), "{error}");
     }
 
     #[test]
@@ -877,5 +1036,15 @@ dir = "runs/test"
         assert_eq!(r.at(12), 192);
         assert_eq!(r.at(13), 192);
         assert_eq!(r.at(15), 192);
+        // Halves round to even as numpy's do: 128 -> 160 over two epochs
+        // passes 144 = 4.5 x 32, which becomes 128, not 160.
+        let halves = ResolutionSchedule {
+            start: 128,
+            end: Some(160),
+            ramp_start: 0,
+            ramp_end: 2,
+            multiple: 32,
+        };
+        assert_eq!(halves.at(1), 128);
     }
 }

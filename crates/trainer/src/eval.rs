@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use models::Model;
 use serde::{Deserialize, Serialize};
 
@@ -23,34 +24,98 @@ pub struct EvalResult {
     pub images: usize,
 }
 
+/// Test-time augmentation of evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// The image alone.
+    #[default]
+    None,
+    /// The mean of the logits of the image and of its left-right mirror:
+    /// ffcv-imagenet's `lr_tta` (train_imagenet.py:403-404 sums them, which
+    /// ranks the classes the same).
+    Flip,
+}
+
+impl Tta {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tta::None => "none",
+            Tta::Flip => "flip",
+        }
+    }
+}
+
+impl std::fmt::Display for Tta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Tta {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "none" => Ok(Tta::None),
+            "flip" => Ok(Tta::Flip),
+            other => Err(format!(
+                "{other:?} is not a test-time augmentation; use \"flip\" (the image and its mirror) or \"none\""
+            )),
+        }
+    }
+}
+
+/// The logits of `x` (NCHW) under `tta`.
+pub fn tta_logits<B: Backend>(model: &Model<B>, x: Tensor<B, 4>, tta: Tta) -> Tensor<B, 2> {
+    match tta {
+        Tta::None => model.forward(x),
+        Tta::Flip => {
+            let mirrored = x.clone().flip([3]);
+            (model.forward(x) + model.forward(mirrored)).div_scalar(2.0)
+        }
+    }
+}
+
+/// How to evaluate: the validation input and its batching.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSettings<'a> {
+    pub resolution: usize,
+    pub batch_size: usize,
+    /// Per-channel normalisation, 0-255 units.
+    pub mean: &'a [f32],
+    pub std: &'a [f32],
+    /// Evaluate only this many batches.
+    pub max_batches: Option<usize>,
+    pub tta: Tta,
+}
+
 /// Evaluates `model` (an inference-mode model: BatchNorm uses its running
-/// statistics) on `data` at `resolution`.
-#[allow(clippy::too_many_arguments)]
+/// statistics) on `data`.
 pub fn evaluate<B: Backend>(
     model: &Model<B>,
     data: &DataSet,
-    resolution: usize,
-    batch_size: usize,
-    mean: &[f32],
-    std: &[f32],
-    max_batches: Option<usize>,
+    settings: &EvalSettings,
     device: &B::Device,
 ) -> Result<EvalResult> {
     let (mut images, mut top1, mut top5, mut loss_sum) = (0usize, 0usize, 0usize, 0.0f64);
-    let batches = data.batches(Split::Val { resolution }, 0, batch_size)?;
-    let count = data.len().div_ceil(batch_size.max(1));
+    let split = Split::Val {
+        resolution: settings.resolution,
+    };
+    let batches = data.batches(split, 0, settings.batch_size)?;
+    let count = data.len().div_ceil(settings.batch_size.max(1));
     let bar = crate::progress::bar(
-        max_batches.map_or(count, |m| m.min(count)) as u64,
+        settings.max_batches.map_or(count, |m| m.min(count)) as u64,
         "validation",
     );
     for (index, batch) in batches.enumerate() {
-        if max_batches.is_some_and(|m| index >= m) {
+        if settings.max_batches.is_some_and(|m| index >= m) {
             break;
         }
         bar.inc(1);
         let batch = batch?;
-        let (x, _) = to_tensors::<B>(&batch, mean, std, device);
-        let logits = model.forward(x);
+        let (x, _) = to_tensors::<B>(&batch, settings.mean, settings.std, device);
+        let logits = tta_logits(model, x, settings.tta);
         let [n, classes] = logits.dims();
         let values: Vec<f32> = logits
             .into_data()
@@ -187,7 +252,58 @@ mod tests {
         let data = DataSet::InMemory(Arc::new(InMemory::from_parts(
             images, labels, 28, 10, false,
         )));
-        evaluate(&model, &data, 28, 8, &[73.0], &[90.0], None, &device)
+        evaluate(&model, &data, &small_settings(Tta::None), &device)
+    }
+
+    fn small_settings(tta: Tta) -> EvalSettings<'static> {
+        EvalSettings {
+            resolution: 28,
+            batch_size: 8,
+            mean: &[73.0],
+            std: &[90.0],
+            max_batches: None,
+            tta,
+        }
+    }
+
+    #[test]
+    fn flip_tta_is_the_mean_of_the_image_and_its_mirror() {
+        let config = RunConfig::parse(crate::config::tests::SMALL).unwrap();
+        let device = Default::default();
+        let model: Model<Cpu> = config.architecture().unwrap().init(&device).unwrap();
+        // Four one-channel 28 px images, no two columns alike.
+        let values: Vec<f32> = (0..4 * 28 * 28)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let x = Tensor::<Cpu, 1>::from_floats(values.as_slice(), &device).reshape([4, 1, 28, 28]);
+        // The mirror built by hand: column c of each row is column 27 - c.
+        let mirrored: Vec<f32> = values
+            .chunks_exact(28)
+            .flat_map(|row| row.iter().rev().copied())
+            .collect();
+        let mirrored =
+            Tensor::<Cpu, 1>::from_floats(mirrored.as_slice(), &device).reshape([4, 1, 28, 28]);
+        let plain = model.forward(x.clone());
+        let expected = (plain.clone() + model.forward(mirrored)) / 2.0;
+        let flip = tta_logits(&model, x.clone(), Tta::Flip);
+        let none = tta_logits(&model, x, Tta::None);
+        let gap = |a: Tensor<Cpu, 2>, b: Tensor<Cpu, 2>| (a - b).abs().max().into_scalar();
+        assert!(gap(flip.clone(), expected) < 1e-5);
+        assert_eq!(gap(none, plain.clone()), 0.0);
+        // The augmentation changes the logits of these asymmetric images.
+        assert!(gap(flip, plain) > 1e-4);
+    }
+
+    #[test]
+    fn tta_names_parse_and_a_typo_is_named() {
+        assert_eq!("flip".parse::<Tta>(), Ok(Tta::Flip));
+        assert_eq!("none".parse::<Tta>(), Ok(Tta::None));
+        assert_eq!(Tta::Flip.to_string(), "flip");
+        let error = "flips".parse::<Tta>().unwrap_err();
+        assert!(
+            error.contains("\"flips\"") && error.contains("\"flip\""),
+            "{error}"
+        );
     }
 
     #[test]

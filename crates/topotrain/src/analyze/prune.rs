@@ -182,16 +182,15 @@ pub fn run(args: PruneArgs) -> Result<()> {
         // Each evaluation shows its own bar.
         eprintln!("variant {}/{count}: {method} {amount}", index + 1);
         let model = with_weights(&loaded.model, &candidates, &weights, &loaded.device)?;
-        let result = trainer::eval::evaluate(
-            &model,
-            &data,
-            input.res,
-            batch,
-            &input.mean,
-            &input.std,
+        let settings = trainer::eval::EvalSettings {
+            resolution: input.res,
+            batch_size: batch,
+            mean: &input.mean,
+            std: &input.std,
             max_batches,
-            &loaded.device,
-        )?;
+            tta: trainer::eval::Tta::None,
+        };
+        let result = trainer::eval::evaluate(&model, &data, &settings, &loaded.device)?;
         images = result.images;
         variants.push(Variant {
             method,
