@@ -77,7 +77,7 @@ pub use error::{DataError, Result};
 pub use format::Encoding;
 pub use loader::{
     measure_loader_throughput, Batch, EpochPlan, Loader, LoaderConfig, Pipeline, Throughput,
-    TrainAugment, ValCrop,
+    TrainAugment, ValCrop, ValTransform,
 };
 pub use prep::{
     prep_fashion_mnist, prep_image_folder, prep_imagenet, write_split, ImagenetVal, PrepOptions,

@@ -6,7 +6,7 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::format::Encoding;
 use crate::resample::{CropBox, Layout, OutputSpec, Resampler, SourceView};
-use crate::transform::{center_crop, mix64, RandomResizedCrop, SampleRng};
+use crate::transform::{center_crop, mix64, torchvision_center_crop, RandomResizedCrop, SampleRng};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,19 +33,62 @@ impl Default for TrainAugment {
     }
 }
 
-/// Evaluation transform: centre square of side `crop_ratio * shorter side`,
-/// resized to the resolution (ffcv's `CenterCropRGBImageDecoder`).
+/// Evaluation transform: a centre crop of `crop_ratio` of the shorter side,
+/// resized to the resolution, the way `transform` says.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ValCrop {
     /// Fraction of the shorter side kept; ffcv and torchvision use 224/256. Use
     /// 1.0 with the native resolution to get images back unchanged.
     pub crop_ratio: f64,
+    pub transform: ValTransform,
+}
+
+/// Whose centre crop: both keep `crop_ratio` of the shorter side, but round
+/// and resample differently (less than a pixel apart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValTransform {
+    /// ffcv's `CenterCropRGBImageDecoder`: the central square of side
+    /// `int(crop_ratio * shorter side)`, resized to the resolution.
+    #[default]
+    Ffcv,
+    /// torchvision's `Resize(round(res / crop_ratio))` of the shorter side,
+    /// then `CenterCrop(res)`: `Resize(256) + CenterCrop(224)` at 224 px.
+    Torchvision,
+}
+
+impl std::str::FromStr for ValTransform {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "ffcv" => Ok(ValTransform::Ffcv),
+            "torchvision" => Ok(ValTransform::Torchvision),
+            _ => Err(format!(
+                "unknown validation transform {text:?}: use \"ffcv\" or \"torchvision\""
+            )),
+        }
+    }
+}
+
+impl ValCrop {
+    /// The box of a `width` x `height` image that becomes the `resolution`-px input.
+    pub fn crop_box(&self, width: u32, height: u32, resolution: usize) -> CropBox {
+        match self.transform {
+            ValTransform::Ffcv => center_crop(width, height, self.crop_ratio),
+            ValTransform::Torchvision => {
+                let resize = (resolution as f64 / self.crop_ratio).round() as usize;
+                torchvision_center_crop(width, height, resize, resolution)
+            }
+        }
+    }
 }
 
 impl Default for ValCrop {
     fn default() -> Self {
         ValCrop {
             crop_ratio: 224.0 / 256.0,
+            transform: ValTransform::Ffcv,
         }
     }
 }
@@ -316,7 +359,7 @@ fn transform_sample(
             (crop, aug.flip && rng.chance(0.5))
         }
         Pipeline::Val(val) => (
-            center_crop(record.width, record.height, val.crop_ratio),
+            val.crop_box(record.width, record.height, config.resolution),
             false,
         ),
     };

@@ -110,6 +110,29 @@ pub fn center_crop(width: u32, height: u32, ratio: f64) -> CropBox {
     integer_box((w - side) / 2, (h - side) / 2, side, side)
 }
 
+/// torchvision's evaluation crop, `Resize(resize)` (shorter side) then
+/// `CenterCrop(crop)`, as a box in the source image: resampling the box to
+/// `crop` pixels reads the same pixels with the same filter as resizing the
+/// whole image and cropping it.
+pub fn torchvision_center_crop(width: u32, height: u32, resize: usize, crop: usize) -> CropBox {
+    let (w, h) = (f64::from(width), f64::from(height));
+    // torchvision's `_compute_resized_output_size`: the long side truncated.
+    let (resized_w, resized_h) = if width <= height {
+        (resize, (resize as f64 * h / w) as usize)
+    } else {
+        ((resize as f64 * w / h) as usize, resize)
+    };
+    // `CenterCrop`: offsets rounded half to even, as Python's round().
+    let offset = |size: usize| ((size as f64 - crop as f64) / 2.0).round_ties_even();
+    let (scale_x, scale_y) = (w / resized_w as f64, h / resized_h as f64);
+    CropBox {
+        x: offset(resized_w) * scale_x,
+        y: offset(resized_h) * scale_y,
+        width: crop as f64 * scale_x,
+        height: crop as f64 * scale_y,
+    }
+}
+
 fn integer_box(left: i64, top: i64, width: i64, height: i64) -> CropBox {
     CropBox {
         x: left as f64,
@@ -122,6 +145,27 @@ fn integer_box(left: i64, top: i64, width: i64, height: i64) -> CropBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torchvision_crop_is_resize_256_then_centre_224_in_source_pixels() {
+        // 500 x 375: Resize(256) gives 341 x 256 (341.33 truncated), and
+        // CenterCrop(224) starts at round(58.5) = 58 (half to even), 16.
+        let crop = torchvision_center_crop(500, 375, 256, 224);
+        let (sx, sy) = (500.0 / 341.0, 375.0 / 256.0);
+        assert!((crop.x - 58.0 * sx).abs() < 1e-9, "{crop:?}");
+        assert!((crop.y - 16.0 * sy).abs() < 1e-9, "{crop:?}");
+        assert!((crop.width - 224.0 * sx).abs() < 1e-9, "{crop:?}");
+        assert!((crop.height - 224.0 * sy).abs() < 1e-9, "{crop:?}");
+        // A portrait image: the width is the short side.
+        let tall = torchvision_center_crop(256, 512, 256, 224);
+        assert_eq!(
+            (tall.x, tall.y, tall.width, tall.height),
+            (16.0, 144.0, 224.0, 224.0)
+        );
+        // ffcv's crop of the same image differs: 328 source pixels, offsets 86, 23.
+        let ffcv = center_crop(500, 375, 224.0 / 256.0);
+        assert_eq!((ffcv.x, ffcv.y, ffcv.width), (86.0, 23.0, 328.0));
+    }
 
     #[test]
     fn rng_is_keyed_and_uniform_enough() {

@@ -176,7 +176,10 @@ fn fashion_mnist_val_at_native_resolution_returns_exact_pixels() {
     let val = Arc::new(Dataset::open(out.path().join("val.topo")).unwrap());
     assert_eq!((val.channels(), val.num_classes()), (1, 10));
     let mut config = LoaderConfig::val(4, 28);
-    config.pipeline = Pipeline::Val(ValCrop { crop_ratio: 1.0 });
+    config.pipeline = Pipeline::Val(ValCrop {
+        crop_ratio: 1.0,
+        ..Default::default()
+    });
     let images: Vec<u8> = collect(&val, config)
         .into_iter()
         .flat_map(|b| b.images)

@@ -11,7 +11,7 @@ use trainer::data::DataSet;
 use trainer::eval::{EvalResult, EvalSettings, Tta};
 
 use crate::device::{run_on, BackendJob, DeviceChoice};
-use crate::validation::{open_validation, run_config, InputArgs};
+use crate::validation::{open_validation, run_config_with, InputArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -39,6 +39,10 @@ pub struct EvalArgs {
     pub tta: Option<Tta>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Change a value of the run's config.toml for this evaluation, e.g.
+    /// `--set data.val_transform="torchvision"` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<trainer::overrides::Override>,
     /// Write the result as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -49,9 +53,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         anyhow::bail!("--batch-size must be at least 1");
     }
     args.threads.apply();
-    let run = run_config(&args.checkpoint)?;
-    let (res, crop_ratio) = args.input.geometry(run.as_ref())?;
-    let (data, path) = open_validation(&args.data, res, crop_ratio)?;
+    let run = run_config_with(&args.checkpoint, &args.set)?;
+    let (res, crop_ratio, val_transform) = args.input.geometry(run.as_ref())?;
+    let (data, path) = open_validation(&args.data, res, crop_ratio, val_transform)?;
     let (mean, std) = args.input.normalisation(run.as_ref(), data.channels())?;
     let tta = args
         .tta
@@ -78,6 +82,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "data": path,
         "resolution": res,
         "crop_ratio": crop_ratio,
+        "val_transform": val_transform,
         "tta": tta,
         "top1": result.top1,
         "top5": result.top5,

@@ -21,10 +21,31 @@ mod sweep;
 mod threads;
 mod validation;
 
+/// `--version`: the version and the GPU backends built in.
+fn version() -> &'static str {
+    let backends = [
+        ("cpu", true),
+        ("cuda (autotuned)", cfg!(feature = "cuda")),
+        (
+            "cuda (untuned)",
+            cfg!(all(feature = "cuda-untuned", not(feature = "cuda"))),
+        ),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ];
+    let built: Vec<&str> = backends.iter().filter(|b| b.1).map(|b| b.0).collect();
+    let text = format!(
+        "{} (backends: {})",
+        env!("CARGO_PKG_VERSION"),
+        built.join(", ")
+    );
+    // Built once, when the command line is parsed.
+    Box::leak(text.into_boxed_str())
+}
+
 #[derive(Parser)]
 #[command(
     name = "topotrain",
-    version,
+    version = version(),
     about = "Train and analyse topographic (TopoNets) vision models"
 )]
 struct Cli {
@@ -123,6 +144,19 @@ fn die_quietly_on_a_closed_stdout() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_lists_the_backends_built_in() {
+        let text = version();
+        assert!(text.starts_with(env!("CARGO_PKG_VERSION")), "{text}");
+        assert!(text.contains("backends: cpu"), "{text}");
+        assert_eq!(text.contains("wgpu"), cfg!(feature = "wgpu"), "{text}");
+        assert_eq!(
+            text.contains("cuda"),
+            cfg!(feature = "cuda-untuned"),
+            "{text}"
+        );
+    }
 
     /// The option set is the purge delay: its default (1000 ms in mimalloc
     /// v3) until set, then -1. Another option at 15 would not start there.

@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use data_prep::ValTransform;
 use trainer::config::{DataFormat, DataSection, ResolutionSchedule};
 use trainer::data::DataSet;
+use trainer::overrides::Override;
 
 /// torchvision's ImageNet normalisation, in 0-255 pixel units.
 const IMAGENET_MEAN: [f32; 3] = [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0];
@@ -19,14 +21,33 @@ const IMAGENET_STD: [f32; 3] = [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0];
 /// directory or any above it), if there is one. One that does not parse is
 /// an error rather than silently falling back to other defaults.
 pub fn run_config(checkpoint: &Path) -> Result<Option<trainer::RunConfig>> {
+    run_config_with(checkpoint, &[])
+}
+
+/// [`run_config`] with `--set` overrides applied (an error without a run
+/// config to apply them to).
+pub fn run_config_with(
+    checkpoint: &Path,
+    overrides: &[Override],
+) -> Result<Option<trainer::RunConfig>> {
     let Some(path) = checkpoint
         .ancestors()
         .map(|dir| dir.join("config.toml"))
         .find(|path| path.is_file())
     else {
+        if let Some(first) = overrides.first() {
+            bail!(
+                "--set {}: {} has no run config (config.toml) beside it to change; \
+                 give the input settings as options (--res, --crop-ratio, --mean, --std, --val-transform, --tta)",
+                first.key,
+                checkpoint.display()
+            );
+        }
         return Ok(None);
     };
-    let config = trainer::RunConfig::load(&path).with_context(|| {
+    let config = trainer::overrides::read(&path, overrides)
+        .and_then(|text| trainer::RunConfig::parse(&text))
+        .with_context(|| {
         format!(
             "{} (the run config of {}) does not load; fix it, or move the checkpoint out of the run directory",
             path.display(),
@@ -51,6 +72,10 @@ pub struct InputArgs {
     /// Per-channel std, 0-255 (default: the run's, else ImageNet's).
     #[arg(long, value_delimiter = ',')]
     pub std: Option<Vec<f32>>,
+    /// Whose centre crop: "ffcv" or "torchvision" (Resize(256) +
+    /// CenterCrop(224) at 224 px; default: the run's data.val_transform, else ffcv).
+    #[arg(long)]
+    pub val_transform: Option<ValTransform>,
 }
 
 /// Resolved input settings.
@@ -58,6 +83,7 @@ pub struct InputArgs {
 pub struct Input {
     pub res: usize,
     pub crop_ratio: f64,
+    pub val_transform: ValTransform,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
 }
@@ -65,7 +91,7 @@ pub struct Input {
 impl InputArgs {
     /// Resolution and centre-crop ratio: explicit, else the run's, else
     /// ImageNet evaluation's (224 of 256).
-    pub fn geometry(&self, run: Option<&trainer::RunConfig>) -> Result<(usize, f64)> {
+    pub fn geometry(&self, run: Option<&trainer::RunConfig>) -> Result<(usize, f64, ValTransform)> {
         let res = self
             .res
             .or(run.map(|r| r.data.val_resolution))
@@ -78,7 +104,11 @@ impl InputArgs {
         if !(crop_ratio.is_finite() && crop_ratio > 0.0 && crop_ratio <= 1.0) {
             bail!("--crop-ratio must be in (0, 1], got {crop_ratio}");
         }
-        Ok((res, crop_ratio))
+        let val_transform = self
+            .val_transform
+            .or(run.map(|r| r.data.val_transform))
+            .unwrap_or_default();
+        Ok((res, crop_ratio, val_transform))
     }
 
     /// Per-channel mean and std for `channels` input channels: explicit, else
@@ -120,11 +150,12 @@ impl InputArgs {
 
     /// [`Self::geometry`] and [`Self::normalisation`] together.
     pub fn resolve(&self, run: Option<&trainer::RunConfig>, channels: usize) -> Result<Input> {
-        let (res, crop_ratio) = self.geometry(run)?;
+        let (res, crop_ratio, val_transform) = self.geometry(run)?;
         let (mean, std) = self.normalisation(run, channels)?;
         Ok(Input {
             res,
             crop_ratio,
+            val_transform,
             mean,
             std,
         })
@@ -134,7 +165,12 @@ impl InputArgs {
 /// Opens validation data at `res`: a prepared `.topo` file, a directory
 /// holding `val.topo`, or a directory of Fashion-MNIST IDX files (its test
 /// split). Returns the set and the file or directory actually read.
-pub fn open_validation(path: &Path, res: usize, crop_ratio: f64) -> Result<(DataSet, PathBuf)> {
+pub fn open_validation(
+    path: &Path,
+    res: usize,
+    crop_ratio: f64,
+    val_transform: ValTransform,
+) -> Result<(DataSet, PathBuf)> {
     let (format, file) = if path.join("t10k-images-idx3-ubyte.gz").exists() {
         (DataFormat::FashionMnistIdx, path.to_path_buf())
     } else if path.is_dir() {
@@ -164,6 +200,7 @@ pub fn open_validation(path: &Path, res: usize, crop_ratio: f64) -> Result<(Data
         },
         val_resolution: res,
         val_crop_ratio: crop_ratio,
+        val_transform,
         // Test-time augmentation is the evaluation's, not the data's.
         val_tta: Default::default(),
         flip: false,
@@ -234,7 +271,7 @@ mod tests {
 
     #[test]
     fn missing_data_names_the_path() {
-        let err = open_validation(Path::new("/nonexistent/val"), 32, 1.0)
+        let err = open_validation(Path::new("/nonexistent/val"), 32, 1.0, ValTransform::Ffcv)
             .err()
             .unwrap()
             .to_string();

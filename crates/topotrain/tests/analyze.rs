@@ -574,3 +574,48 @@ fn every_analysis_runs_on_the_golden_resnet18() {
     assert_eq!(prune["variants"].as_array().unwrap().len(), 3);
     assert_png(&out.join("prune.png"));
 }
+
+/// `eval --val-transform torchvision` crops as `Resize(256) +
+/// CenterCrop(224)` does: other pixels than ffcv's crop, so another loss,
+/// on the same images; the JSON says which. `--set` needs a run config.
+#[test]
+fn eval_takes_torchvision_or_ffcv_validation_crops() {
+    let data = imagenet_mini().join("val.topo");
+    let eval = |transform: &str| -> Value {
+        let output = topotrain_ok(&[
+            "eval",
+            "--checkpoint",
+            s(&golden()),
+            "--data",
+            s(&data),
+            "--batch-size",
+            "16",
+            "--max-batches",
+            "1",
+            "--val-transform",
+            transform,
+        ]);
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let (ffcv, torchvision) = (eval("ffcv"), eval("torchvision"));
+    assert_eq!(ffcv["val_transform"], "ffcv");
+    assert_eq!(torchvision["val_transform"], "torchvision");
+    assert_eq!(ffcv["images"], torchvision["images"]);
+    assert_ne!(ffcv["loss"], torchvision["loss"]);
+
+    let no_run = topotrain(&[
+        "eval",
+        "--checkpoint",
+        s(&golden()),
+        "--data",
+        s(&data),
+        "--set",
+        "data.val_transform=torchvision",
+    ]);
+    assert!(!no_run.status.success());
+    let message = String::from_utf8_lossy(&no_run.stderr);
+    assert!(
+        message.contains("--set data.val_transform") && message.contains("--val-transform"),
+        "{message}"
+    );
+}

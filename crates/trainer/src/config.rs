@@ -90,6 +90,11 @@ pub struct DataSection {
     pub val_resolution: usize,
     #[serde(default = "default_crop_ratio")]
     pub val_crop_ratio: f64,
+    /// Whose centre crop: "ffcv" (the default, as the paper's training) or
+    /// "torchvision" (`Resize(256) + CenterCrop(224)` at 224 px, as most
+    /// published ImageNet accuracies).
+    #[serde(default)]
+    pub val_transform: data_prep::ValTransform,
     /// Test-time augmentation of validation: "flip" averages the image's
     /// and its mirror's logits (ffcv's `lr_tta`), "none" (the default) not.
     #[serde(default)]

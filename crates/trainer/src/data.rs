@@ -124,6 +124,7 @@ pub enum DataSet {
         flip: bool,
         crop_scale: [f64; 2],
         crop_ratio: f64,
+        val_transform: data_prep::ValTransform,
         threads: usize,
     },
 }
@@ -185,6 +186,7 @@ impl DataSet {
                 flip,
                 crop_scale,
                 crop_ratio,
+                val_transform,
                 threads,
             } => {
                 let mut config = split.loader_config(batch_size);
@@ -198,6 +200,7 @@ impl DataSet {
                     }
                     Split::Val { .. } => data_prep::Pipeline::Val(data_prep::ValCrop {
                         crop_ratio: *crop_ratio,
+                        transform: *val_transform,
                     }),
                 };
                 config.start_batch = start;
@@ -268,6 +271,7 @@ pub fn open_prepared(path: &Path, data: &DataSection) -> Result<DataSet> {
         flip: data.flip,
         crop_scale: data.crop_scale,
         crop_ratio: data.val_crop_ratio,
+        val_transform: data.val_transform,
         threads: data.workers,
     })
 }

@@ -34,7 +34,7 @@ pub struct DataArgs {
 /// Opens the validation set at `path` as `input` presents it, checking that
 /// its channels are the network's.
 pub fn open_dataset(path: &Path, input: &Input) -> Result<DataSet> {
-    let (data, file) = open_validation(path, input.res, input.crop_ratio)?;
+    let (data, file) = open_validation(path, input.res, input.crop_ratio, input.val_transform)?;
     if data.channels() != input.mean.len() {
         bail!(
             "{} has {} channel(s) but the network takes {}",
