@@ -7,11 +7,9 @@
 
 use std::path::PathBuf;
 
-use analysis::plots::{line_chart_png, Labels, Series};
-use analysis::sheet_image::{
-    render_sheet_grid_png, render_sheet_png, render_value_map_png, SheetPanel,
-};
-use analysis::{pca, selectivity, smoothness, SheetShape};
+use analysis::plots::{line_chart, Labels, Series};
+use analysis::sheet_image::{render_sheet, render_sheet_grid, render_value_map, SheetPanel};
+use analysis::{pca, selectivity, smoothness, SheetShape, DEFAULT_PNG_SCALE};
 use topoloss::{Interpolation, SheetBlur};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -70,28 +68,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect(),
         });
         if name == "blurred random" {
-            render_sheet_png(
-                &colours,
-                "blurred random: first 3 PCs of unit weights",
-                &out.join("sheet.png"),
-            )?;
+            render_sheet(&colours, "blurred random: first 3 PCs of unit weights")
+                .save(&out.join("sheet.png"), DEFAULT_PNG_SCALE)?;
         }
     }
-    render_sheet_grid_png(
-        &panels,
-        "Sheets coloured by weight PCs",
-        3,
-        &out.join("grid.png"),
-    )?;
-    line_chart_png(
+    render_sheet_grid(&panels, "Sheets coloured by weight PCs", 3)?
+        .save(&out.join("grid.png"), DEFAULT_PNG_SCALE)?;
+    line_chart(
         Labels {
             title: "Weight similarity against sheet distance",
             x: "distance on the sheet (units)",
             y: "mean cosine similarity",
         },
         &curves,
-        &out.join("smoothness.png"),
-    )?;
+    )?
+    .save(&out.join("smoothness.png"), DEFAULT_PNG_SCALE)?;
 
     // Selectivity: 40 images of 2 categories; the blurred sheet's first
     // weight component decides how much a unit prefers category 0.
@@ -102,13 +93,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(u, l)| normal() + if l == 0 { 3.0 * blurred[u * e] } else { 0.0 })
         .collect();
     let t = selectivity::welch_t(&responses, sheet.units(), &labels, 0)?;
-    render_value_map_png(
-        &t,
-        sheet,
-        "Category 0 vs rest",
-        "Welch t",
-        &out.join("selectivity.png"),
-    )?;
+    render_value_map(&t, sheet, "Category 0 vs rest", "Welch t")?
+        .save(&out.join("selectivity.png"), DEFAULT_PNG_SCALE)?;
     println!("figures in {}", out.display());
     Ok(())
 }

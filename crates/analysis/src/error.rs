@@ -40,6 +40,8 @@ pub enum AnalysisError {
     },
     #[error("{path} is not a usable TrueType/OpenType font; point {env} at another .ttf file", env = crate::FONT_ENV)]
     FontInvalid { path: PathBuf },
+    #[error("PNG scale {scale} is not a whole number from 1 to {max}")]
+    PngScale { scale: u32, max: u32 },
     #[error("drawing the figure failed: {0}")]
     Draw(String),
     #[error("cannot write {path}: {source}")]

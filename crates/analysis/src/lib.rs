@@ -13,7 +13,7 @@
 //! * [`prune`]: L1 unstructured pruning masks and sheet down-sampling, the two
 //!   efficiency probes.
 //! * [`plots`]: line charts, labelled scatter (Pareto) plots and sheet maps
-//!   with colour bars, written as PNG.
+//!   with colour bars: [`Figure`]s, written as PNG (at any scale) and SVG.
 //!
 //! A layer's unit weights are a row-major `[units, e]` slice: a conv weight
 //! `[out, in, kh, kw]` flattened per output unit, or a linear weight as is.
@@ -21,6 +21,7 @@
 //! `u / width`, column `u % width`. The models crate turns checkpoints into
 //! such slices; this crate never sees a tensor.
 
+mod axis;
 pub mod dimensionality;
 mod error;
 mod figure;
@@ -36,6 +37,7 @@ pub mod smoothness;
 mod testutil;
 
 pub use error::AnalysisError;
+pub use figure::{svg_texts, Figure, FigureFiles, DEFAULT_PNG_SCALE, MAX_PNG_SCALE};
 pub use font::{ensure_font, font_path, FONT_ENV};
 pub use topoloss::SheetShape;
 

@@ -199,12 +199,18 @@ fn centre_rows(weights: &[f32], units: usize, e: usize) -> Vec<f64> {
         .collect()
 }
 
-/// One pixel per unit, `width x height`: red, green and blue are the unit's
-/// scores on the first, second and third principal component of the layer's
-/// weight vectors, each mapped from its [2%, 98%] quantile range to [0, 255]
-/// (see [`ROBUST_QUANTILE`]). A channel without a component (e < 3, or fewer
-/// than four units) is mid-grey.
-pub fn sheet_pca_colors(weights: &[f32], e: usize, sheet: SheetShape) -> Result<RgbImage> {
+/// A layer's sheet picture and the principal components it shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SheetColours {
+    /// One pixel per unit, `width x height`: see [`sheet_pca_colors`].
+    pub image: RgbImage,
+    /// The first (up to) three components of the unit weights; unit `u`'s
+    /// scores are `scores[u * k..(u + 1) * k]`.
+    pub components: Components,
+}
+
+/// [`sheet_pca_colors`] with the components behind the colours.
+pub fn sheet_pca(weights: &[f32], e: usize, sheet: SheetShape) -> Result<SheetColours> {
     let units = sheet.units();
     let pcs = principal_components(weights, units, e, 3)?;
     let mut channels = vec![[128u8; 3]; units];
@@ -220,12 +226,24 @@ pub fn sheet_pca_colors(weights: &[f32], e: usize, sheet: SheetShape) -> Result<
             rgb[c] = (t.clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
-    let mut img = RgbImage::new(sheet.width as u32, sheet.height as u32);
+    let mut image = RgbImage::new(sheet.width as u32, sheet.height as u32);
     for (u, rgb) in channels.into_iter().enumerate() {
         let (row, col) = sheet.position(u);
-        img.put_pixel(col as u32, row as u32, Rgb(rgb));
+        image.put_pixel(col as u32, row as u32, Rgb(rgb));
     }
-    Ok(img)
+    Ok(SheetColours {
+        image,
+        components: pcs,
+    })
+}
+
+/// One pixel per unit, `width x height`: red, green and blue are the unit's
+/// scores on the first, second and third principal component of the layer's
+/// weight vectors, each mapped from its [2%, 98%] quantile range to [0, 255]
+/// (see [`ROBUST_QUANTILE`]). A channel without a component (e < 3, or fewer
+/// than four units) is mid-grey.
+pub fn sheet_pca_colors(weights: &[f32], e: usize, sheet: SheetShape) -> Result<RgbImage> {
+    Ok(sheet_pca(weights, e, sheet)?.image)
 }
 
 /// The `q` and `1 - q` quantiles (nearest rank) of finite values.

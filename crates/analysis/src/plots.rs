@@ -1,15 +1,16 @@
 //! Line charts and labelled scatter plots: accuracy against parameters kept
 //! (pruning, down-sampling), smoothness curves, effective dimensionality
 //! against tau, and the accuracy-smoothness Pareto plot of a tau sweep.
+//! Axes of whole numbers get whole-number ticks; layers get their names.
 
-use std::path::Path;
-
-use image::RgbImage;
+use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::FontTransform;
 
-use plotters::coord::types::RangedCoordf64;
-
-use crate::figure::{render, save_png, Area, DrawResult, LABEL_SIZE, TICK_SIZE, TITLE_SIZE};
+use crate::axis::{all_whole, TickedAxis};
+use crate::figure::{Area, Canvas, DrawResult, Figure, LABEL_SIZE, TICK_SIZE, TITLE_SIZE};
+use crate::font::text_size;
 use crate::{AnalysisError, Result};
 
 const WIDTH: u32 = 800;
@@ -75,30 +76,60 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     Some((lo - pad, hi + pad))
 }
 
-type Chart<'a, 'b> =
-    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Chart<'a, 'b> = ChartContext<'a, Canvas<'b>, Cartesian2d<TickedAxis, TickedAxis>>;
 
-/// Titled axes over `xr x yr` with named, labelled axes and a light grid.
+/// Room between the plot and the x axis's name, figure pixels.
+const X_LABEL_AREA: u32 = 50;
+
+/// Titled axes with named, labelled axes and grid lines at the ticks. With
+/// `rotated_x`, the x tick labels are drawn turned a quarter (reading
+/// upward, ending under their tick) in a label area `rotated_x` pixels tall.
 fn axes<'a, 'b>(
     area: &'a Area<'b>,
     labels: Labels,
-    xr: (f64, f64),
-    yr: (f64, f64),
+    x: TickedAxis,
+    y: TickedAxis,
+    rotated_x: Option<u32>,
 ) -> std::result::Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let (x_for_labels, y_for_labels) = (x.clone(), y.clone());
     let mut chart = ChartBuilder::on(area)
         .caption(labels.title, ("sans-serif", TITLE_SIZE))
         .margin(15)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
+        .x_label_area_size(rotated_x.unwrap_or(X_LABEL_AREA))
+        .y_label_area_size(80)
+        .build_cartesian_2d(x, y)?;
+    let x_label = |v: &f64| {
+        if rotated_x.is_some() {
+            String::new()
+        } else {
+            x_for_labels.label(*v)
+        }
+    };
+    let y_label = |v: &f64| y_for_labels.label(*v);
     chart
         .configure_mesh()
         .x_desc(labels.x)
         .y_desc(labels.y)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
         .label_style(("sans-serif", TICK_SIZE))
         .axis_desc_style(("sans-serif", LABEL_SIZE))
-        .light_line_style(RGBColor(235, 235, 235))
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()?;
+    if rotated_x.is_some() {
+        let x_axis = chart.x_range();
+        let y_bottom = chart.y_range().start;
+        let style = TextStyle::from(("sans-serif", TICK_SIZE).into_font())
+            .transform(FontTransform::Rotate270)
+            .pos(Pos::new(HPos::Right, VPos::Center));
+        let axis = &x_for_labels;
+        for &tick in axis.ticks() {
+            if x_axis.contains(&tick) {
+                let (px, py) = chart.backend_coord(&(tick, y_bottom));
+                area.draw_text(&axis.label(tick), &style, (px, py + 8))?;
+            }
+        }
+    }
     Ok(chart)
 }
 
@@ -138,49 +169,119 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) 
     Ok(())
 }
 
+/// A numeric axis over the padded range of `values`, with whole-number
+/// ticks when every value is whole.
+fn number_axis(values: impl Iterator<Item = f64> + Clone) -> Option<TickedAxis> {
+    let range = padded_range(values.clone())?;
+    Some(TickedAxis::numbers(range, all_whole(values)))
+}
+
 /// Lines with point markers, one colour per series, legend when any series
 /// has a label.
-pub fn line_chart(labels: Labels, series: &[Series]) -> Result<RgbImage> {
-    let xs = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-    let ys = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let (Some(xr), Some(yr)) = (xs, ys) else {
+pub fn line_chart<'a>(labels: Labels<'a>, series: &'a [Series]) -> Result<Figure<'a>> {
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let (Some(x), Some(y)) = (
+        number_axis(xs),
+        number_axis(series.iter().flat_map(|s| s.points.iter().map(|p| p.1))),
+    ) else {
         return Err(AnalysisError::NothingToPlot(
             "no finite points in any series",
         ));
     };
-    render(WIDTH, HEIGHT, |area| {
-        let mut chart = axes(area, labels, xr, yr)?;
-        for (i, s) in series.iter().enumerate() {
-            let colour = palette(i);
-            let points: Vec<(f64, f64)> = s
-                .points
-                .iter()
-                .copied()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
-                .label(s.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, colour.filled())),
-            )?;
-        }
-        if series.iter().any(|s| !s.label.is_empty()) {
-            let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
-            legend(&mut chart, emptiest_corner(&all, xr, yr))?;
-        }
-        Ok(())
-    })
+    Ok(Figure::new(WIDTH, HEIGHT, move |area| {
+        draw_lines(area, labels, series, x.clone(), y.clone(), None)
+    }))
 }
 
-/// [`line_chart`] written to `path` as PNG.
-pub fn line_chart_png(labels: Labels, series: &[Series], path: &Path) -> Result<()> {
-    save_png(&line_chart(labels, series)?, path)
+/// One value per name (e.g. per layer, in forward order) as a line with
+/// markers, each name written under its tick.
+pub fn named_line_chart<'a>(
+    labels: Labels<'a>,
+    names: &'a [String],
+    values: &[f64],
+) -> Result<Figure<'a>> {
+    if names.len() != values.len() {
+        return Err(AnalysisError::ShapeMismatch {
+            what: "values of a named chart",
+            expected: names.len(),
+            got: values.len(),
+            rows: names.len(),
+            cols: 1,
+        });
+    }
+    let Some(y) = number_axis(values.iter().copied()) else {
+        return Err(AnalysisError::NothingToPlot("no finite values"));
+    };
+    let widest = names
+        .iter()
+        .map(|n| text_size(n, TICK_SIZE as f64).map(|(w, _)| w))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    // Names, then the axis name below them.
+    let label_area = widest + 16 + 2 * LABEL_SIZE;
+    let series = vec![Series {
+        label: String::new(),
+        points: values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as f64, v))
+            .collect(),
+    }];
+    let x = TickedAxis::names(names);
+    Ok(Figure::new(
+        WIDTH,
+        HEIGHT - X_LABEL_AREA + label_area,
+        move |area| {
+            draw_lines(
+                area,
+                labels,
+                &series,
+                x.clone(),
+                y.clone(),
+                Some(label_area),
+            )
+        },
+    ))
+}
+
+fn draw_lines(
+    area: &Area,
+    labels: Labels,
+    series: &[Series],
+    x: TickedAxis,
+    y: TickedAxis,
+    rotated_x: Option<u32>,
+) -> DrawResult {
+    let (xr, yr) = (x.range(), y.range());
+    let mut chart = axes(area, labels, x, y, rotated_x)?;
+    for (i, s) in series.iter().enumerate() {
+        let colour = palette(i);
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, colour.filled())),
+        )?;
+    }
+    if series.iter().any(|s| !s.label.is_empty()) {
+        let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
+        legend(
+            &mut chart,
+            emptiest_corner(&all, (xr.start, xr.end), (yr.start, yr.end)),
+        )?;
+    }
+    Ok(())
 }
 
 /// Indices of the points no other point beats on both x and y (larger is
@@ -210,20 +311,26 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
 
 /// A scatter of labelled points with their Pareto front (larger x and y are
 /// better) drawn as a dashed line, like Figure 2 of the TopoNets paper.
-pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage> {
+pub fn pareto_plot<'a>(labels: Labels<'a>, points: &'a [LabelledPoint]) -> Result<Figure<'a>> {
     // Extra room on the right for the labels of the rightmost points.
     let xs = padded_range(points.iter().map(|p| p.x)).map(|(lo, hi)| (lo, hi + 0.1 * (hi - lo)));
-    let ys = padded_range(points.iter().map(|p| p.y));
-    let (Some(xr), Some(yr)) = (xs, ys) else {
+    let (Some(xr), Some(y)) = (xs, number_axis(points.iter().map(|p| p.y))) else {
         return Err(AnalysisError::NothingToPlot("no finite points"));
     };
+    let x = TickedAxis::numbers(xr, all_whole(points.iter().map(|p| p.x)));
     let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
     let front: Vec<(f64, f64)> = pareto_front(&xy).into_iter().map(|i| xy[i]).collect();
-    render(WIDTH, HEIGHT, |area| {
-        let mut chart = axes(area, labels, xr, yr)?;
+    Ok(Figure::new(WIDTH, HEIGHT, move |area| {
+        let yr = y.range();
+        let mut chart = axes(area, labels, x.clone(), y.clone(), None)?;
         let grey = RGBColor(120, 120, 120);
         chart
-            .draw_series(DashedLineSeries::new(front, 6, 4, grey.stroke_width(2)))?
+            .draw_series(DashedLineSeries::new(
+                front.clone(),
+                6,
+                4,
+                grey.stroke_width(2),
+            ))?
             .label("Pareto front")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey.stroke_width(2)));
         for (i, p) in points.iter().enumerate() {
@@ -242,19 +349,15 @@ pub fn pareto_plot(labels: Labels, points: &[LabelledPoint]) -> Result<RgbImage>
                 );
             chart.draw_series(std::iter::once(marker))?;
         }
-        legend(&mut chart, emptiest_corner(&xy, xr, yr))?;
+        legend(&mut chart, emptiest_corner(&xy, xr, (yr.start, yr.end)))?;
         Ok(())
-    })
-}
-
-/// [`pareto_plot`] written to `path` as PNG.
-pub fn pareto_plot_png(labels: Labels, points: &[LabelledPoint], path: &Path) -> Result<()> {
-    save_png(&pareto_plot(labels, points)?, path)
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::svg_texts;
     use crate::testutil::temp_dir;
 
     const LABELS: Labels = Labels {
@@ -302,6 +405,9 @@ mod tests {
 
     #[test]
     fn charts_draw_their_series_in_distinct_colours() {
+        if crate::ensure_font().is_err() {
+            return;
+        }
         let series = vec![
             Series {
                 label: "tau=0".into(),
@@ -312,12 +418,20 @@ mod tests {
                 points: vec![(100.0, 68.0), (80.0, 68.0), (50.0, 66.0), (20.0, 50.0)],
             },
         ];
-        let img = line_chart(LABELS, &series).unwrap();
+        let figure = line_chart(LABELS, &series).unwrap();
+        let img = figure.to_image(1).unwrap();
         assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
         let has = |c: RGBColor| img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count() > 50;
         assert!(has(palette(0)) && has(palette(1)));
         let dir = temp_dir("plots");
-        line_chart_png(LABELS, &series, &dir.join("prune.png")).unwrap();
+        let files = figure.save(&dir.join("prune.png"), 2).unwrap();
+        assert_eq!(
+            image::open(&files.png).unwrap().width(),
+            2 * WIDTH,
+            "PNG at twice the figure's size"
+        );
+        let svg = std::fs::read_to_string(&files.svg).unwrap();
+        assert!(svg_texts(&svg).contains(&"tau=50") && svg.contains("<polyline"));
         let points: Vec<LabelledPoint> = [(0.0, 0.02, 70.1), (1.0, 0.3, 69.8), (50.0, 0.8, 65.0)]
             .iter()
             .map(|&(tau, x, y)| LabelledPoint {
@@ -326,8 +440,54 @@ mod tests {
                 label: format!("tau={tau}"),
             })
             .collect();
-        pareto_plot_png(LABELS, &points, &dir.join("pareto.png")).unwrap();
-        assert!(image::open(dir.join("pareto.png")).is_ok());
+        let files = pareto_plot(LABELS, &points)
+            .unwrap()
+            .save(&dir.join("pareto.png"), 1)
+            .unwrap();
+        assert!(image::open(&files.png).is_ok());
+        assert!(std::fs::read_to_string(&files.svg)
+            .unwrap()
+            .contains("Pareto front"));
+    }
+
+    #[test]
+    fn layer_axes_show_names_and_whole_axes_whole_ticks() {
+        if crate::ensure_font().is_err() {
+            return;
+        }
+        let names: Vec<String> = [
+            "conv1",
+            "layer1.0.conv1",
+            "layer2.0.downsample.0.conv",
+            "fc",
+        ]
+        .map(String::from)
+        .to_vec();
+        let figure = named_line_chart(LABELS, &names, &[3.5, 7.25, 12.0, 4.0]).unwrap();
+        let svg = figure.to_svg().unwrap();
+        let texts = svg_texts(&svg);
+        for name in &names {
+            assert!(texts.contains(&name.as_str()), "{name} not in {texts:?}");
+        }
+        // Taller than a plain chart by the room the longest name needs.
+        assert!(figure.size().1 > HEIGHT);
+        assert!(named_line_chart(LABELS, &names, &[1.0]).is_err());
+
+        // Smoothness against whole-number sheet distances 1 to 4.
+        let curve = [Series {
+            label: String::new(),
+            points: vec![(1.0, 0.5), (2.0, 0.3), (3.0, 0.2), (4.0, 0.1)],
+        }];
+        let svg = line_chart(LABELS, &curve).unwrap().to_svg().unwrap();
+        let texts = svg_texts(&svg);
+        for x in ["1", "2", "3", "4"] {
+            assert!(texts.contains(&x), "tick {x} missing from {texts:?}");
+        }
+        assert!(
+            !texts.contains(&"1.5") && !texts.contains(&"2.5"),
+            "{texts:?}"
+        );
+        assert!(texts.contains(&"0.3"), "{texts:?}");
     }
 
     #[test]

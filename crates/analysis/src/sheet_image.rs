@@ -2,13 +2,12 @@
 //! grid of all the topographic layers of a model, and maps of one value per
 //! unit (selectivity) in a diverging colour map with a colour bar.
 
-use std::path::Path;
-
 use image::{Rgb, RgbImage};
 use plotters::prelude::*;
 
+use crate::axis::TickedAxis;
 use crate::figure::{
-    block_size, centred_text, draw_blocks, render, save_png, Area, DrawResult, LABEL_SIZE,
+    block_size, centred_text, draw_blocks, size_to_fit, Area, DrawResult, Figure, LABEL_SIZE,
     TICK_SIZE, TITLE_SIZE,
 };
 use crate::{check_len, AnalysisError, Result, SheetShape};
@@ -26,13 +25,13 @@ pub struct SheetPanel {
 
 /// A sheet picture (one pixel per unit) drawn with one square block per
 /// unit, at most 512 pixels a side, under `title`.
-pub fn render_sheet(image: &RgbImage, title: &str) -> Result<RgbImage> {
+pub fn render_sheet<'a>(image: &'a RgbImage, title: &'a str) -> Figure<'a> {
     let (w, h) = image.dimensions();
     let block = block_size(w, h, 512, 512);
     let (pw, ph) = (w * block, h * block);
     let width = (pw + 2 * MARGIN).max(360);
     let height = ph + TITLE_BAND + MARGIN;
-    render(width, height, |area| {
+    Figure::new(width, height, move |area| {
         centred_text(area, title, width as i32 / 2, 10, TITLE_SIZE)?;
         draw_blocks(
             area,
@@ -44,17 +43,16 @@ pub fn render_sheet(image: &RgbImage, title: &str) -> Result<RgbImage> {
     })
 }
 
-/// [`render_sheet`] written to `path` as PNG.
-pub fn render_sheet_png(image: &RgbImage, title: &str, path: &Path) -> Result<()> {
-    save_png(&render_sheet(image, title)?, path)
-}
-
 /// Side of one grid cell's picture area, pixels.
 const CELL: u32 = 200;
 
 /// All `panels` in a grid of `columns` columns under a common `title`, each
 /// sheet scaled by whole blocks to fit a 200-pixel cell, its name above it.
-pub fn render_sheet_grid(panels: &[SheetPanel], title: &str, columns: usize) -> Result<RgbImage> {
+pub fn render_sheet_grid<'a>(
+    panels: &'a [SheetPanel],
+    title: &'a str,
+    columns: usize,
+) -> Result<Figure<'a>> {
     if panels.is_empty() {
         return Err(AnalysisError::NothingToPlot(
             "no layers to draw in the grid",
@@ -66,7 +64,7 @@ pub fn render_sheet_grid(panels: &[SheetPanel], title: &str, columns: usize) -> 
     let cell_h = CELL + 30 + MARGIN;
     let width = (columns * cell_w + MARGIN).max(360);
     let height = TITLE_BAND + rows * cell_h;
-    render(width, height, |area| {
+    Ok(Figure::new(width, height, move |area| {
         centred_text(area, title, width as i32 / 2, 10, TITLE_SIZE)?;
         for (i, panel) in panels.iter().enumerate() {
             let (col, row) = (i as u32 % columns, i as u32 / columns);
@@ -77,7 +75,7 @@ pub fn render_sheet_grid(panels: &[SheetPanel], title: &str, columns: usize) -> 
                 &panel.title,
                 (x0 + CELL / 2) as i32,
                 y0 as i32,
-                TICK_SIZE,
+                size_to_fit(&panel.title, TICK_SIZE, cell_w - 4)?,
             )?;
             let fitted = fit(&panel.image, CELL);
             let (w, h) = fitted.0.dimensions();
@@ -87,17 +85,7 @@ pub fn render_sheet_grid(panels: &[SheetPanel], title: &str, columns: usize) -> 
             draw_blocks(area, &fitted.0, x as i32, y as i32, fitted.1)?;
         }
         Ok(())
-    })
-}
-
-/// [`render_sheet_grid`] written to `path` as PNG.
-pub fn render_sheet_grid_png(
-    panels: &[SheetPanel],
-    title: &str,
-    columns: usize,
-    path: &Path,
-) -> Result<()> {
-    save_png(&render_sheet_grid(panels, title, columns)?, path)
+    }))
 }
 
 /// The picture and block size that fit `side`: whole blocks when the sheet
@@ -134,22 +122,31 @@ pub fn diverging_color(t: f64) -> [u8; 3] {
     [mix(0), mix(1), mix(2)]
 }
 
+/// The end of the symmetric colour scale of a value map: the largest
+/// |value|, or 1 for a map of zeros so its colour bar is still usable.
+pub fn value_map_limit(values: &[f32]) -> f64 {
+    let limit = values.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+    if limit > 0.0 {
+        limit
+    } else {
+        1.0
+    }
+}
+
 /// A map of one value per unit (e.g. a selectivity t map) on its sheet, in
-/// the diverging colour map symmetric around 0 (limit: the largest |value|),
+/// the diverging colour map from `-limit` to `limit` ([`value_map_limit`]),
 /// with a colour bar labelled `value_label`.
-pub fn render_value_map(
+pub fn render_value_map<'a>(
     values: &[f32],
     sheet: SheetShape,
-    title: &str,
-    value_label: &str,
-) -> Result<RgbImage> {
+    title: &'a str,
+    value_label: &'a str,
+) -> Result<Figure<'a>> {
     check_len("map values", values.len(), sheet.height, sheet.width)?;
     if values.iter().any(|v| !v.is_finite()) {
         return Err(AnalysisError::NonFinite { what: "map values" });
     }
-    let limit = values.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
-    // A map of zeros still gets a usable colour bar.
-    let limit = if limit > 0.0 { limit } else { 1.0 };
+    let limit = value_map_limit(values);
     let mut pixels = RgbImage::new(sheet.width as u32, sheet.height as u32);
     for (u, &v) in values.iter().enumerate() {
         let (r, c) = sheet.position(u);
@@ -161,39 +158,30 @@ pub fn render_value_map(
     let bar_width = 130;
     let width = (pw + 2 * MARGIN + bar_width).max(420);
     let height = (ph + TITLE_BAND + MARGIN).max(260);
-    render(width, height, |area| {
+    Ok(Figure::new(width, height, move |area| {
         centred_text(area, title, width as i32 / 2, 10, TITLE_SIZE)?;
         draw_blocks(area, &pixels, MARGIN as i32, TITLE_BAND as i32, block)?;
         let bar_area = area.margin(TITLE_BAND, MARGIN, (width - bar_width) as i32, 0);
         colour_bar(&bar_area, limit, value_label)
-    })
-}
-
-/// [`render_value_map`] written to `path` as PNG.
-pub fn render_value_map_png(
-    values: &[f32],
-    sheet: SheetShape,
-    title: &str,
-    value_label: &str,
-    path: &Path,
-) -> Result<()> {
-    save_png(&render_value_map(values, sheet, title, value_label)?, path)
+    }))
 }
 
 /// A vertical colour bar from `-limit` to `limit` with labelled ticks.
 fn colour_bar(area: &Area, limit: f64, label: &str) -> DrawResult {
+    let values = TickedAxis::numbers((-limit, limit), false);
+    let tick_label = |v: &f64| values.label(*v);
     let mut chart = ChartBuilder::on(area)
         .margin(5)
         .x_label_area_size(0)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..1.0, -limit..limit)?;
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..1.0, values.clone())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .disable_y_mesh()
         .disable_x_axis()
         .y_desc(label)
-        .y_labels(7)
+        .y_label_formatter(&tick_label)
         .label_style(("sans-serif", TICK_SIZE))
         .axis_desc_style(("sans-serif", LABEL_SIZE))
         .draw()?;
@@ -211,6 +199,7 @@ fn colour_bar(area: &Area, limit: f64, label: &str) -> DrawResult {
 mod tests {
     use super::*;
     use crate::pca::sheet_pca_colors;
+    use crate::svg_texts;
     use crate::testutil::{temp_dir, Rng};
 
     #[test]
@@ -227,7 +216,12 @@ mod tests {
         let sheet = SheetShape::for_units(128).unwrap();
         let weights = Rng::new(2).normals_f32(128 * 9);
         let colours = sheet_pca_colors(&weights, 9, sheet).unwrap();
-        let fig = render_sheet(&colours, "layer1.0.conv1").unwrap();
+        if crate::ensure_font().is_err() {
+            return;
+        }
+        let fig = render_sheet(&colours, "layer1.0.conv1")
+            .to_image(1)
+            .unwrap();
         // 16 x 8 units at 32 px per unit, centred under the title band.
         assert_eq!(fig.dimensions(), (16 * 32 + 40, 8 * 32 + 60));
         let x0 = (fig.width() - 16 * 32) / 2;
@@ -240,7 +234,10 @@ mod tests {
     }
 
     #[test]
-    fn grid_and_value_map_write_pngs() {
+    fn grid_and_value_map_write_pngs_and_svgs() {
+        if crate::ensure_font().is_err() {
+            return;
+        }
         let dir = temp_dir("sheet-image");
         let panels: Vec<SheetPanel> = [64usize, 128, 256, 997]
             .iter()
@@ -255,14 +252,22 @@ mod tests {
             })
             .collect();
         let path = dir.join("grid.png");
-        render_sheet_grid_png(&panels, "all layers", 2, &path).unwrap();
+        let files = render_sheet_grid(&panels, "all layers", 2)
+            .unwrap()
+            .save(&path, 1)
+            .unwrap();
         let grid = image::open(&path).unwrap();
         assert_eq!(grid.width(), 2 * 220 + 20);
+        let svg = std::fs::read_to_string(files.svg).unwrap();
+        assert!(svg_texts(&svg).contains(&"layer3 (1 x 997)"));
 
         let sheet = SheetShape::for_units(256).unwrap();
         let values: Vec<f32> = (0..256).map(|u| (u as f32 - 128.0) / 10.0).collect();
         let path = dir.join("map.png");
-        render_value_map_png(&values, sheet, "faces vs rest", "Welch t", &path).unwrap();
+        render_value_map(&values, sheet, "faces vs rest", "Welch t")
+            .unwrap()
+            .save(&path, 1)
+            .unwrap();
         let map = image::open(&path).unwrap().to_rgb8();
         // First unit sets the limit (-12.8): full blue; the last is 12.7.
         assert_eq!(map.get_pixel(21, 41).0, diverging_color(-1.0));
@@ -273,5 +278,7 @@ mod tests {
         );
         assert!(render_sheet_grid(&[], "none", 2).is_err());
         assert!(render_value_map(&[0.0; 3], sheet, "x", "t").is_err());
+        assert_eq!(value_map_limit(&values), 12.8f32 as f64);
+        assert_eq!(value_map_limit(&[0.0; 4]), 1.0);
     }
 }

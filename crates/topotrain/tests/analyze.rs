@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use analysis::svg_texts;
 use serde_json::Value;
 
 mod common;
@@ -60,13 +61,46 @@ fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-fn assert_png(path: &Path) {
+/// Asserts `path` is a PNG with an SVG beside it, and returns the SVG.
+fn assert_figure(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
         bytes.starts_with(b"\x89PNG"),
         "{} is not a PNG",
         path.display()
     );
+    let svg_path = path.with_extension("svg");
+    let svg = std::fs::read_to_string(&svg_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", svg_path.display()));
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{} is not an SVG",
+        svg_path.display()
+    );
+    svg
+}
+
+/// Asserts `rows` is a `sheet_h x sheet_w` grid of `layer` (a report's
+/// layer), each cell an array of `cell_len` numbers when given.
+fn assert_sheet_grid(layer: &Value, rows: &Value, cell_len: Option<usize>) {
+    let (h, w) = (
+        layer["sheet_h"].as_u64().unwrap() as usize,
+        layer["sheet_w"].as_u64().unwrap() as usize,
+    );
+    let rows = rows
+        .as_array()
+        .unwrap_or_else(|| panic!("no grid in {layer}"));
+    assert_eq!(rows.len(), h, "{}", layer["layer"]);
+    for row in rows {
+        let row = row.as_array().unwrap();
+        assert_eq!(row.len(), w, "{}", layer["layer"]);
+        for cell in row {
+            match cell_len {
+                Some(n) => assert_eq!(cell.as_array().unwrap().len(), n, "{cell}"),
+                None => assert!(cell.is_number(), "{cell}"),
+            }
+        }
+    }
 }
 
 /// The sweep config: a width-8 ResNet-18 with torchvision's stem (one
@@ -202,7 +236,13 @@ fn smoothness_sets_topographic_models_apart() {
         TOPOGRAPHIC_LAYERS
     );
     assert!(report["layers"][0]["mean_cosine"].as_array().unwrap().len() > 1);
-    assert_png(&out.join("smoothness.png"));
+    // 19 layers are pooled into one curve per stage, as drawn.
+    let plotted = report["plotted"].as_array().unwrap();
+    assert_eq!(plotted.len(), 4, "{plotted:?}");
+    assert!(plotted[0]["label"].as_str().unwrap().starts_with("layer1 "));
+    assert!(plotted[0]["points"].as_array().unwrap().len() > 1);
+    let svg = assert_figure(&out.join("smoothness.png"));
+    assert!(svg_texts(&svg).contains(&"distance on the sheet (units)"));
     assert!(out.join("smoothness.json").exists());
 }
 
@@ -255,7 +295,12 @@ fn dimensionality_streams_and_stays_in_bounds() {
         mean_ed(&one),
         mean_ed(&rebatched)
     );
-    assert_png(&out.join("dimensionality.png"));
+    // The x axis names each layer, with its periods.
+    let svg = assert_figure(&out.join("dimensionality.png"));
+    let texts = svg_texts(&svg);
+    for layer in one["layers"].as_array().unwrap() {
+        assert!(texts.contains(&layer["layer"].as_str().unwrap()), "{layer}");
+    }
     // Block outputs (rectified) instead of the conv outputs.
     let blocks = analyze(&[
         "dimensionality",
@@ -337,8 +382,20 @@ fn sheets_draw_a_layer_and_the_grid() {
         report["layers"].as_array().unwrap().len(),
         TOPOGRAPHIC_LAYERS
     );
-    assert_png(&out.join("sheet_layer4.1.conv2.png"));
-    assert_png(&out.join("sheets.png"));
+    let svg = assert_figure(&out.join("sheet_layer4.1.conv2.png"));
+    assert!(svg_texts(&svg).contains(&"layer4.1.conv2 (8x8)"), "{svg}");
+    let svg = assert_figure(&out.join("sheets.png"));
+    assert!(svg_texts(&svg).contains(&"layer2.0.downsample.0"));
+    // The data behind the pictures: each unit's colour and PC scores.
+    for layer in report["layers"].as_array().unwrap() {
+        assert_sheet_grid(layer, &layer["rgb"], Some(3));
+        assert_sheet_grid(layer, &layer["pc_scores"], Some(3));
+        assert_eq!(layer["pc_variances"].as_array().unwrap().len(), 3);
+    }
+    assert_eq!(
+        report["layer_svg"].as_str().map(PathBuf::from),
+        Some(out.join("sheet_layer4.1.conv2.svg"))
+    );
     let bad = topotrain(&[
         "analyze",
         "sheets",
@@ -382,7 +439,22 @@ fn selectivity_maps_categories_on_the_sheet() {
                 None => assert!(small, "{layer}"),
             }
         }
-        assert_png(Path::new(layer["png"].as_str().unwrap()));
+        assert_figure(Path::new(layer["png"].as_str().unwrap()));
+        assert!(layer["svg"].as_str().unwrap().ends_with("_faces.svg"));
+        // The map drawn: each unit's t, and the colour scale's end.
+        assert_sheet_grid(layer, &layer["t"], None);
+        let largest = layer["t"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap())
+            .map(|t| t.as_f64().unwrap().abs())
+            .fold(0.0, f64::max);
+        let limit = layer["colour_limit"].as_f64().unwrap();
+        assert!(
+            (limit - largest).abs() < 1e-4 * limit.max(1.0),
+            "{limit} vs {largest}"
+        );
     }
     // Faces are told apart somewhere.
     assert!(layers.iter().any(|l| l["max_t"].as_f64().unwrap() > 3.0));
@@ -439,7 +511,8 @@ fn prune_and_downsample_trade_accuracy_for_weights() {
     ]);
     let eval: Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(eval["top1"].as_f64(), Some(top1(dense)));
-    assert_png(&out.join("prune.png"));
+    let svg = assert_figure(&out.join("prune.png"));
+    assert!(svg_texts(&svg).contains(&"sheet down-sampling"));
 }
 
 #[test]
@@ -477,8 +550,14 @@ fn sweep_report_plots_accuracy_against_smoothness() {
         let ed = row["mean_effective_dimensionality"].as_f64().unwrap();
         assert!(ed >= 1.0, "{row}");
     }
-    assert_png(&out.join("pareto.png"));
-    assert_png(&out.join("ed_vs_tau.png"));
+    // At least the most accurate run is on the front.
+    assert!(rows.iter().any(|r| r["on_pareto_front"] == true));
+    assert_figure(&out.join("pareto.png"));
+    assert_figure(&out.join("ed_vs_tau.png"));
+    assert_eq!(
+        report["ed_svg"].as_str().map(PathBuf::from),
+        Some(out.join("ed_vs_tau.svg"))
+    );
 }
 
 /// Every analysis on the published-layout ResNet-18 (a PyTorch state dict).
@@ -495,8 +574,8 @@ fn every_analysis_runs_on_the_golden_resnet18() {
     let sheets = analyze(&["sheets", "--checkpoint", ck, "--out", s(&out)]);
     // Every Conv2d and Linear: 20 convs and fc.
     assert_eq!(sheets["layers"].as_array().unwrap().len(), 21);
-    assert_png(&out.join("sheets.png"));
-    assert_png(&out.join("sheet_fc.png"));
+    assert_figure(&out.join("sheets.png"));
+    assert_figure(&out.join("sheet_fc.png"));
 
     let smooth = analyze(&[
         "smoothness",
@@ -510,7 +589,7 @@ fn every_analysis_runs_on_the_golden_resnet18() {
     let mean = smooth["mean_score"].as_f64().unwrap();
     eprintln!("golden ResNet-18 mean smoothness {mean:.4}");
     assert!(mean.is_finite());
-    assert_png(&out.join("smoothness.png"));
+    assert_figure(&out.join("smoothness.png"));
 
     let data = imagenet_mini();
     let ed = analyze(&[
@@ -530,7 +609,7 @@ fn every_analysis_runs_on_the_golden_resnet18() {
     ]);
     assert_eq!(ed["timing"]["images"], 48);
     assert_eq!(ed["layers"].as_array().unwrap().len(), 21);
-    assert_png(&out.join("dimensionality.png"));
+    assert_figure(&out.join("dimensionality.png"));
 
     let sel = analyze(&[
         "selectivity",
@@ -548,7 +627,7 @@ fn every_analysis_runs_on_the_golden_resnet18() {
         s(&out),
     ]);
     assert_eq!(sel["layers"][0]["sheet_h"], 16);
-    assert_png(&out.join("selectivity_layer4.1.conv2_faces.png"));
+    assert_figure(&out.join("selectivity_layer4.1.conv2_faces.png"));
 
     let prune = analyze(&[
         "prune",
@@ -572,7 +651,7 @@ fn every_analysis_runs_on_the_golden_resnet18() {
         s(&out),
     ]);
     assert_eq!(prune["variants"].as_array().unwrap().len(), 3);
-    assert_png(&out.join("prune.png"));
+    assert_figure(&out.join("prune.png"));
 }
 
 /// `eval --val-transform torchvision` crops as `Resize(256) +

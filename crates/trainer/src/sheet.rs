@@ -22,7 +22,7 @@ pub struct SheetPicture {
 }
 
 /// Draws `layer` (default: the last topographic layer, the largest sheet of
-/// a ResNet) of `model` into `dir/sheet_<layer>.png`.
+/// a ResNet) of `model` into `dir/sheet_<layer>.png` and `.svg`.
 pub fn write_sheet_picture<B: Backend>(
     model: &impl Topographic<B>,
     topography: &Topography,
@@ -66,7 +66,8 @@ pub fn write_sheet_picture<B: Backend>(
     let smoothness = analysis::smoothness::smoothness(&weights, e, sheet)?.score;
     let png = dir.join(format!("sheet_{name}.png"));
     let title = format!("{name}, tau {tau}: smoothness {smoothness:.3}");
-    analysis::sheet_image::render_sheet_png(&colours, &title, &png)
+    analysis::sheet_image::render_sheet(&colours, &title)
+        .save(&png, analysis::DEFAULT_PNG_SCALE)
         .with_context(|| format!("cannot draw {}", png.display()))?;
     Ok(SheetPicture {
         layer: name.to_string(),
@@ -106,6 +107,8 @@ mod tests {
         assert_eq!(last.layer, "layer4.1.conv2");
         let bytes = std::fs::read(&last.png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+        let svg = std::fs::read_to_string(last.png.with_extension("svg")).unwrap();
+        assert!(svg.contains("layer4.1.conv2, tau 1: smoothness"), "{svg}");
         // Untrained weights: no relation between neighbours.
         assert!(last.smoothness.abs() < 0.2, "{}", last.smoothness);
 

@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use analysis::dimensionality::{mean_dimensionality, Dimensionality, StreamingCovariance};
-use analysis::plots::{line_chart_png, Labels, Series};
+use analysis::plots::{named_line_chart, Labels};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
@@ -20,7 +20,7 @@ use trainer::data::Split;
 use super::data::{
     batch_tensor, forward_responses, open_dataset, DataArgs, Input, Responses, Samples,
 };
-use super::{display_name, Cpu, CpuDevice, Loaded, ModelArgs, ModuleArgs, OutputArgs};
+use super::{display_name, Cpu, CpuDevice, FigurePaths, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct DimensionalityArgs {
@@ -80,7 +80,8 @@ pub struct DimensionalityReport {
     pub mean_effective_dimensionality: f64,
     pub layers: Vec<LayerDimensionality>,
     pub timing: Timing,
-    pub png: Option<String>,
+    #[serde(flatten)]
+    pub figure: Option<FigurePaths>,
 }
 
 /// How many images go through the network, in what batches, and what a
@@ -290,40 +291,24 @@ fn report(
         mean,
         timing,
     } = result;
-    let mut png = None;
+    let mut figure = None;
     if let Some(dir) = args.output.dir()? {
-        analysis::ensure_font()?;
-        let path = dir.join("dimensionality.png");
-        let x_label = match (layers.first(), layers.last()) {
-            (Some(first), Some(last)) if layers.len() > 1 => format!(
-                "layer in forward order (0 = {}, {} = {})",
-                first.layer,
-                layers.len() - 1,
-                last.layer
-            ),
-            _ => "layer".to_string(),
-        };
         let title = format!(
             "{}: effective dimensionality, mean {mean:.2}",
             display_name(&args.model.checkpoint)
         );
-        line_chart_png(
+        let names: Vec<String> = layers.iter().map(|l| l.layer.clone()).collect();
+        let values: Vec<f64> = layers.iter().map(|l| l.effective_dimensionality).collect();
+        let chart = named_line_chart(
             Labels {
                 title: &title,
-                x: &x_label,
+                x: "layer (forward order)",
                 y: "effective dimensionality",
             },
-            &[Series {
-                label: String::new(),
-                points: layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| (i as f64, l.effective_dimensionality))
-                    .collect(),
-            }],
-            &path,
+            &names,
+            &values,
         )?;
-        png = Some(path.display().to_string());
+        figure = Some(args.output.save_figure(&chart, dir, "dimensionality")?);
     }
     let report = DimensionalityReport {
         checkpoint: args.model.checkpoint.display().to_string(),
@@ -332,7 +317,7 @@ fn report(
         mean_effective_dimensionality: mean,
         layers,
         timing,
-        png,
+        figure,
     };
     args.output.finish("dimensionality", &report, || {
         let mut s = format!("{:<32} {:>9} {:>9}\n", "layer", "features", "ED");
@@ -350,8 +335,8 @@ fn report(
             t.data_seconds,
             t.total_seconds
         );
-        if let Some(p) = &report.png {
-            s += &format!("wrote {p}\n");
+        if let Some(f) = &report.figure {
+            s += &format!("wrote {f}\n");
         }
         s
     })

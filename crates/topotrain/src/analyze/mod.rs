@@ -3,7 +3,8 @@
 //! datasets and stimulus folders.
 //!
 //! Every subcommand takes `--json` (print the result as JSON on stdout instead
-//! of a table) and `--out DIR` (write its PNG figures and the same JSON as
+//! of a table) and `--out DIR` (write its figures, each as PNG and SVG, and
+//! the same JSON, with the numbers behind every figure, as
 //! `DIR/<analysis>.json`). Checkpoints are anything `topotrain eval` takes: a
 //! run directory, one of its checkpoints, a safetensors file or a PyTorch
 //! state dict (`.pt`, e.g. the published TopoNets checkpoints).
@@ -89,9 +90,27 @@ pub struct OutputArgs {
     /// Print the result as JSON on stdout (instead of a table).
     #[arg(long)]
     pub json: bool,
-    /// Directory for the PNG figures and `<analysis>.json`.
+    /// Directory for the figures (PNG and SVG) and `<analysis>.json`.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// PNG pixels per figure pixel (the SVG is vector; 2 gives 1600 x 1120
+    /// charts).
+    #[arg(long, default_value_t = analysis::DEFAULT_PNG_SCALE,
+          value_parser = clap::value_parser!(u32).range(1..=analysis::MAX_PNG_SCALE as i64))]
+    pub png_scale: u32,
+}
+
+/// Where a figure went: the PNG and the SVG beside it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FigurePaths {
+    pub png: String,
+    pub svg: String,
+}
+
+impl std::fmt::Display for FigurePaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} and {}", self.png, self.svg)
+    }
 }
 
 impl OutputArgs {
@@ -102,6 +121,20 @@ impl OutputArgs {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         Ok(self.out.as_deref())
+    }
+
+    /// Writes `figure` as `dir/<stem>.png` (at `--png-scale`) and `.svg`.
+    pub fn save_figure(
+        &self,
+        figure: &analysis::Figure,
+        dir: &Path,
+        stem: &str,
+    ) -> Result<FigurePaths> {
+        let files = figure.save(&dir.join(format!("{stem}.png")), self.png_scale)?;
+        Ok(FigurePaths {
+            png: files.png.display().to_string(),
+            svg: files.svg.display().to_string(),
+        })
     }
 
     /// Writes `value` to `--out/<name>.json` and prints it (`--json`) or
@@ -303,6 +336,22 @@ pub fn layer_weights<B: burn::tensor::backend::Backend>(
             })
         })
         .collect()
+}
+
+/// One "wrote PATH" line per file written.
+pub fn wrote_lines(paths: &[&Option<String>]) -> String {
+    paths
+        .iter()
+        .filter_map(|p| p.as_deref())
+        .map(|p| format!("wrote {p}\n"))
+        .collect()
+}
+
+/// Rows of a sheet `width` units wide from per-unit values in unit order
+/// (unit `u` at row `u / width`, column `u % width`), as the JSON reports
+/// carry maps: `rows[r][c]`.
+pub fn sheet_rows<T: Clone>(values: &[T], width: usize) -> Vec<Vec<T>> {
+    values.chunks(width.max(1)).map(<[T]>::to_vec).collect()
 }
 
 /// A file name for a layer (dots kept, anything odd replaced).

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use analysis::plots::{line_chart_png, Labels, Series};
+use analysis::plots::{line_chart, Labels, Series};
 use analysis::prune::{apply_mask, downsample_sheet, l1_masks, PruneScope};
 use anyhow::{bail, Context, Result};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
@@ -18,7 +18,9 @@ use models::{Model, NativeGradient, Topographic};
 use serde::Serialize;
 
 use super::data::{open_dataset, DataArgs};
-use super::{check_range, display_name, Cpu, CpuDevice, Loaded, ModelArgs, OutputArgs};
+use super::{
+    check_range, display_name, Cpu, CpuDevice, FigurePaths, Loaded, ModelArgs, OutputArgs,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Scope {
@@ -71,8 +73,11 @@ struct PruneReport {
     layers: Vec<String>,
     /// All parameters of the model.
     model_params: usize,
+    /// The figure plots `100 * kept_fraction` against `100 * top1`, one
+    /// line per method.
     variants: Vec<Variant>,
-    png: Option<String>,
+    #[serde(flatten)]
+    figure: Option<FigurePaths>,
 }
 
 /// Replaces float parameters by id.
@@ -204,9 +209,8 @@ pub fn run(args: PruneArgs) -> Result<()> {
         });
     }
 
-    let mut png = None;
+    let mut figure = None;
     if let Some(dir) = args.output.dir()? {
-        analysis::ensure_font()?;
         let series = |method: &str, label: &str| Series {
             label: label.to_string(),
             points: {
@@ -219,24 +223,23 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 p
             },
         };
-        let path = dir.join("prune.png");
         let title = format!(
             "{}: accuracy vs weights kept",
             display_name(&args.model.checkpoint)
         );
-        line_chart_png(
+        let curves = [
+            series("l1", "L1 unstructured pruning"),
+            series("downsample", "sheet down-sampling"),
+        ];
+        let chart = line_chart(
             Labels {
                 title: &title,
                 x: "weights of the topographic layers kept (%)",
                 y: "top-1 accuracy (%)",
             },
-            &[
-                series("l1", "L1 unstructured pruning"),
-                series("downsample", "sheet down-sampling"),
-            ],
-            &path,
+            &curves,
         )?;
-        png = Some(path.display().to_string());
+        figure = Some(args.output.save_figure(&chart, dir, "prune")?);
     }
     let report = PruneReport {
         checkpoint: args.model.checkpoint.display().to_string(),
@@ -245,7 +248,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         model_params: loaded.model.num_params(),
         variants,
-        png,
+        figure,
     };
     args.output.finish("prune", &report, || {
         let mut s = format!(
@@ -267,8 +270,8 @@ pub fn run(args: PruneArgs) -> Result<()> {
             report.images,
             report.layers.len()
         );
-        if let Some(p) = &report.png {
-            s += &format!("wrote {p}\n");
+        if let Some(f) = &report.figure {
+            s += &format!("wrote {f}\n");
         }
         s
     })

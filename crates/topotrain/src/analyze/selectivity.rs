@@ -10,13 +10,13 @@
 use std::path::PathBuf;
 
 use analysis::selectivity::{map_correlation, map_ssim, selectivity_maps, MIN_SSIM_SIDE};
-use analysis::sheet_image::render_value_map_png;
+use analysis::sheet_image::{render_value_map, value_map_limit};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
 use super::data::{forward_responses, InputArgs, Samples, Stimuli};
-use super::{file_stem, Loaded, ModelArgs, ModuleArgs, OutputArgs};
+use super::{file_stem, sheet_rows, FigurePaths, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct SelectivityArgs {
@@ -67,7 +67,12 @@ struct LayerSelectivity {
     selective_fraction: f64,
     /// The map of --category against each --versus category's map.
     comparisons: Vec<Comparison>,
-    png: Option<String>,
+    /// Each unit's Welch t, `t[row][col]` (unit `row * sheet_w + col`).
+    t: Vec<Vec<f32>>,
+    /// The figure's colours run from -colour_limit (blue) to +colour_limit (red).
+    colour_limit: f64,
+    #[serde(flatten)]
+    figure: Option<FigurePaths>,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,9 +144,6 @@ pub fn run(args: SelectivityArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let dir = args.output.dir()?;
-    if dir.is_some() {
-        analysis::ensure_font()?;
-    }
     let category = stimuli.categories[target].clone();
     let mut report_layers = Vec::new();
     for ((name, values), &n_units) in names.iter().zip(&responses).zip(&units) {
@@ -166,16 +168,12 @@ pub fn run(args: SelectivityArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         let selective = map.iter().filter(|&&t| t as f64 > args.threshold).count();
-        let png = match dir {
+        let figure = match dir {
             Some(dir) => {
-                let path = dir.join(format!(
-                    "selectivity_{}_{}.png",
-                    file_stem(name),
-                    file_stem(&category)
-                ));
                 let title = format!("{name}: {category} vs rest");
-                render_value_map_png(map, sheet, &title, "Welch t", &path)?;
-                Some(path.display().to_string())
+                let figure = render_value_map(map, sheet, &title, "Welch t")?;
+                let stem = format!("selectivity_{}_{}", file_stem(name), file_stem(&category));
+                Some(args.output.save_figure(&figure, dir, &stem)?)
             }
             None => None,
         };
@@ -187,7 +185,9 @@ pub fn run(args: SelectivityArgs) -> Result<()> {
             selective_units: selective,
             selective_fraction: selective as f64 / n_units as f64,
             comparisons,
-            png,
+            t: sheet_rows(map, sheet.width),
+            colour_limit: value_map_limit(map),
+            figure,
         });
     }
     let report = SelectivityReport {

@@ -1,13 +1,15 @@
 //! `topotrain analyze sheets`: each selected layer's cortical sheet, units
 //! coloured by the first three principal components of their weights, as one
-//! picture of a chosen layer and a grid of all the layers.
+//! picture of a chosen layer and a grid of all the layers. The report holds
+//! every unit's colour and component scores, row by row of its sheet.
 
-use analysis::sheet_image::{render_sheet_grid_png, render_sheet_png, SheetPanel};
+use analysis::pca::{sheet_pca, SheetColours};
+use analysis::sheet_image::{render_sheet, render_sheet_grid, SheetPanel};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{display_name, file_stem, ModelArgs, OutputArgs};
+use super::{display_name, file_stem, sheet_rows, wrote_lines, ModelArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct SheetsArgs {
@@ -29,6 +31,35 @@ struct SheetInfo {
     sheet_h: usize,
     sheet_w: usize,
     weights_per_unit: usize,
+    /// Each unit's colour, `rgb[row][col]` (unit `row * sheet_w + col`).
+    rgb: Vec<Vec<[u8; 3]>>,
+    /// Each unit's scores on the first (up to three) principal components
+    /// of the layer's unit weights, `pc_scores[row][col][component]`; red,
+    /// green and blue are these scaled from their 2% to 98% quantiles.
+    pc_scores: Vec<Vec<Vec<f32>>>,
+    /// Variance of the unit weights along each component.
+    pc_variances: Vec<f64>,
+}
+
+impl SheetInfo {
+    fn new(layer: &super::LayerWeights, colours: &SheetColours) -> Self {
+        let rgb: Vec<[u8; 3]> = colours.image.pixels().map(|p| p.0).collect();
+        let pcs = &colours.components;
+        let scores: Vec<Vec<f32>> = pcs
+            .scores
+            .chunks(pcs.k.max(1))
+            .map(|unit| unit.iter().map(|&v| v as f32).collect())
+            .collect();
+        SheetInfo {
+            layer: layer.name.clone(),
+            sheet_h: layer.sheet.height,
+            sheet_w: layer.sheet.width,
+            weights_per_unit: layer.e,
+            rgb: sheet_rows(&rgb, layer.sheet.width),
+            pc_scores: sheet_rows(&scores, layer.sheet.width),
+            pc_variances: pcs.variances.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -36,14 +67,16 @@ struct SheetsReport {
     checkpoint: String,
     layers: Vec<SheetInfo>,
     layer_png: Option<String>,
+    layer_svg: Option<String>,
     grid_png: Option<String>,
+    grid_svg: Option<String>,
 }
 
 pub fn run(args: SheetsArgs) -> Result<()> {
     let layers = args.model.layer_weights()?;
     let chosen = match &args.layer {
-        Some(name) => match layers.iter().find(|l| &l.name == name) {
-            Some(l) => l,
+        Some(name) => match layers.iter().position(|l| &l.name == name) {
+            Some(i) => i,
             None => bail!(
                 "--layer {name} is not among the selected layers: {}",
                 layers
@@ -53,50 +86,54 @@ pub fn run(args: SheetsArgs) -> Result<()> {
                     .join(", ")
             ),
         },
-        None => layers.last().expect("selection is never empty"),
+        None => match layers.len().checked_sub(1) {
+            Some(last) => last,
+            None => bail!("no layer selected"),
+        },
     };
-    let (mut layer_png, mut grid_png) = (None, None);
+    let colours = layers
+        .iter()
+        .map(|l| sheet_pca(&l.weights, l.e, l.sheet))
+        .collect::<analysis::Result<Vec<_>>>()?;
+    let mut report = SheetsReport {
+        checkpoint: args.model.checkpoint.display().to_string(),
+        layers: layers
+            .iter()
+            .zip(&colours)
+            .map(|(l, c)| SheetInfo::new(l, c))
+            .collect(),
+        layer_png: None,
+        layer_svg: None,
+        grid_png: None,
+        grid_svg: None,
+    };
     if let Some(dir) = args.output.dir()? {
-        analysis::ensure_font()?;
-        let colors = analysis::pca::sheet_pca_colors(&chosen.weights, chosen.e, chosen.sheet)?;
-        let path = dir.join(format!("sheet_{}.png", file_stem(&chosen.name)));
+        let layer = &layers[chosen];
         let title = format!(
             "{} ({}x{})",
-            chosen.name, chosen.sheet.height, chosen.sheet.width
+            layer.name, layer.sheet.height, layer.sheet.width
         );
-        render_sheet_png(&colors, &title, &path)?;
-        layer_png = Some(path.display().to_string());
-        let panels = layers
+        let figure = render_sheet(&colours[chosen].image, &title);
+        let paths =
+            args.output
+                .save_figure(&figure, dir, &format!("sheet_{}", file_stem(&layer.name)))?;
+        (report.layer_png, report.layer_svg) = (Some(paths.png), Some(paths.svg));
+        let panels: Vec<SheetPanel> = layers
             .iter()
-            .map(|l| {
-                Ok(SheetPanel {
-                    title: l.name.clone(),
-                    image: analysis::pca::sheet_pca_colors(&l.weights, l.e, l.sheet)?,
-                })
+            .zip(&colours)
+            .map(|(l, c)| SheetPanel {
+                title: l.name.clone(),
+                image: c.image.clone(),
             })
-            .collect::<Result<Vec<_>>>()?;
-        let path = dir.join("sheets.png");
+            .collect();
         let title = format!(
             "{}: weight PCs 1-3 as RGB",
             display_name(&args.model.checkpoint)
         );
-        render_sheet_grid_png(&panels, &title, args.columns.max(1), &path)?;
-        grid_png = Some(path.display().to_string());
+        let figure = render_sheet_grid(&panels, &title, args.columns.max(1))?;
+        let paths = args.output.save_figure(&figure, dir, "sheets")?;
+        (report.grid_png, report.grid_svg) = (Some(paths.png), Some(paths.svg));
     }
-    let report = SheetsReport {
-        checkpoint: args.model.checkpoint.display().to_string(),
-        layers: layers
-            .iter()
-            .map(|l| SheetInfo {
-                layer: l.name.clone(),
-                sheet_h: l.sheet.height,
-                sheet_w: l.sheet.width,
-                weights_per_unit: l.e,
-            })
-            .collect(),
-        layer_png,
-        grid_png,
-    };
     args.output.finish("sheets", &report, || {
         let mut s = format!(
             "{:<32} {:>7} {:>7} {:>8}\n",
@@ -108,9 +145,12 @@ pub fn run(args: SheetsArgs) -> Result<()> {
                 l.layer, l.sheet_h, l.sheet_w, l.weights_per_unit
             );
         }
-        for p in report.layer_png.iter().chain(&report.grid_png) {
-            s += &format!("wrote {p}\n");
-        }
+        s += &wrote_lines(&[
+            &report.layer_png,
+            &report.layer_svg,
+            &report.grid_png,
+            &report.grid_svg,
+        ]);
         s
     })
 }

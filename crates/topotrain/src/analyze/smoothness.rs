@@ -1,13 +1,13 @@
 //! `topotrain analyze smoothness`: cosine similarity of unit weights against
 //! sheet distance for each selected layer, its score, and the model's mean.
 
-use analysis::plots::{line_chart_png, Labels, Series};
+use analysis::plots::{line_chart, Labels, Series};
 use analysis::smoothness::{mean_score, smoothness, SmoothnessCurve};
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::{display_name, LayerWeights, ModelArgs, OutputArgs};
+use super::{display_name, FigurePaths, LayerWeights, ModelArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct SmoothnessArgs {
@@ -32,7 +32,11 @@ pub struct SmoothnessReport {
     /// Mean of the layers' scores.
     pub mean_score: f64,
     pub layers: Vec<LayerSmoothness>,
-    pub png: Option<String>,
+    /// The curves drawn: one per layer, or with many layers one per stage
+    /// (bins pooled, weighted by their pairs; bins of few pairs left off).
+    pub plotted: Vec<Series>,
+    #[serde(flatten)]
+    pub figure: Option<FigurePaths>,
 }
 
 /// Each layer's curve and score.
@@ -109,31 +113,29 @@ pub fn run(args: SmoothnessArgs) -> Result<()> {
     let layers = layers_smoothness(&args.model.layer_weights()?)?;
     let curves: Vec<SmoothnessCurve> = layers.iter().map(|l| l.curve.clone()).collect();
     let mean = mean_score(&curves);
-    let mut png = None;
+    let plotted = chart_series(&layers);
+    let mut figure = None;
     if let Some(dir) = args.output.dir()? {
-        analysis::ensure_font()?;
-        let series = chart_series(&layers);
-        let path = dir.join("smoothness.png");
         let title = format!(
             "{}: weight smoothness {mean:.3}",
             display_name(&args.model.checkpoint)
         );
-        line_chart_png(
+        let chart = line_chart(
             Labels {
                 title: &title,
                 x: "distance on the sheet (units)",
                 y: "mean cosine similarity of weights",
             },
-            &series,
-            &path,
+            &plotted,
         )?;
-        png = Some(path.display().to_string());
+        figure = Some(args.output.save_figure(&chart, dir, "smoothness")?);
     }
     let report = SmoothnessReport {
         checkpoint: args.model.checkpoint.display().to_string(),
         mean_score: mean,
         layers,
-        png,
+        plotted,
+        figure,
     };
     args.output.finish("smoothness", &report, || {
         let mut s = format!(
@@ -151,8 +153,8 @@ pub fn run(args: SmoothnessArgs) -> Result<()> {
             );
         }
         s += &format!("mean smoothness score: {:.4}\n", report.mean_score);
-        if let Some(p) = &report.png {
-            s += &format!("wrote {p}\n");
+        if let Some(f) = &report.figure {
+            s += &format!("wrote {f}\n");
         }
         s
     })

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use analysis::plots::{line_chart_png, pareto_plot_png, LabelledPoint, Labels, Series};
+use analysis::plots::{line_chart, pareto_front, pareto_plot, LabelledPoint, Labels, Series};
 use analysis::smoothness::SmoothnessCurve;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -16,7 +16,7 @@ use super::data::Samples;
 use super::data::{open_dataset, InputArgs};
 use super::dimensionality::{dataset_dimensionality, Sampling};
 use super::smoothness::layers_smoothness;
-use super::{input_channels, layer_patterns, layer_weights, Cpu, OutputArgs};
+use super::{input_channels, layer_patterns, layer_weights, wrote_lines, Cpu, OutputArgs};
 use crate::validation::run_config;
 
 #[derive(Args)]
@@ -41,6 +41,8 @@ pub struct SweepReportArgs {
     pub output: OutputArgs,
 }
 
+/// One run; the Pareto plot puts it at (mean_smoothness, 100 * top1), the
+/// ED plot at (tau, mean_effective_dimensionality).
 #[derive(Debug, Serialize)]
 struct Row {
     tau: f64,
@@ -48,6 +50,8 @@ struct Row {
     top5: f64,
     mean_smoothness: f64,
     mean_effective_dimensionality: Option<f64>,
+    /// No other run is both smoother and more accurate.
+    on_pareto_front: bool,
     run_dir: PathBuf,
 }
 
@@ -57,7 +61,9 @@ struct SweepReport {
     layers: Vec<String>,
     rows: Vec<Row>,
     pareto_png: Option<String>,
+    pareto_svg: Option<String>,
     ed_png: Option<String>,
+    ed_svg: Option<String>,
 }
 
 /// Tau of a run: from its directory name `tau_<tau>`, else its summary.
@@ -137,63 +143,70 @@ pub fn run(args: SweepReportArgs) -> Result<()> {
             top5: summary.val_top5,
             mean_smoothness,
             mean_effective_dimensionality: ed,
+            on_pareto_front: false,
             run_dir: dir.clone(),
         });
     }
+    let accuracy_smoothness: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (r.mean_smoothness, 100.0 * r.top1))
+        .collect();
+    for i in pareto_front(&accuracy_smoothness) {
+        rows[i].on_pareto_front = true;
+    }
 
-    let (mut pareto_png, mut ed_png) = (None, None);
+    let mut report = SweepReport {
+        sweep: args.sweep.display().to_string(),
+        layers: names,
+        rows,
+        pareto_png: None,
+        pareto_svg: None,
+        ed_png: None,
+        ed_svg: None,
+    };
     if let Some(dir) = args.output.dir()? {
-        analysis::ensure_font()?;
-        let points: Vec<LabelledPoint> = rows
+        let points: Vec<LabelledPoint> = report
+            .rows
             .iter()
-            .map(|r| LabelledPoint {
-                x: r.mean_smoothness,
-                y: 100.0 * r.top1,
+            .zip(&accuracy_smoothness)
+            .map(|(r, &(x, y))| LabelledPoint {
+                x,
+                y,
                 label: format!("tau={}", r.tau),
             })
             .collect();
-        let path = dir.join("pareto.png");
-        pareto_plot_png(
+        let chart = pareto_plot(
             Labels {
                 title: "accuracy vs weight smoothness",
                 x: "mean weight smoothness",
                 y: "top-1 accuracy (%)",
             },
             &points,
-            &path,
         )?;
-        pareto_png = Some(path.display().to_string());
-        if rows
+        let paths = args.output.save_figure(&chart, dir, "pareto")?;
+        (report.pareto_png, report.pareto_svg) = (Some(paths.png), Some(paths.svg));
+        let eds: Option<Vec<(f64, f64)>> = report
+            .rows
             .iter()
-            .all(|r| r.mean_effective_dimensionality.is_some())
-            && args.data.is_some()
-        {
-            let path = dir.join("ed_vs_tau.png");
-            line_chart_png(
+            .map(|r| r.mean_effective_dimensionality.map(|ed| (r.tau, ed)))
+            .collect();
+        if let Some(points) = eds {
+            let series = [Series {
+                label: String::new(),
+                points,
+            }];
+            let chart = line_chart(
                 Labels {
                     title: "effective dimensionality vs tau",
                     x: "tau",
                     y: "mean effective dimensionality",
                 },
-                &[Series {
-                    label: String::new(),
-                    points: rows
-                        .iter()
-                        .map(|r| (r.tau, r.mean_effective_dimensionality.unwrap_or(0.0)))
-                        .collect(),
-                }],
-                &path,
+                &series,
             )?;
-            ed_png = Some(path.display().to_string());
+            let paths = args.output.save_figure(&chart, dir, "ed_vs_tau")?;
+            (report.ed_png, report.ed_svg) = (Some(paths.png), Some(paths.svg));
         }
     }
-    let report = SweepReport {
-        sweep: args.sweep.display().to_string(),
-        layers: names,
-        rows,
-        pareto_png,
-        ed_png,
-    };
     args.output.finish("sweep_report", &report, || {
         let mut s = format!(
             "{:>8} {:>8} {:>8} {:>11} {:>8}\n",
@@ -210,9 +223,12 @@ pub fn run(args: SweepReportArgs) -> Result<()> {
                     .map_or("-".into(), |e| format!("{e:.3}"))
             );
         }
-        for p in report.pareto_png.iter().chain(&report.ed_png) {
-            s += &format!("wrote {p}\n");
-        }
+        s += &wrote_lines(&[
+            &report.pareto_png,
+            &report.pareto_svg,
+            &report.ed_png,
+            &report.ed_svg,
+        ]);
         s
     })
 }
