@@ -15,6 +15,7 @@ mod eval;
 mod fit;
 mod inspect;
 mod language;
+mod plot;
 mod prep;
 mod signals;
 mod sweep;
@@ -73,6 +74,8 @@ enum Command {
     Activations(activations::ActivationsArgs),
     /// LoRA fine-tuning of a GPT checkpoint (base weights frozen).
     Finetune(language::FinetuneArgs),
+    /// A run's training curves (loss, accuracy, TopoLoss, learning rate) as PNG and SVG.
+    Plot(plot::PlotArgs),
     /// Analyses of a checkpoint: sheets, smoothness, dimensionality, selectivity, pruning, sweep report.
     Analyze(analyze::AnalyzeArgs),
 }
@@ -105,6 +108,7 @@ fn main() {
         Command::Activations(args) => activations::run(args),
         Command::Finetune(args) => language::run_finetune(args),
         Command::Analyze(cmd) => analyze::run(cmd),
+        Command::Plot(args) => plot::run(args),
     });
     if let Err(error) = result {
         if let Some(stopped) = error.downcast_ref::<trainer::engine::Interrupted>() {

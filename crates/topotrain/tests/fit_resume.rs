@@ -629,10 +629,10 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
 /// Outside a terminal (a batch job, a pipe) `fit` prints a plain line per
 /// `log_every_steps` steps; TopoLoss is named the same way in the lines,
 /// the metrics and the summary; TensorBoard gets the metrics too; the
-/// summary says how many validation images its accuracies rest on; and
-/// `inspect` reads the run directory.
+/// summary says how many validation images its accuracies rest on; `plot`
+/// draws the curves; and `inspect` reads the run directory.
 #[test]
-fn a_batch_job_logs_lines_tensorboard_events_val_images_and_inspects() {
+fn a_batch_job_logs_lines_events_and_plots_and_inspect_reads_the_run() {
     if !have_fashion() {
         return;
     }
@@ -691,6 +691,19 @@ fn a_batch_job_logs_lines_tensorboard_events_val_images_and_inspects() {
         );
         assert!((got - want).abs() <= 1e-6 * want, "{name}: {got} vs {want}");
     }
+
+    // `plot` draws the run's curves, PNG and SVG, with their data.
+    assert_success(&topotrain(&["plot", "--run", run.to_str().unwrap()]));
+    for stem in ["loss", "accuracy", "topoloss", "lr"] {
+        for ext in ["png", "svg"] {
+            let figure = run.join("plots").join(format!("{stem}.{ext}"));
+            assert!(figure.is_file(), "no {}", figure.display());
+        }
+    }
+    let curves: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("plots/curves.json")).unwrap()).unwrap();
+    let loss = &curves[0]["series"][0]["points"];
+    assert_eq!(loss.as_array().unwrap().len(), 6, "{loss}");
 
     let events: Vec<_> = std::fs::read_dir(run.join("tensorboard"))
         .unwrap()
