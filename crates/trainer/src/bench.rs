@@ -156,6 +156,7 @@ pub fn time_train_step<B: AutodiffBackend>(
             &pipeline,
             i as u64,
             0.01,
+            None,
         )?;
         model = next;
         // Waits for the step's queued work on an accelerator.

@@ -474,6 +474,8 @@ where
                 &settings.pipeline,
                 state.step,
                 lr,
+                // Read before the step, so a cluster agrees on it in the step.
+                options.interrupter.reason(),
             )
             .map_err(|e| with_last_checkpoint(e, last_checkpoint.as_deref()))?;
             model = next;
@@ -515,7 +517,7 @@ where
             // The epoch's end writes its own checkpoint, unless interrupted.
             let every = settings.checkpoint_every_steps as u64;
             let due = every > 0 && state.step.is_multiple_of(every) && state.batch < steps;
-            let interrupted = options.interrupter.reason();
+            let interrupted = output.stop;
             if due || interrupted.is_some() {
                 save(&state, &model, &optimizer, &mut last_checkpoint)?;
             }
@@ -573,7 +575,9 @@ where
         state.batch = 0;
         state.running = Running::default();
         save(&state, &model, &optimizer, &mut last_checkpoint)?;
-        if let Some(reason) = options.interrupter.reason() {
+        // A cluster stops only where its nodes agreed to, in a step.
+        let local_stop = cluster.is_none().then(|| options.interrupter.reason());
+        if let Some(reason) = local_stop.flatten() {
             if state.epoch < epochs {
                 return Err(interruption(&state, last_checkpoint, reason));
             }
@@ -979,6 +983,55 @@ mod tests {
         constant_loss: false,
     };
 
+    /// A stop asked on one node stops every node after the same step: the
+    /// nodes agree on it in the step's gradient exchange.
+    #[test]
+    fn a_stop_on_one_node_is_agreed_by_every_node_in_the_step() {
+        let port = 37000 + (std::process::id() % 1000) as u16;
+        let pipeline = GradientPipeline {
+            topography: None,
+            engine: TopoEngine::Host,
+            weight_decay: 0.0,
+        };
+        let stops = |asked: [Option<usize>; 2], port: u16| -> Vec<Option<usize>> {
+            std::thread::scope(|scope| {
+                let pipeline = &pipeline;
+                let handles: Vec<_> = (0..2)
+                    .map(|rank| {
+                        scope.spawn(move || {
+                            let config = crate::cluster::ClusterConfig {
+                                nodes: 2,
+                                rank,
+                                address: format!("127.0.0.1:{port}"),
+                                timeout: std::time::Duration::from_secs(20),
+                            };
+                            let mut cluster = Cluster::connect(&config, 0).unwrap();
+                            let mut sgd =
+                                InPlaceSgd::new(0.0, false).init::<CpuTrain, Model<CpuTrain>>();
+                            let (_, output) = train_step(
+                                &TOY,
+                                fresh_model(),
+                                &mut sgd,
+                                &[images(rank, 2)],
+                                &[Default::default()],
+                                Some(&mut cluster),
+                                pipeline,
+                                0,
+                                0.1,
+                                asked[rank],
+                            )
+                            .unwrap();
+                            output.stop
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        };
+        assert_eq!(stops([None, Some(10)], port), vec![Some(10), Some(10)]);
+        assert_eq!(stops([None, None], port + 1), vec![None, None]);
+    }
+
     #[test]
     fn micro_batches_add_up_to_the_whole_batch() {
         let device = Default::default();
@@ -1006,6 +1059,7 @@ mod tests {
                     &pipeline,
                     step,
                     1.0,
+                    None,
                 )
                 .unwrap();
                 (model, output) = (next, Some(out));
@@ -1046,6 +1100,7 @@ mod tests {
             &pipeline,
             0,
             0.5,
+            None,
         )
         .unwrap();
         assert!(output.weighted_topo_loss() > 0.0);

@@ -64,6 +64,10 @@ pub struct StepOutput {
     pub samples: u64,
     /// TopoLoss per layer (tau-weighted total in `total`), if the run has a topography.
     pub topo: Option<TopoReport>,
+    /// The signal a stop was asked with, on this node or (agreed in the
+    /// gradient exchange) on any node of the cluster: every node stops
+    /// after the same step.
+    pub stop: Option<usize>,
 }
 
 impl StepOutput {
@@ -103,6 +107,7 @@ pub fn train_step<B, T, O>(
     pipeline: &GradientPipeline,
     step: u64,
     lr: f64,
+    stop: Option<usize>,
 ) -> Result<(T::Model, StepOutput)>
 where
     B: AutodiffBackend,
@@ -131,13 +136,23 @@ where
     }
     let mut grads: GradientsParams = grads.unwrap_or_else(|| accumulator.grads());
     let mut samples = samples as u64;
+    let mut stop = stop;
     if let Some(cluster) = cluster {
         let nodes = cluster.nodes() as f32;
-        let mut extra = [task_loss as f32, correct as f32];
+        let signal = stop.unwrap_or(0) as f32;
+        let mut extra = [
+            task_loss as f32,
+            correct as f32,
+            stop.is_some() as u8 as f32,
+            signal,
+        ];
         cluster.average_gradients(&model, &mut grads, &mut extra)?;
         task_loss = extra[0] as f64;
         correct = (extra[1] * nodes).round() as u64;
         samples *= cluster.nodes() as u64;
+        // Stopping nodes and the sum of their signals, from the means.
+        let (stopping, signals) = ((extra[2] * nodes).round(), (extra[3] * nodes).round());
+        stop = (stopping > 0.0).then(|| (signals / stopping).round() as usize);
     }
     let topo = match pipeline.topography {
         Some(t) => Some(t.add_to_gradients(&model, step, pipeline.engine, &mut grads)?),
@@ -151,6 +166,7 @@ where
         correct,
         samples,
         topo,
+        stop,
     };
     if !output.task_loss.is_finite() || !output.weighted_topo_loss().is_finite() {
         return Err(Diverged {
