@@ -91,7 +91,9 @@ INDEX_DTYPE = np.dtype(
         ("width", "<u4"),
         ("height", "<u4"),
         ("encoding", "u1"),
-        ("reserved", "V7"),
+        ("has_checksum", "u1"),  # 1: `checksum` is the payload's CRC-32
+        ("reserved", "V2"),
+        ("checksum", "<u4"),
     ]
 )
 assert HEADER_DTYPE.itemsize == HEADER_LEN and INDEX_DTYPE.itemsize == 32
@@ -216,6 +218,8 @@ class TopoDataset:
         entry = self._entry(index)
         shape = (int(entry["height"]), int(entry["width"]), self.channels)
         payload = self.record_bytes(index)
+        if entry["has_checksum"] == 1 and zlib.crc32(payload) != int(entry["checksum"]):
+            self._fail(f"record {index}: its bytes changed since it was written (CRC-32 mismatch)")
         if entry["encoding"] == RAW:
             image = np.array(payload).reshape(shape)
         else:

@@ -184,11 +184,17 @@ pub struct IndexEntry {
     pub height: u32,
     /// Payload encoding.
     pub encoding: Encoding,
+    /// CRC-32 of the payload (files written before it existed have none).
+    pub checksum: Option<u32>,
 }
+
+/// Index entry byte 25: 1 when bytes 28..32 hold the payload's CRC-32.
+const HAS_CHECKSUM: u8 = 1;
 
 impl IndexEntry {
     /// Serialises the entry (layout: offset u64, len u32, label u32, width u32,
-    /// height u32, encoding u8, 7 reserved bytes).
+    /// height u32, encoding u8, checksum flag u8, 2 reserved bytes, payload
+    /// CRC-32 u32).
     pub fn to_bytes(&self) -> [u8; INDEX_ENTRY_LEN] {
         let mut bytes = [0u8; INDEX_ENTRY_LEN];
         bytes[0..8].copy_from_slice(&self.offset.to_le_bytes());
@@ -197,6 +203,10 @@ impl IndexEntry {
         bytes[16..20].copy_from_slice(&self.width.to_le_bytes());
         bytes[20..24].copy_from_slice(&self.height.to_le_bytes());
         bytes[24] = self.encoding.code();
+        if let Some(checksum) = self.checksum {
+            bytes[25] = HAS_CHECKSUM;
+            bytes[28..32].copy_from_slice(&checksum.to_le_bytes());
+        }
         bytes
     }
 
@@ -210,6 +220,7 @@ impl IndexEntry {
             width: u32_at(16),
             height: u32_at(20),
             encoding: Encoding::from_code(bytes[24])?,
+            checksum: (bytes[25] == HAS_CHECKSUM).then(|| u32_at(28)),
         })
     }
 }
@@ -290,9 +301,20 @@ mod tests {
             width: 500,
             height: 375,
             encoding: Encoding::Jpeg,
+            checksum: Some(0x0123_4567),
         };
         let mut bytes = entry.to_bytes();
         assert_eq!(IndexEntry::from_bytes(&bytes), Some(entry));
+        // Entries written before record checksums have none.
+        let unchecked = IndexEntry {
+            checksum: None,
+            ..entry
+        };
+        assert_eq!(&unchecked.to_bytes()[25..], &[0u8; 7]);
+        assert_eq!(
+            IndexEntry::from_bytes(&unchecked.to_bytes()),
+            Some(unchecked)
+        );
         bytes[24] = 7;
         assert_eq!(IndexEntry::from_bytes(&bytes), None);
     }

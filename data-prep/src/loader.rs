@@ -351,7 +351,7 @@ fn transform_sample(
     position: u64,
     out: &mut [u8],
 ) -> Result<()> {
-    let record = dataset.record(index);
+    let record = dataset.checked_record(index)?;
     let mut rng = SampleRng::new(config.seed, config.epoch, position);
     let (crop, flip) = match config.pipeline {
         Pipeline::Train(aug) => {

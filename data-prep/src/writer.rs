@@ -100,6 +100,7 @@ impl DatasetWriter {
             width: record.width,
             height: record.height,
             encoding: record.encoding,
+            checksum: Some(crc32fast::hash(&record.bytes)),
         };
         self.index.extend_from_slice(&entry.to_bytes());
         self.next_offset += u64::from(len);

@@ -242,4 +242,16 @@ fn damaged_files_are_refused() {
     assert!(error.contains("index checksum mismatch"), "{error}");
     let error = open("foreign.topo", b"PK\x03\x04 not a dataset");
     assert!(error.contains("not a topotrain dataset"), "{error}");
+    // A payload byte of record 0 (right after the 128-byte header): caught
+    // by the record's CRC-32 when read.
+    let mut damaged = bytes.clone();
+    damaged[128] ^= 1;
+    let path = dir.path().join("payload.topo");
+    std::fs::write(&path, &damaged).unwrap();
+    let output = python("TopoDataset(sys.argv[2])[0]", &path, &[]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && error.contains("record 0") && error.contains("CRC-32"),
+        "{error}"
+    );
 }

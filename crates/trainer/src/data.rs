@@ -189,6 +189,8 @@ impl DataSet {
                 val_transform,
                 threads,
             } => {
+                // Each epoch (and validation) starts on the file opened.
+                dataset.check_unchanged()?;
                 let mut config = split.loader_config(batch_size);
                 config.pipeline = match split {
                     Split::Train { .. } => {
