@@ -75,6 +75,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             checkpoint: &args.checkpoint,
             data: &data,
             settings: &settings,
+            run_classes: check_run_classes(run.as_ref(), &data, &path)?,
         },
     )?;
     let json = serde_json::json!({
@@ -108,6 +109,8 @@ struct Evaluate<'a> {
     checkpoint: &'a Path,
     data: &'a DataSet,
     settings: &'a EvalSettings<'a>,
+    /// The run's classes, when known and equal to the data's.
+    run_classes: Option<Vec<String>>,
 }
 
 impl BackendJob for Evaluate<'_> {
@@ -115,6 +118,50 @@ impl BackendJob for Evaluate<'_> {
     /// Inference needs no autodiff: the model lives on the inner backend.
     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceChoice) -> Result<EvalResult> {
         let model = trainer::eval::load_model::<B::InnerBackend>(self.checkpoint, &device)?;
+        let res = self.settings.resolution;
+        model
+            .check_input(&[1, self.data.channels(), res, res])
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: the data has {} channel(s); evaluate on data with the model's channels",
+                    self.data.channels()
+                )
+            })?;
+        if self.run_classes.is_none() {
+            let classes = model.architecture().num_classes();
+            if self.data.num_classes() != classes {
+                anyhow::bail!(
+                    "the data has {} classes but {} outputs {classes}, so its labels would be \
+                     compared with other classes; evaluate on data prepared with the model's \
+                     classes (for an ImageNet model, the whole 1000-class validation set)",
+                    self.data.num_classes(),
+                    self.checkpoint.display()
+                );
+            }
+        }
         trainer::eval::evaluate(&model, self.data, self.settings, &device)
     }
+}
+
+/// The classes of the run `checkpoint` belongs to (its data.val's), if
+/// known; `--data` must have the same. Without them the data's class count
+/// must be the model's.
+fn check_run_classes(
+    run: Option<&trainer::RunConfig>,
+    data: &DataSet,
+    data_path: &Path,
+) -> Result<Option<Vec<String>>> {
+    let Some(run) = run else { return Ok(None) };
+    if !run.data.val.is_file() {
+        return Ok(None);
+    }
+    let Ok(run_val) = trainer::data::open_prepared(&run.data.val, &run.data) else {
+        return Ok(None);
+    };
+    let (Some(run_names), Some(names)) = (run_val.class_names(), data.class_names()) else {
+        return Ok(None);
+    };
+    let shown = data_path.display().to_string();
+    trainer::classification::check_class_lists(("the run's data.val", run_names), (&shown, names))?;
+    Ok(Some(run_names.to_vec()))
 }

@@ -243,10 +243,36 @@ fn imagenet_configs_train_a_few_steps_on_imagenet_mini() {
             );
         }
         assert_eq!(summary["val_tta"], "flip", "{name}: {summary}");
+        if name == "resnet18_tau10" {
+            assert_validation_crops_differ(&dir.path().join(name), &data);
+        }
         // The run's own weights are deleted as soon as they are checked:
         // ViT-B/32's checkpoint and final weights are over a gigabyte.
         std::fs::remove_dir_all(dir.path().join(name)).unwrap();
     }
+}
+
+/// `eval` of a run takes torchvision's centre crop (`--set
+/// data.val_transform=...` on the run's config, or `--val-transform`) or
+/// ffcv's: other pixels, so another loss, on the same images.
+fn assert_validation_crops_differ(run: &Path, data: &Path) {
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--checkpoint", run.to_str().unwrap()];
+        let val = data.join("val.topo");
+        args.extend_from_slice(&["--data", val.to_str().unwrap(), "--tta", "none"]);
+        args.extend_from_slice(extra);
+        serde_json::from_slice(&topotrain_ok(&args).stdout).unwrap()
+    };
+    let ffcv = eval(&[]);
+    let torchvision = eval(&["--set", "data.val_transform=torchvision"]);
+    assert_eq!(ffcv["val_transform"], "ffcv");
+    assert_eq!(torchvision["val_transform"], "torchvision");
+    assert_eq!(ffcv["images"], torchvision["images"]);
+    assert_ne!(ffcv["loss"], torchvision["loss"]);
+    assert_eq!(
+        eval(&["--val-transform", "torchvision"])["loss"],
+        torchvision["loss"]
+    );
 }
 
 /// The GPU smoke run keeps one tensor shape for training and evaluation

@@ -354,7 +354,10 @@ fn load_initial_weights<B: Backend>(
 
 /// Refuses training and validation sets whose labels mean different
 /// classes (other names, or the same names in another order).
-fn check_class_lists(train: &[String], val: &[String]) -> Result<()> {
+/// Fails unless the class lists of two data sets, named `a` and `b`, are
+/// the same in the same order (so their labels mean the same classes).
+pub fn check_class_lists(a: (&str, &[String]), b: (&str, &[String])) -> Result<()> {
+    let ((name_a, train), (name_b, val)) = (a, b);
     if train == val {
         return Ok(());
     }
@@ -367,10 +370,10 @@ fn check_class_lists(train: &[String], val: &[String]) -> Result<()> {
     };
     let (only_train, only_val) = (missing(train, val), missing(val, train));
     if only_train.is_empty() && only_val.is_empty() {
-        bail!("data.train and data.val name the same classes in another order, so their labels mean different classes; prepare both from one class list");
+        bail!("{name_a} and {name_b} name the same classes in another order, so their labels mean different classes; prepare both from one class list");
     }
     bail!(
-        "data.train and data.val have different classes ({} and {}): only in data.train {only_train:?}, only in data.val {only_val:?}; prepare both with the same classes",
+        "{name_a} and {name_b} have different classes ({} and {}): only in {name_a} {only_train:?}, only in {name_b} {only_val:?}; prepare both with the same classes",
         train.len(),
         val.len()
     )
@@ -378,7 +381,7 @@ fn check_class_lists(train: &[String], val: &[String]) -> Result<()> {
 
 fn check_data(config: &RunConfig, train: &DataSet, val: &DataSet) -> Result<()> {
     if let (Some(t), Some(v)) = (train.class_names(), val.class_names()) {
-        check_class_lists(t, v)?;
+        check_class_lists(("data.train", t), ("data.val", v))?;
     }
     for (name, set) in [("data.train", train), ("data.val", val)] {
         if set.channels() != config.model.in_channels {
@@ -454,12 +457,14 @@ mod tests {
     fn train_and_val_class_lists_must_agree() {
         let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let four = names(&["n01", "n02", "n03", "n04"]);
-        check_class_lists(&four, &four).unwrap();
+        let check =
+            |a: &[String], b: &[String]| check_class_lists(("data.train", a), ("data.val", b));
+        check(&four, &four).unwrap();
         let three = names(&["n01", "n02", "n04"]);
-        let error = check_class_lists(&four, &three).unwrap_err().to_string();
+        let error = check(&four, &three).unwrap_err().to_string();
         assert!(error.contains("only in data.train [\"n03\"]"), "{error}");
         let shuffled = names(&["n02", "n01", "n03", "n04"]);
-        let error = check_class_lists(&four, &shuffled).unwrap_err().to_string();
+        let error = check(&four, &shuffled).unwrap_err().to_string();
         assert!(error.contains("another order"), "{error}");
     }
 
