@@ -692,6 +692,29 @@ fn a_batch_job_logs_lines_events_and_plots_and_inspect_reads_the_run() {
         assert!((got - want).abs() <= 1e-6 * want, "{name}: {got} vs {want}");
     }
 
+    // A checkpoint's model.mpk stands for its checkpoint; a damaged one is
+    // named, not read.
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let model = run
+        .join("checkpoints")
+        .join(latest.trim())
+        .join("model.mpk");
+    assert_success(&topotrain(&[
+        "inspect",
+        "--checkpoint",
+        model.to_str().unwrap(),
+    ]));
+    let mut bytes = std::fs::read(&model).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&model, bytes).unwrap();
+    let damaged = topotrain(&["inspect", "--checkpoint", run.to_str().unwrap()]);
+    let message = String::from_utf8_lossy(&damaged.stderr);
+    assert!(
+        !damaged.status.success() && message.contains("model.mpk is damaged"),
+        "{message}"
+    );
+
     // `plot` draws the run's curves, PNG and SVG, with their data.
     assert_success(&topotrain(&["plot", "--run", run.to_str().unwrap()]));
     for stem in ["loss", "accuracy", "topoloss", "lr"] {

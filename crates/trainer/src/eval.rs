@@ -190,6 +190,15 @@ pub fn rank_of_label(row: &[f32], label: usize) -> Option<usize> {
 /// Loads a model for evaluation from a run directory, one of its checkpoint
 /// directories, a safetensors file or a PyTorch checkpoint.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B>> {
+    // One of a checkpoint's own files stands for its checkpoint.
+    let path = match (path.file_name().and_then(|n| n.to_str()), path.parent()) {
+        (Some("model.mpk" | "optim.mpk" | "state.json"), Some(dir))
+            if dir.join("state.json").is_file() =>
+        {
+            dir
+        }
+        _ => path,
+    };
     let checkpoint_dir: Option<PathBuf> =
         if path.join("state.json").exists() {
             Some(path.to_path_buf())
@@ -202,6 +211,7 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B
         };
     match checkpoint_dir {
         Some(dir) => {
+            crate::checkpoint::verify(&dir)?;
             let state: crate::checkpoint::TrainState = crate::checkpoint::read_state(&dir)?;
             let model: Model<B> = state.architecture.init(device).with_context(|| {
                 format!(
