@@ -18,10 +18,8 @@ pub struct PlotArgs {
     /// Directory for the figures and curves.json (default: RUN/plots).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// PNG pixels per figure pixel (the SVG is vector).
-    #[arg(long, default_value_t = analysis::DEFAULT_PNG_SCALE,
-          value_parser = clap::value_parser!(u32).range(1..=analysis::MAX_PNG_SCALE as i64))]
-    pub png_scale: u32,
+    #[command(flatten)]
+    pub png: crate::analyze::PngScale,
 }
 
 /// One figure: its file stem, title, y axis and curves.
@@ -138,7 +136,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
             y: chart.y,
         };
         let figure = line_chart(labels, &chart.series)?;
-        let files = figure.save(&out.join(format!("{}.png", chart.stem)), args.png_scale)?;
+        let files = figure.save(&out.join(format!("{}.png", chart.stem)), args.png.png_scale)?;
         eprintln!("wrote {} and {}", files.png.display(), files.svg.display());
     }
     let json = out.join("curves.json");

@@ -93,6 +93,13 @@ pub struct OutputArgs {
     /// Directory for the figures (PNG and SVG) and `<analysis>.json`.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub png: PngScale,
+}
+
+/// `--png-scale`: the size of the PNG beside each SVG.
+#[derive(Args, Clone, Debug)]
+pub struct PngScale {
     /// PNG pixels per figure pixel (the SVG is vector; 2 gives 1600 x 1120
     /// charts).
     #[arg(long, default_value_t = analysis::DEFAULT_PNG_SCALE,
@@ -130,7 +137,7 @@ impl OutputArgs {
         dir: &Path,
         stem: &str,
     ) -> Result<FigurePaths> {
-        let files = figure.save(&dir.join(format!("{stem}.png")), self.png_scale)?;
+        let files = figure.save(&dir.join(format!("{stem}.png")), self.png.png_scale)?;
         Ok(FigurePaths {
             png: files.png.display().to_string(),
             svg: files.svg.display().to_string(),
