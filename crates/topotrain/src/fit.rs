@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use trainer::config::TaskKind;
 use trainer::overrides::{self, Override};
 use trainer::{FitOptions, RunConfig, Summary};
 
@@ -110,15 +111,23 @@ impl OverrideArgs {
         all
     }
 
-    /// The config file at `path` with these overrides, as TOML text.
-    pub fn read(&self, path: &std::path::Path, lr_key: &str) -> Result<String> {
-        overrides::read(path, &self.all(lr_key))
+    /// The config file at `path` with these overrides, as TOML text, and
+    /// its task (which says which key `--lr` sets).
+    pub fn read(&self, path: &std::path::Path) -> Result<(TaskKind, String)> {
+        let file = overrides::read(path, &[])?;
+        let task = overrides::apply(&file, &self.set)
+            .and_then(|text| TaskKind::of(&text))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        let text = overrides::apply(&file, &self.all(task.lr_key()))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((task, text))
     }
 }
 
-pub fn load_config(args: &FitArgs) -> Result<RunConfig> {
-    let text = args.overrides.read(&args.config, "lr.peak")?;
-    let mut config = RunConfig::parse(&text)
+/// The vision config `text` (the file with `--set` applied) with the
+/// other flags applied, validated.
+pub fn load_config(args: &FitArgs, text: &str) -> Result<RunConfig> {
+    let mut config = RunConfig::parse(text)
         .with_context(|| format!("invalid config {}", args.config.display()))?;
     if let Some(tau) = args.tau {
         config = config.with_tau(tau)?;
@@ -152,10 +161,11 @@ pub fn run(args: FitArgs) -> Result<()> {
         allow_config_change: args.allow_config_change,
         accelerator: false,
     };
-    if is_language_config(&args.config) {
-        return crate::language::run_fit(&args, options);
+    let (task, text) = args.overrides.read(&args.config)?;
+    if task == TaskKind::Language {
+        return crate::language::run_fit(&args, &text, options);
     }
-    let config = load_config(&args)?;
+    let config = load_config(&args, &text)?;
     let summary = fit_on_device(&config, options)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
@@ -177,12 +187,6 @@ fn cluster_config(args: &FitArgs) -> Result<Option<trainer::cluster::ClusterConf
     };
     config.validate()?;
     Ok(Some(config))
-}
-
-/// Whether the config file is a language config (unreadable files are left
-/// to the vision loader, which reports them).
-fn is_language_config(path: &std::path::Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|text| trainer::language::is_language_config(&text))
 }
 
 /// Trains on the config's device.

@@ -24,12 +24,12 @@ use crate::analyze::ModelArgs;
 use crate::fit::FitArgs;
 
 /// `topotrain fit` on a language config.
-pub fn run_fit(args: &FitArgs, options: FitOptions) -> Result<()> {
+/// `text` is the config file with `--set` applied.
+pub fn run_fit(args: &FitArgs, text: &str, options: FitOptions) -> Result<()> {
     if args.epochs.is_some() {
         bail!("--epochs does not apply to language configs (set training.steps)");
     }
-    let text = args.overrides.read(&args.config, "optimizer.lr")?;
-    let mut config = LanguageConfig::parse(&text)
+    let mut config = LanguageConfig::parse(text)
         .with_context(|| format!("invalid config {}", args.config.display()))?;
     if let Some(tau) = args.tau {
         config = config.with_tau(tau)?;

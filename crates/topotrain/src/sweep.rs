@@ -40,7 +40,13 @@ pub struct SweepArgs {
 
 pub fn run(args: SweepArgs) -> Result<()> {
     let taus = sweep::parse_taus(&args.tau)?;
-    let text = args.overrides.read(&args.config, "lr.peak")?;
+    let (task, text) = args.overrides.read(&args.config)?;
+    if task != trainer::config::TaskKind::Classification {
+        anyhow::bail!(
+            "{}: sweep trains image-classification configs; run language configs with fit --tau",
+            args.config.display()
+        );
+    }
     let mut base = trainer::RunConfig::parse(&text)
         .with_context(|| format!("invalid config {}", args.config.display()))?;
     if let Some(device) = &args.device {

@@ -16,6 +16,9 @@ use crate::eval::Tta;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// `task = "classification"` (the default).
+    #[serde(default)]
+    pub task: TaskKind,
     pub model: ModelSection,
     pub data: DataSection,
     /// TopoLoss; absent = a plain (non-topographic) run.
@@ -25,6 +28,49 @@ pub struct RunConfig {
     pub lr: LrSection,
     pub training: TrainingSection,
     pub output: OutputSection,
+}
+
+/// What a config trains (its top-level `task`), which decides its schema
+/// and its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Image classification: a [`RunConfig`].
+    #[default]
+    Classification,
+    /// GPT language modelling and LoRA fine-tuning: a
+    /// [`crate::language::LanguageConfig`].
+    Language,
+}
+
+impl TaskKind {
+    /// The task of a config's TOML text: its `task`, else (configs written
+    /// before the key) "language" when it has `[gpt]`, `[lora]` or `base`.
+    pub fn of(text: &str) -> Result<Self> {
+        let table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        match table.get("task") {
+            Some(value) => value.clone().try_into().map_err(|_| {
+                anyhow::anyhow!(
+                    "task = {value}: use \"classification\" (images) or \"language\" (GPT)"
+                )
+            }),
+            None if ["gpt", "lora", "base"]
+                .iter()
+                .any(|k| table.contains_key(*k)) =>
+            {
+                Ok(TaskKind::Language)
+            }
+            None => Ok(TaskKind::Classification),
+        }
+    }
+
+    /// The config key `--lr` sets: the peak learning rate.
+    pub fn lr_key(self) -> &'static str {
+        match self {
+            TaskKind::Classification => "lr.peak",
+            TaskKind::Language => "optimizer.lr",
+        }
+    }
 }
 
 /// `[model]`
@@ -444,6 +490,13 @@ impl RunConfig {
         fn bad<T: std::fmt::Debug>(key: &str, value: T, why: &str) -> anyhow::Error {
             anyhow::anyhow!("{key} = {value:?}: {why}")
         }
+        if self.task != TaskKind::Classification {
+            return Err(bad(
+                "task",
+                self.task,
+                "an image-classification config has task = \"classification\"",
+            ));
+        }
         let m = &self.model;
         self.architecture()?;
         if m.num_classes == 0 {
@@ -773,6 +826,27 @@ batch_size = 64
 [output]
 dir = "runs/test"
 "#;
+
+    #[test]
+    fn the_task_is_read_named_or_inferred_from_older_configs() {
+        assert_eq!(TaskKind::of(SMALL).unwrap(), TaskKind::Classification);
+        let explicit = format!("task = \"classification\"\n{SMALL}");
+        assert_eq!(TaskKind::of(&explicit).unwrap(), TaskKind::Classification);
+        RunConfig::parse(&explicit).unwrap();
+        assert_eq!(
+            TaskKind::of("task = \"language\"").unwrap(),
+            TaskKind::Language
+        );
+        assert_eq!(TaskKind::of("base = \"a.pt\"").unwrap(), TaskKind::Language);
+        let typo = TaskKind::of("task = \"langauge\"").unwrap_err().to_string();
+        assert!(
+            typo.contains("\"langauge\"") && typo.contains("\"language\""),
+            "{typo}"
+        );
+        let wrong = format!("task = \"language\"\n{SMALL}");
+        let error = format!("{:#}", RunConfig::parse(&wrong).unwrap_err());
+        assert!(error.contains("task"), "{error}");
+    }
 
     #[test]
     fn parses_a_small_config() {

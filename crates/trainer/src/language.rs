@@ -38,7 +38,7 @@ use models::{load_gpt, save_gpt, Gpt, GptConfig, LoraConfig, Topographic};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
-use crate::config::OutputSection;
+use crate::config::{OutputSection, TaskKind};
 use crate::data::NodeShard;
 use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
 use crate::run_dir::{open_run_dir, OpenRunDir};
@@ -48,6 +48,9 @@ use crate::step::{GradientPipeline, Task, TaskBatch};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LanguageConfig {
+    /// `task = "language"` (the default of configs with `[gpt]`, `[lora]` or `base`).
+    #[serde(default = "language_task")]
+    pub task: TaskKind,
     /// The network to train from scratch; omitted fields take NanoGPT's
     /// GPT-2 defaults ([`GptConfig::new`]).
     #[serde(default, deserialize_with = "gpt_with_defaults")]
@@ -203,11 +206,8 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-/// Whether a TOML text is a language config (it has `[gpt]`, `[lora]` or `base`).
-pub fn is_language_config(text: &str) -> bool {
-    text.parse::<toml::Table>()
-        .map(|t| t.contains_key("gpt") || t.contains_key("lora") || t.contains_key("base"))
-        .unwrap_or(false)
+fn language_task() -> TaskKind {
+    TaskKind::Language
 }
 
 impl LanguageConfig {
@@ -229,6 +229,13 @@ impl LanguageConfig {
     pub fn validate(&self) -> Result<()> {
         fn bad<T: std::fmt::Debug>(key: &str, value: T, why: &str) -> anyhow::Error {
             anyhow::anyhow!("{key} = {value:?}: {why}")
+        }
+        if self.task != TaskKind::Language {
+            return Err(bad(
+                "task",
+                self.task,
+                "a GPT config has task = \"language\"",
+            ));
         }
         match (&self.gpt, &self.base) {
             (Some(_), Some(base)) => return Err(bad("base", base, "give either [gpt] (train from scratch) or base (fine-tune), not both")),
@@ -866,7 +873,7 @@ dir = "runs/lm-test"
         let config = LanguageConfig::parse(TINY).unwrap();
         assert_eq!(config.gpt.as_ref().unwrap().n_embd, 16);
         assert_eq!(config.training.grad_accum, 1);
-        assert!(is_language_config(TINY));
+        assert_eq!(TaskKind::of(TINY).unwrap(), TaskKind::Language);
         let bad = TINY.replace("lr = 1e-3", "lr = -1.0");
         let error = format!("{:#}", LanguageConfig::parse(&bad).unwrap_err());
         assert!(error.contains("optimizer.lr"), "{error}");
