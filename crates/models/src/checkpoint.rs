@@ -2,12 +2,14 @@
 //! and our own checkpoints.
 //!
 //! Our checkpoints are safetensors files in torchvision's layout (PyTorch
-//! key names, Linear weights `[out, in]`), so one loader serves PyTorch
-//! exports and our own files, and PyTorch can read ours with
-//! `model.load_state_dict(safetensors.torch.load_file(f), strict=False)`
-//! (`strict=False` because we do not store `num_batches_tracked`). They also
-//! carry the architecture as JSON metadata (`topotrain.architecture`), which
-//! matters for ViTs, whose head count no tensor shape reveals.
+//! key names, Linear weights `[out, in]`, BatchNorm buffers included), so
+//! one loader serves PyTorch exports and our own files, and PyTorch can read
+//! ours with `model.load_state_dict(safetensors.torch.load_file(f))` (strict).
+//! Burn does not count BatchNorm batches: `num_batches_tracked` is written
+//! as 0 (PyTorch reads it only with `momentum=None`) and ignored on loading.
+//! They also carry the architecture as JSON metadata
+//! (`topotrain.architecture`), which matters for ViTs, whose head count no
+//! tensor shape reveals.
 //!
 //! The architecture of a file without that metadata is inferred from its
 //! tensor names and shapes, see [`infer_architecture`].
@@ -20,10 +22,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use burn_store::pytorch::PytorchReader;
 use burn_store::{
-    ApplyResult, BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
-    PytorchStore, SafetensorsStore,
+    ApplyResult, BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PathFilter,
+    PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
 use regex::Regex;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 
 use crate::model::{Architecture, Model};
 use crate::resnet::{ResNetConfig, STAGES};
@@ -151,6 +155,71 @@ pub fn load_weights<B: Backend>(
     model: &mut Model<B>,
     info: &CheckpointInfo,
 ) -> Result<(), ModelError> {
+    load_vision_weights(model, info, None)
+}
+
+/// The classification head that [`load_weights_new_head`] left at its
+/// fresh initialisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHead {
+    /// torchvision's name of the head (`fc`, `heads.head`).
+    pub name: &'static str,
+    pub checkpoint_classes: usize,
+    pub model_classes: usize,
+}
+
+impl std::fmt::Display for NewHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} has {} classes in the checkpoint and {} in the model",
+            self.name, self.checkpoint_classes, self.model_classes
+        )
+    }
+}
+
+/// Loads an inspected checkpoint for fine-tuning: as [`load_weights`], but
+/// when the checkpoint and `model` differ only in their number of classes,
+/// every tensor but the classification head's is loaded and the head keeps
+/// `model`'s fresh initialisation (timm's `pretrained=True, num_classes=N`).
+/// Returns that head, or `None` when the classes agree.
+pub fn load_weights_new_head<B: Backend>(
+    model: &mut Model<B>,
+    info: &CheckpointInfo,
+) -> Result<Option<NewHead>, ModelError> {
+    let target = model.architecture();
+    let model_classes = target.num_classes();
+    let checkpoint_classes = info.architecture.num_classes();
+    if checkpoint_classes == model_classes
+        || info.architecture.with_num_classes(model_classes) != target
+    {
+        return load_weights(model, info).map(|()| None);
+    }
+    load_vision_weights(
+        model,
+        info,
+        Some(PathFilter::new().with_predicate(outside_the_head)),
+    )?;
+    Ok(Some(NewHead {
+        name: target.head_name(),
+        checkpoint_classes,
+        model_classes,
+    }))
+}
+
+/// Whether a Burn tensor path lies outside the classification head of a
+/// ResNet (`fc`) or a ViT (`heads.head`); neither has the other's name.
+fn outside_the_head(path: &str, _container: &str) -> bool {
+    !(path.starts_with("fc.") || path.starts_with("heads.head."))
+}
+
+/// Loads the tensors of `info` that `only` keeps (all without a filter)
+/// into a ResNet or ViT.
+fn load_vision_weights<B: Backend>(
+    model: &mut Model<B>,
+    info: &CheckpointInfo,
+    only: Option<PathFilter>,
+) -> Result<(), ModelError> {
     let source = StateDictSource {
         path: &info.path,
         format: info.format,
@@ -160,6 +229,7 @@ pub fn load_weights<B: Backend>(
         to_torch: &BURN_TO_TORCH,
         ignored_suffixes: &IGNORED_SUFFIXES,
         description: info.architecture.describe(),
+        only,
     };
     match model {
         Model::ResNet(m) => load_module(m, &source),
@@ -184,6 +254,10 @@ pub(crate) struct StateDictSource<'a> {
     pub ignored_suffixes: &'a [&'a str],
     /// The model, for messages.
     pub description: String,
+    /// Loads only the module tensors this keeps (all without one); the
+    /// others keep their values, and the file's tensors of the same names
+    /// count as used.
+    pub only: Option<PathFilter>,
 }
 
 /// Loads a state dict into any module: every module tensor must be in the
@@ -218,6 +292,9 @@ pub(crate) fn load_module<B: Backend, M: ModuleSnapshot<B>>(
             if let Some(key) = source.top_level_key {
                 store = store.with_top_level_key(key);
             }
+            if let Some(only) = source.only.clone() {
+                store = store.filter(only);
+            }
             let mut store = store
                 .remap(remapper)
                 .map_indices_contiguous(false)
@@ -229,7 +306,11 @@ pub(crate) fn load_module<B: Backend, M: ModuleSnapshot<B>>(
                 .map_err(|e| read_error(e.to_string()))?
         }
         CheckpointFormat::Safetensors => {
-            let mut store = SafetensorsStore::from_file(path)
+            let mut store = SafetensorsStore::from_file(path);
+            if let Some(only) = source.only.clone() {
+                store = store.filter(only);
+            }
+            let mut store = store
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .remap(remapper)
                 .skip_enum_variants(true)
@@ -327,19 +408,50 @@ pub fn save_checkpoint<B: Backend>(
             message: e.to_string(),
         })?;
     let metadata = (ARCHITECTURE_METADATA_KEY, architecture);
+    let torch_only = batch_norm_counters;
     match model {
-        Model::ResNet(m) => save_module(m, path, &BURN_TO_TORCH, metadata),
-        Model::Vit(m) => save_module(m, path, &BURN_TO_TORCH, metadata),
+        Model::ResNet(m) => save_module(m, path, &BURN_TO_TORCH, metadata, torch_only),
+        Model::Vit(m) => save_module(m, path, &BURN_TO_TORCH, metadata, torch_only),
     }
 }
 
+/// A tensor written beside a module's own.
+pub(crate) struct OwnedTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Given a module's tensors in PyTorch layout, the tensors PyTorch's
+/// counterpart also has in its state dict (so it loads with `strict=True`).
+pub(crate) type TorchOnlyTensors = fn(&SafeTensors) -> Vec<(String, OwnedTensor)>;
+
+/// `num_batches_tracked` (int64 0) beside each BatchNorm's `running_var`.
+fn batch_norm_counters(tensors: &SafeTensors) -> Vec<(String, OwnedTensor)> {
+    tensors
+        .names()
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(".running_var"))
+        .map(|stem| {
+            let counter = OwnedTensor {
+                dtype: Dtype::I64,
+                shape: vec![],
+                data: 0i64.to_le_bytes().to_vec(),
+            };
+            (format!("{stem}.num_batches_tracked"), counter)
+        })
+        .collect()
+}
+
 /// Saves any module as a safetensors state dict in PyTorch layout (Burn
-/// keys rewritten by `to_torch`), with one metadata entry.
+/// keys rewritten by `to_torch`) plus the tensors `torch_only` adds, with
+/// one metadata entry. Overwrites an existing file.
 pub(crate) fn save_module<B: Backend, M: ModuleSnapshot<B>>(
     module: &M,
     path: &Path,
     to_torch: &[(&str, &str)],
     (metadata_key, metadata): (&str, String),
+    torch_only: TorchOnlyTensors,
 ) -> Result<(), ModelError> {
     let write_error = |message: String| ModelError::Write {
         path: path.to_path_buf(),
@@ -347,15 +459,40 @@ pub(crate) fn save_module<B: Backend, M: ModuleSnapshot<B>>(
     };
     let remapper =
         KeyRemapper::from_patterns(to_torch.to_vec()).map_err(|e| write_error(e.to_string()))?;
-    let mut store = SafetensorsStore::from_file(path)
+    let mut store = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
         .remap(remapper)
         .skip_enum_variants(true)
-        .metadata(metadata_key, metadata)
-        .overwrite(true);
+        .metadata(metadata_key, metadata);
     module
         .save_into(&mut store)
-        .map_err(|e| write_error(e.to_string()))
+        .map_err(|e| write_error(e.to_string()))?;
+    let bytes = store.get_bytes().map_err(|e| write_error(e.to_string()))?;
+    let module_tensors =
+        SafeTensors::deserialize(&bytes).map_err(|e| write_error(e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| write_error(e.to_string()))?;
+    let extra = torch_only(&module_tensors);
+    let extra_views = extra
+        .iter()
+        .map(|(name, t)| {
+            Ok((
+                name.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.data)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| write_error(e.to_string()))?;
+    safetensors::serialize_to_file(
+        module_tensors.tensors().into_iter().chain(extra_views),
+        header.metadata(),
+        path,
+    )
+    .map_err(|e| write_error(e.to_string()))
+}
+
+/// For modules whose state dict is the module's tensors alone.
+pub(crate) fn no_torch_only_tensors(_: &SafeTensors) -> Vec<(String, OwnedTensor)> {
+    Vec::new()
 }
 
 /// Tensor names to shapes, plus our architecture metadata if present.

@@ -17,6 +17,9 @@
 //!   with `model.load_state_dict(load_file(f), strict=False)`; a tied model
 //!   stores no `lm_head.weight`, as Hugging Face's files), with the
 //!   [`GptConfig`] as JSON metadata under [`GPT_CONFIG_METADATA_KEY`].
+//!   [`export_gpt`] also writes a tied model's `lm_head.weight`, for
+//!   `strict=True` (NanoGPT with flash attention, whose blocks hold no
+//!   `attn.bias` mask).
 //!
 //! Without metadata or `model_args`, the shape is inferred from tensor
 //! shapes, taking GPT-2's 64-wide attention heads.
@@ -26,11 +29,13 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn_store::pytorch::PytorchReader;
+use safetensors::SafeTensors;
 use serde::Deserialize;
 
 use crate::checkpoint::{
-    count_indexed, find_key_prefix, load_module, rank_error, read_shapes, sample_keys, save_module,
-    shape_of, CheckpointFormat, StateDictSource,
+    count_indexed, find_key_prefix, load_module, no_torch_only_tensors, rank_error, read_shapes,
+    sample_keys, save_module, shape_of, CheckpointFormat, OwnedTensor, StateDictSource,
+    TorchOnlyTensors,
 };
 use crate::gpt::{Gpt, GptConfig};
 use crate::ModelError;
@@ -275,6 +280,7 @@ pub fn load_gpt_weights<B: Backend>(
         to_torch: &[],
         ignored_suffixes: &ignored,
         description: info.config.describe(),
+        only: None,
     };
     load_module(model, &source)
 }
@@ -282,7 +288,39 @@ pub fn load_gpt_weights<B: Backend>(
 /// Saves `model` as a safetensors file in NanoGPT layout with its config
 /// as metadata. Overwrites an existing file.
 pub fn save_gpt<B: Backend>(model: &Gpt<B>, path: impl AsRef<Path>) -> Result<(), ModelError> {
-    let path = path.as_ref();
+    write_gpt(model, path.as_ref(), no_torch_only_tensors)
+}
+
+/// Saves `model` as [`save_gpt`] does, plus the `lm_head.weight` of a tied
+/// model (a copy of `transformer.wte.weight`), which NanoGPT's
+/// `state_dict()` holds: the file loads into NanoGPT's `GPT` with
+/// `load_state_dict(strict=True)`.
+pub fn export_gpt<B: Backend>(model: &Gpt<B>, path: impl AsRef<Path>) -> Result<(), ModelError> {
+    write_gpt(model, path.as_ref(), tied_head)
+}
+
+/// `lm_head.weight` as a copy of `transformer.wte.weight`, when the model
+/// has no head of its own.
+fn tied_head(tensors: &SafeTensors) -> Vec<(String, OwnedTensor)> {
+    const HEAD: &str = "lm_head.weight";
+    match tensors.tensor(TOKEN_EMBEDDING) {
+        Ok(wte) if tensors.tensor(HEAD).is_err() => vec![(
+            HEAD.to_string(),
+            OwnedTensor {
+                dtype: wte.dtype(),
+                shape: wte.shape().to_vec(),
+                data: wte.data().to_vec(),
+            },
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn write_gpt<B: Backend>(
+    model: &Gpt<B>,
+    path: &Path,
+    torch_only: TorchOnlyTensors,
+) -> Result<(), ModelError> {
     if model.lora_parameters() > 0 {
         return Err(ModelError::Write {
             path: path.to_path_buf(),
@@ -294,7 +332,13 @@ pub fn save_gpt<B: Backend>(model: &Gpt<B>, path: impl AsRef<Path>) -> Result<()
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    save_module(model, path, &[], (GPT_CONFIG_METADATA_KEY, config))
+    save_module(
+        model,
+        path,
+        &[],
+        (GPT_CONFIG_METADATA_KEY, config),
+        torch_only,
+    )
 }
 
 #[cfg(test)]

@@ -32,12 +32,14 @@ pub mod topography;
 pub mod vit;
 
 pub use checkpoint::{
-    infer_architecture, inspect_checkpoint, load_checkpoint, load_weights, save_checkpoint,
-    CheckpointFormat, CheckpointInfo,
+    infer_architecture, inspect_checkpoint, load_checkpoint, load_weights, load_weights_new_head,
+    save_checkpoint, CheckpointFormat, CheckpointInfo, NewHead,
 };
 pub use error::ModelError;
 pub use gpt::{Gpt, GptConfig, LoraConfig, LORA_TARGETS};
-pub use gpt_checkpoint::{inspect_gpt_checkpoint, load_gpt, save_gpt, GptCheckpointInfo};
+pub use gpt_checkpoint::{
+    export_gpt, inspect_gpt_checkpoint, load_gpt, save_gpt, GptCheckpointInfo,
+};
 pub use hooks::{
     select, LayerKind, LayerPattern, ModuleInfo, NativeGradient, TopoCandidate, Topographic,
 };

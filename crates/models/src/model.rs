@@ -54,6 +54,28 @@ impl Architecture {
         }
     }
 
+    /// The same architecture with `num_classes` outputs.
+    pub fn with_num_classes(&self, num_classes: usize) -> Self {
+        match self {
+            Self::ResNet(config) => Self::ResNet(ResNetConfig {
+                num_classes,
+                ..config.clone()
+            }),
+            Self::Vit(config) => Self::Vit(VitConfig {
+                num_classes,
+                ..config.clone()
+            }),
+        }
+    }
+
+    /// torchvision's name of the classification head (the last Linear).
+    pub fn head_name(&self) -> &'static str {
+        match self {
+            Self::ResNet(_) => "fc",
+            Self::Vit(_) => "heads.head",
+        }
+    }
+
     /// Builds the network with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Model<B>, ModelError> {
         Ok(match self {

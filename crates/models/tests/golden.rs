@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::Tensor;
@@ -22,6 +24,34 @@ fn resnet18_blurpool_architecture_is_inferred_from_the_pt_file() {
     assert_eq!(info.architecture, Architecture::ResNet(expected));
     assert_eq!(info.tensors.len(), 128);
     assert_eq!(info.key_prefix, "");
+}
+
+/// Names and shapes of a safetensors file's tensors.
+fn safetensors_shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect()
+}
+
+/// A BlurPool ResNet-18 of ours is saved with exactly torchvision's state
+/// dict: every key of the golden file (BatchNorm buffers and BlurPool
+/// filters included), each with its shape, and nothing else.
+#[test]
+fn saved_resnet18_blurpool_has_the_golden_keys_and_shapes() {
+    let golden_shapes = inspect_checkpoint(golden("resnet18_blurpool.pt"))
+        .unwrap()
+        .tensors;
+    let architecture = Architecture::ResNet(ResNetConfig::resnet18(1000).with_blurpool(true));
+    let model = architecture
+        .init::<CpuBackend>(&Default::default())
+        .unwrap();
+    let path = scratch_dir("golden-keys").join("fresh.safetensors");
+    save_checkpoint(&model, &path).unwrap();
+    assert_eq!(safetensors_shapes(&path), golden_shapes);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[test]

@@ -3,11 +3,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use common::{max_abs_diff, scratch_dir};
-use models::{inspect_gpt_checkpoint, load_gpt, save_gpt, CpuBackend, Gpt, GptConfig, ModelError};
+use models::{
+    export_gpt, inspect_gpt_checkpoint, load_gpt, save_gpt, CpuBackend, Gpt, GptConfig, ModelError,
+};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -85,6 +88,42 @@ fn our_checkpoint_round_trips_exactly() {
         let diff = max_abs_diff(model.forward(idx.clone()), loaded.forward(idx));
         assert_eq!(diff, 0.0, "{tag}: outputs differ after the round trip");
     }
+}
+
+#[test]
+fn export_has_nanogpts_keys_and_shapes_and_loads_back() {
+    let source = fixture("tiny_nanogpt_ckpt.pt");
+    let model: Gpt<CpuBackend> = load_gpt(&source, &Default::default()).unwrap();
+    assert!(model.config().tie_weights);
+    let path = scratch_dir("gpt-export").join("exported.safetensors");
+    export_gpt(&model, &path).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let exported: BTreeMap<String, Vec<usize>> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    // The fixture's NanoGPT ran without flash attention: its causal masks
+    // `attn.bias` are buffers that flash-attention NanoGPT does not have.
+    let nanogpt: BTreeMap<String, Vec<usize>> = inspect_gpt_checkpoint(&source)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with(".attn.bias"))
+        .collect();
+    assert_eq!(exported, nanogpt);
+    assert_eq!(
+        file.tensor("lm_head.weight").unwrap().data(),
+        file.tensor("transformer.wte.weight").unwrap().data()
+    );
+
+    let reloaded: Gpt<CpuBackend> = load_gpt(&path, &Default::default()).unwrap();
+    let ids = tokens(&[3, 1, 4, 1, 5, 9, 2, 6]);
+    let diff = max_abs_diff(model.forward(ids.clone()), reloaded.forward(ids));
+    assert_eq!(diff, 0.0, "outputs differ after the export");
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[test]

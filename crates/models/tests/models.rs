@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::optim::GradientsParams;
@@ -10,7 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 use common::{golden, max_abs_diff, scratch_dir};
 use models::{
     inspect_checkpoint, load_checkpoint, save_checkpoint, Architecture, CpuBackend, LayerKind,
-    Model, ModelError, NativeGradient, ResNetConfig, Topographic, VitConfig,
+    Model, ModelError, NativeGradient, NewHead, ResNetConfig, Topographic, VitConfig,
 };
 
 fn random_images(dims: [usize; 4]) -> Tensor<CpuBackend, 4> {
@@ -190,6 +191,94 @@ fn architecture_is_inferred_from_keys_without_metadata() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Every tensor of a safetensors file: name to (shape, bytes).
+fn tensors_of(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
+        .collect()
+}
+
+/// Loads a checkpoint of `pretrained` into a fresh `target` (other classes)
+/// and checks that every tensor but the head's comes from the checkpoint
+/// and the head's are the fresh ones, of the target's shape.
+fn check_new_head(pretrained: Architecture, target: Architecture, head: &str, tag: &str) {
+    let dir = scratch_dir(tag);
+    let checkpoint = dir.join("pretrained.safetensors");
+    save_checkpoint(&build(&pretrained), &checkpoint).unwrap();
+    let mut model = build(&target);
+    let fresh = dir.join("fresh.safetensors");
+    save_checkpoint(&model, &fresh).unwrap();
+
+    let info = inspect_checkpoint(&checkpoint).unwrap();
+    let replaced = models::load_weights_new_head(&mut model, &info).unwrap();
+    assert_eq!(
+        replaced,
+        Some(NewHead {
+            name: target.head_name(),
+            checkpoint_classes: pretrained.num_classes(),
+            model_classes: target.num_classes(),
+        })
+    );
+    let loaded = dir.join("loaded.safetensors");
+    save_checkpoint(&model, &loaded).unwrap();
+    let (pretrained, fresh, loaded) = (
+        tensors_of(&checkpoint),
+        tensors_of(&fresh),
+        tensors_of(&loaded),
+    );
+    assert!(loaded.keys().eq(pretrained.keys()));
+    for (name, value) in &loaded {
+        let expected = if name.starts_with(&format!("{head}.")) {
+            &fresh[name]
+        } else {
+            &pretrained[name]
+        };
+        assert!(value == expected, "{name} was not loaded as expected");
+    }
+    let head_rows = loaded[&format!("{head}.weight")].0[0];
+    assert_eq!(head_rows, target.num_classes());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn other_class_counts_load_everything_but_a_fresh_head() {
+    let resnet = |classes| Architecture::ResNet(ResNetConfig::resnet18(classes).with_width(4));
+    check_new_head(resnet(10), resnet(4), "fc", "new-head-resnet");
+    let vit = |classes| Architecture::Vit(tiny_vit().with_num_classes(classes));
+    check_new_head(vit(7), vit(3), "heads.head", "new-head-vit");
+}
+
+#[test]
+fn a_new_head_leaves_other_mismatches_errors() {
+    let dir = scratch_dir("new-head-mismatch");
+    let checkpoint = dir.join("pretrained.safetensors");
+    let narrow = ResNetConfig::resnet18(10).with_width(4);
+    save_checkpoint(&build(&Architecture::ResNet(narrow)), &checkpoint).unwrap();
+    let info = inspect_checkpoint(&checkpoint).unwrap();
+
+    let mut wider = build(&Architecture::ResNet(
+        ResNetConfig::resnet18(4).with_width(8),
+    ));
+    let err = models::load_weights_new_head(&mut wider, &info)
+        .err()
+        .unwrap();
+    assert!(matches!(err, ModelError::Mismatch { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("conv1.weight"), "{message}");
+    assert!(message.contains("[8, 3, 7, 7]"), "{message}");
+
+    // Same classes: a plain load, no head replaced.
+    let mut same = build(&info.architecture);
+    assert_eq!(
+        models::load_weights_new_head(&mut same, &info).unwrap(),
+        None
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn truncated_checkpoint_names_the_file_and_the_missing_tensors() {
     let model = build(&Architecture::ResNet(
@@ -342,6 +431,8 @@ fn accumulated_gradient_adds_to_the_task_gradient() {
 
 /// Every f32 tensor of `file` rounded to `dtype` (F16 or BF16), as a
 /// PyTorch `model.half()` or bf16 export holds it: (name, bytes, shape).
+/// The int64 `num_batches_tracked` counters are left out (ignored on
+/// loading; the writers below take one dtype).
 fn rounded_to_16_bits(
     file: &safetensors::SafeTensors,
     dtype: safetensors::Dtype,
@@ -354,6 +445,7 @@ fn rounded_to_16_bits(
     };
     file.tensors()
         .into_iter()
+        .filter(|(name, _)| !name.ends_with(".num_batches_tracked"))
         .map(|(name, view)| {
             assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
             let bytes = view
