@@ -334,7 +334,9 @@ fn check_sheet_layer(config: &RunConfig, topography: Option<&Topography>) -> Res
     Ok(())
 }
 
-/// `model.init_weights`: the weights a new run of `architecture` starts from.
+/// `model.init_weights`: the weights a new run of `architecture` starts
+/// from. A checkpoint with another number of classes loads all but its
+/// classification head, which keeps its fresh initialisation (fine-tuning).
 fn load_initial_weights<B: Backend>(
     model: &mut Model<B>,
     architecture: &Architecture,
@@ -343,13 +345,20 @@ fn load_initial_weights<B: Backend>(
     let shown = path.display().to_string();
     let info = models::inspect_checkpoint(path)
         .with_context(|| format!("model.init_weights = {shown:?}"))?;
-    models::load_weights(model, &info).with_context(|| {
+    let new_head = models::load_weights_new_head(model, &info).with_context(|| {
         format!(
             "model.init_weights = {shown:?} holds a {}, but [model] builds a {}; point it at weights of that architecture",
             info.architecture.describe(),
             architecture.describe()
         )
-    })
+    })?;
+    if let Some(head) = new_head {
+        eprintln!(
+            "init_weights: {} has {} classes in {shown}, the config asks for {}: {} re-initialised",
+            head.name, head.checkpoint_classes, head.model_classes, head.name
+        );
+    }
+    Ok(())
 }
 
 /// Refuses training and validation sets whose labels mean different

@@ -96,7 +96,8 @@ pub struct ModelSection {
     #[serde(default)]
     pub image_size: Option<usize>,
     /// Start from these weights (a safetensors file or a PyTorch checkpoint
-    /// of this architecture, e.g. torchvision's) instead of a random init.
+    /// of this architecture, e.g. torchvision's) instead of a random init;
+    /// with another number of classes, all but the head (fine-tuning).
     /// A resumed run continues from its own checkpoint instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_weights: Option<PathBuf>,
