@@ -12,6 +12,7 @@ mod bench_topoloss;
 mod bench_train;
 mod device;
 mod eval;
+mod export;
 mod fit;
 mod inspect;
 mod language;
@@ -70,6 +71,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Each topographic layer's sheet and TopoLoss (tau = 1) in a checkpoint.
     Inspect(inspect::InspectArgs),
+    /// Write any checkpoint as a PyTorch state dict (safetensors, torchvision or NanoGPT names).
+    Export(export::ExportArgs),
     /// Save the outputs of named modules of a checkpoint on an input batch (eval mode).
     Activations(activations::ActivationsArgs),
     /// LoRA fine-tuning of a GPT checkpoint (base weights frozen).
@@ -105,6 +108,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Export(args) => export::run(args),
         Command::Activations(args) => activations::run(args),
         Command::Finetune(args) => language::run_finetune(args),
         Command::Analyze(cmd) => analyze::run(cmd),

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_success, fashion_config, have_fashion, topotrain, FASHION};
+use common::{assert_success, fashion_config, have_fashion, topotrain, with_init_weights, FASHION};
 
 /// Two epochs of 6 steps, a checkpoint every 2 steps; `extra_training`
 /// adds lines to `[training]`.
@@ -26,12 +26,6 @@ threads = 1
 "
     );
     fashion_config(out, true, tau, 1.0, &training)
-}
-
-/// `text` with `model.init_weights = weights`.
-fn with_init_weights(text: &str, weights: &Path) -> String {
-    let line = format!("init_weights = {:?}", weights.display().to_string());
-    text.replace("[model]\n", &format!("[model]\n{line}\n"))
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {

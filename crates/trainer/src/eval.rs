@@ -1,6 +1,6 @@
-//! Top-1/top-5 evaluation, and loading any checkpoint for it: a run's
-//! checkpoint directory (or the run directory), our safetensors, or a
-//! PyTorch `.pt` (through the models crate).
+//! Top-1/top-5 evaluation, and loading any checkpoint: a run directory or
+//! one of its checkpoints, our safetensors, or a PyTorch `.pt` (through the
+//! models crate).
 
 use std::path::{Path, PathBuf};
 
@@ -9,11 +9,12 @@ use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use models::Model;
+use models::{Architecture, Gpt, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::data::to_tensors;
 use crate::data::{DataSet, Split};
+use crate::language::LanguageModelSpec;
 
 /// Accuracy and mean cross-entropy (no smoothing) over a set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,44 +188,106 @@ pub fn rank_of_label(row: &[f32], label: usize) -> Option<usize> {
     Some(row.iter().enumerate().filter(|&entry| ahead(entry)).count())
 }
 
-/// Loads a model for evaluation from a run directory, one of its checkpoint
-/// directories, a safetensors file or a PyTorch checkpoint.
+/// A network read from any checkpoint topotrain takes.
+pub enum Network<B: Backend> {
+    /// A ResNet or a ViT.
+    Vision(Box<Model<B>>),
+    /// A GPT, LoRA adapters merged into its weights.
+    Language(Box<Gpt<B>>),
+}
+
+/// What a run checkpoint's `state.json` says its network is.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NetworkSpec {
+    Vision(Architecture),
+    Language(LanguageModelSpec),
+}
+
+/// Loads a ResNet or ViT for evaluation from a run directory, one of its
+/// checkpoints, a safetensors file or a PyTorch checkpoint.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Model<B>> {
+    match load_network(path, device)? {
+        Network::Vision(model) => Ok(*model),
+        Network::Language(gpt) => bail!(
+            "{} holds a language model, {}; this command takes a ResNet or a ViT",
+            path.display(),
+            gpt.config().describe()
+        ),
+    }
+}
+
+/// Loads the network of any checkpoint: a run directory (its latest
+/// checkpoint), a run checkpoint (its folder or its `model.mpk`), our
+/// safetensors files, or a PyTorch `.pt`/`.pth` (torchvision or NanoGPT).
+pub fn load_network<B: Backend>(path: &Path, device: &B::Device) -> Result<Network<B>> {
+    if let Some(dir) = run_checkpoint(path)? {
+        return load_run_checkpoint(&dir, device);
+    }
+    match models::load_checkpoint(path, device) {
+        Ok(model) => Ok(Network::Vision(Box::new(model))),
+        Err(not_vision @ models::ModelError::UnknownArchitecture { .. }) => {
+            if models::inspect_gpt_checkpoint(path).is_err() {
+                return Err(not_vision.into());
+            }
+            Ok(Network::Language(Box::new(models::load_gpt(path, device)?)))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// The run checkpoint folder `path` names: itself, the latest of a run
+/// directory, or the folder of one of its files; `None` for other files.
+fn run_checkpoint(path: &Path) -> Result<Option<PathBuf>> {
     // One of a checkpoint's own files stands for its checkpoint.
-    let path = match (path.file_name().and_then(|n| n.to_str()), path.parent()) {
-        (Some("model.mpk" | "optim.mpk" | "state.json"), Some(dir))
-            if dir.join("state.json").is_file() =>
-        {
-            dir
+    if let (Some("model.mpk" | "optim.mpk" | "state.json"), Some(dir)) =
+        (path.file_name().and_then(|n| n.to_str()), path.parent())
+    {
+        if dir.join("state.json").is_file() {
+            return Ok(Some(dir.to_path_buf()));
         }
-        _ => path,
+    }
+    if path.join("state.json").exists() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        let latest = crate::checkpoint::latest(path)?
+            .with_context(|| format!("{} is a directory without checkpoints", path.display()))?;
+        return Ok(Some(latest));
+    }
+    Ok(None)
+}
+
+fn load_run_checkpoint<B: Backend>(dir: &Path, device: &B::Device) -> Result<Network<B>> {
+    crate::checkpoint::verify(dir)?;
+    let state: crate::checkpoint::TrainState<NetworkSpec> = crate::checkpoint::read_state(dir)?;
+    let cannot_build = || {
+        format!(
+            "{}: cannot build its model",
+            dir.join("state.json").display()
+        )
     };
-    let checkpoint_dir: Option<PathBuf> =
-        if path.join("state.json").exists() {
-            Some(path.to_path_buf())
-        } else if path.is_dir() {
-            Some(crate::checkpoint::latest(path)?.with_context(|| {
-                format!("{} is a directory without checkpoints", path.display())
-            })?)
-        } else {
-            None
-        };
-    match checkpoint_dir {
-        Some(dir) => {
-            crate::checkpoint::verify(&dir)?;
-            let state: crate::checkpoint::TrainState = crate::checkpoint::read_state(&dir)?;
-            let model: Model<B> = state.architecture.init(device).with_context(|| {
-                format!(
-                    "{}: cannot build its model",
-                    dir.join("state.json").display()
-                )
-            })?;
-            let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-            model
-                .load_file(dir.join("model"), &recorder, device)
-                .map_err(|e| crate::checkpoint::unreadable_record(&dir.join("model.mpk"), e))
+    let record = dir.join("model");
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let unreadable = |e| crate::checkpoint::unreadable_record(&dir.join("model.mpk"), e);
+    match state.architecture {
+        NetworkSpec::Vision(architecture) => {
+            let model: Model<B> = architecture.init(device).with_context(cannot_build)?;
+            let model = model
+                .load_file(record, &recorder, device)
+                .map_err(unreadable)?;
+            Ok(Network::Vision(Box::new(model)))
         }
-        None => Ok(models::load_checkpoint(path, device)?),
+        NetworkSpec::Language(spec) => {
+            let mut gpt: Gpt<B> = spec.gpt.init(device).with_context(cannot_build)?;
+            if let Some(lora) = &spec.lora {
+                gpt = gpt.with_lora(lora, device).with_context(cannot_build)?;
+            }
+            let gpt = gpt
+                .load_file(record, &recorder, device)
+                .map_err(unreadable)?;
+            Ok(Network::Language(Box::new(gpt.merge_lora())))
+        }
     }
 }
 

@@ -103,3 +103,9 @@ dir = "{}"
         out.display()
     )
 }
+
+/// `text` with `model.init_weights = weights`.
+pub fn with_init_weights(text: &str, weights: &Path) -> String {
+    let line = format!("init_weights = {:?}", weights.display().to_string());
+    text.replace("[model]\n", &format!("[model]\n{line}\n"))
+}
