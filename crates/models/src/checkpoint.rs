@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use burn::module::{ModuleMapper, Param};
+use burn::module::{ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use burn_store::pytorch::PytorchReader;
@@ -413,6 +413,20 @@ pub fn save_checkpoint<B: Backend>(
         Model::ResNet(m) => save_module(m, path, &BURN_TO_TORCH, metadata, torch_only),
         Model::Vit(m) => save_module(m, path, &BURN_TO_TORCH, metadata, torch_only),
     }
+}
+
+/// Every tensor of `model` under its torchvision name (`layer1.0.conv1.weight`,
+/// `fc.bias`, BatchNorm buffers included), with its parameter id.
+pub fn torch_parameter_names<B: Backend>(model: &Model<B>) -> Vec<(String, ParamId)> {
+    let snapshots = match model {
+        Model::ResNet(m) => m.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true),
+        Model::Vit(m) => m.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true),
+    };
+    let to_torch = key_mapper(&BURN_TO_TORCH);
+    snapshots
+        .into_iter()
+        .filter_map(|s| Some((to_torch(&s.full_path()), s.tensor_id?)))
+        .collect()
 }
 
 /// A tensor written beside a module's own.

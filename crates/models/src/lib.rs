@@ -33,7 +33,7 @@ pub mod vit;
 
 pub use checkpoint::{
     infer_architecture, inspect_checkpoint, load_checkpoint, load_weights, load_weights_new_head,
-    save_checkpoint, CheckpointFormat, CheckpointInfo, NewHead,
+    save_checkpoint, torch_parameter_names, CheckpointFormat, CheckpointInfo, NewHead,
 };
 pub use error::ModelError;
 pub use gpt::{Gpt, GptConfig, LoraConfig, LORA_TARGETS};

@@ -137,8 +137,9 @@ fn fashion_input(path: &Path) {
 
 /// A run directory, its checkpoint (folder and `model.mpk`) and its
 /// `final.safetensors` all export to the same state dict, with the run's
-/// logits; a 12-class export then starts a 10-class run with a new head,
-/// while a wider network is still refused.
+/// logits; a 12-class export then starts a 10-class run with a new head
+/// (trained alone, `train_only = ["fc"]`), while a wider network is still
+/// refused.
 #[test]
 fn run_checkpoints_export_and_fine_tune_with_a_new_head() {
     if !have_fashion() {
@@ -177,8 +178,32 @@ fn run_checkpoints_export_and_fine_tune_with_a_new_head() {
 
     let pretrained = dir.path().join("export-0.safetensors");
     let from_pretrained = |text: String| with_init_weights(&text, &pretrained);
-    let (_, output) = tiny_run(dir.path(), "finetune", 10, from_pretrained);
+    let head_only = |text: String| {
+        from_pretrained(text).replace("[model]\n", "[model]\ntrain_only = [\"fc\"]\n")
+    };
+    let (finetuned, output) = tiny_run(dir.path(), "finetune", 10, head_only);
     assert_success(&output);
+    // Only the head trained: every other parameter is the pretrained one
+    // (BatchNorm running statistics still follow the data).
+    let tensors = |path: &Path| -> BTreeMap<String, Vec<u8>> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        file.tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect()
+    };
+    let (before, after) = (
+        tensors(&pretrained),
+        tensors(&finetuned.join("final.safetensors")),
+    );
+    let frozen = after
+        .keys()
+        .filter(|name| !name.starts_with("fc.") && !name.contains(".running_"));
+    assert!(frozen.clone().count() > 60);
+    for name in frozen {
+        assert!(before[name] == after[name], "{name} changed");
+    }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let line = format!(
         "init_weights: fc has 12 classes in {}, the config asks for 10: fc re-initialised",

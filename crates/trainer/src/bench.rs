@@ -120,6 +120,7 @@ pub fn time_train_step<B: AutodiffBackend>(
         topography: topo.as_ref(),
         engine: topography.map_or(TopoEngine::Auto, |t| t.engine),
         weight_decay: 0.0,
+        frozen: None,
     };
     let channels = match architecture {
         Architecture::ResNet(c) => c.in_channels,

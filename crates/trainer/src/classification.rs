@@ -245,6 +245,10 @@ pub fn fit<B: AutodiffBackend>(
         load_initial_weights(&mut model, &architecture, path)?;
     }
     let model = model.with_precision(config.training.precision);
+    let frozen = match &config.model.train_only {
+        Some(patterns) => Some(crate::freeze::frozen_parameters(&model, patterns)?),
+        None => None,
+    };
     let topography = match &config.topography {
         Some(t) => Some(Topography::new(&model, t)?),
         None => None,
@@ -274,6 +278,7 @@ pub fn fit<B: AutodiffBackend>(
                 .map_or(TopoEngine::Auto, |t| t.engine)
                 .resolve(options.accelerator),
             weight_decay: o.weight_decay,
+            frozen: frozen.as_ref(),
         },
         seed: config.training.seed,
         log_every_steps: config.training.log_every_steps,

@@ -101,6 +101,10 @@ pub struct ModelSection {
     /// A resumed run continues from its own checkpoint instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_weights: Option<PathBuf>,
+    /// Train only the parameters of modules matching these patterns (globs
+    /// as in `[topography]`, e.g. `["fc"]`); the others are frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_only: Option<Vec<String>>,
 }
 
 fn default_in_channels() -> usize {
@@ -507,6 +511,19 @@ impl RunConfig {
                 "must be at least 1",
             ));
         }
+        if let Some(patterns) = &m.train_only {
+            if patterns.is_empty() {
+                return Err(bad(
+                    "model.train_only",
+                    patterns,
+                    "must name at least one module pattern (leave it out to train everything)",
+                ));
+            }
+            for pattern in patterns {
+                models::LayerPattern::new(pattern)
+                    .map_err(|e| bad("model.train_only", pattern, &e.to_string()))?;
+            }
+        }
         let d = &self.data;
         check_normalisation(&d.mean, &d.std, m.in_channels)?;
         check_resolution("data.resolution.start", d.resolution.start)?;
@@ -883,6 +900,14 @@ dir = "runs/test"
             error.contains("training.device") && error.contains("tpu"),
             "{error}"
         );
+        for train_only in ["[]", "[\"layer[\"]"] {
+            let bad = SMALL.replace(
+                "in_channels = 1",
+                &format!("in_channels = 1\ntrain_only = {train_only}"),
+            );
+            let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
+            assert!(error.contains("model.train_only"), "{error}");
+        }
         let bad = SMALL.replace("[training]\n", "[training]\ndevices = 0\n");
         let error = format!("{:#}", RunConfig::parse(&bad).unwrap_err());
         assert!(error.contains("training.devices"), "{error}");

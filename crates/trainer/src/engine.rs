@@ -943,6 +943,7 @@ mod tests {
                 topography,
                 engine: TopoEngine::Host,
                 weight_decay: 0.01,
+                frozen: None,
             },
             seed: 7,
             log_every_steps: 1,
@@ -992,6 +993,7 @@ mod tests {
             topography: None,
             engine: TopoEngine::Host,
             weight_decay: 0.0,
+            frozen: None,
         };
         let stops = |asked: [Option<usize>; 2], port: u16| -> Vec<Option<usize>> {
             std::thread::scope(|scope| {
@@ -1039,6 +1041,7 @@ mod tests {
             topography: None,
             engine: TopoEngine::Host,
             weight_decay: 0.0,
+            frozen: None,
         };
         let whole = images(3, 4);
         let halves = [whole.slice(0..2), whole.slice(2..4)];
@@ -1088,6 +1091,7 @@ mod tests {
             topography: Some(&topo),
             engine: TopoEngine::Host,
             weight_decay: 0.01,
+            frozen: None,
         };
         let mut sgd = InPlaceSgd::new(0.0, false).init::<CpuTrain, Model<CpuTrain>>();
         let (stepped, output) = train_step(

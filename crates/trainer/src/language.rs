@@ -606,6 +606,7 @@ pub fn fit_language<B: AutodiffBackend>(
                 .resolve(options.accelerator),
             // AdamW decays the weights itself (decoupled).
             weight_decay: 0.0,
+            frozen: None,
         },
         seed: t.seed,
         log_every_steps: t.log_every,

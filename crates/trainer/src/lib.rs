@@ -38,6 +38,7 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod eval;
+pub mod freeze;
 pub mod language;
 pub mod metrics;
 pub mod overrides;

@@ -1,12 +1,14 @@
 //! One optimiser step, the same for every task: forward and backward over
 //! the step's micro-batches (each split over the local devices), then one
 //! gradient pipeline in a fixed order: mean over the cluster's nodes,
-//! TopoLoss, weight decay, divergence guard, optimiser.
+//! TopoLoss, weight decay, frozen parameters dropped, divergence guard,
+//! optimiser.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use anyhow::Result;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -14,6 +16,7 @@ use models::topography::{TopoEngine, TopoReport, Topography};
 use models::Topographic;
 
 use crate::cluster::Cluster;
+use crate::freeze::drop_frozen_gradients;
 use crate::parallel;
 use crate::weight_decay::add_weight_decay;
 
@@ -51,6 +54,8 @@ pub struct GradientPipeline<'a> {
     /// L2 penalty added to the gradients, BatchNorm exempt (0 = none; an
     /// optimiser with decoupled decay, such as AdamW, does its own).
     pub weight_decay: f64,
+    /// Parameters that get no gradient (`model.train_only`), if any.
+    pub frozen: Option<&'a HashSet<ParamId>>,
 }
 
 /// What one step measured.
@@ -160,6 +165,9 @@ where
     };
     if pipeline.weight_decay > 0.0 {
         add_weight_decay(&model, pipeline.weight_decay, &mut grads);
+    }
+    if let Some(frozen) = pipeline.frozen {
+        drop_frozen_gradients(&model, frozen, &mut grads);
     }
     let output = StepOutput {
         task_loss,
