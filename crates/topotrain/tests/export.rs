@@ -28,13 +28,21 @@ fn export(checkpoint: &Path, out: &Path) {
     ]);
 }
 
-/// Names and shapes of a safetensors file's tensors.
-fn shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
+/// A safetensors file's tensors: name to (shape, raw bytes).
+fn read_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     file.tensors()
         .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
+        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
+        .collect()
+}
+
+/// Names and shapes of a safetensors file's tensors.
+fn shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
+    read_tensors(path)
+        .into_iter()
+        .map(|(name, (shape, _))| (name, shape))
         .collect()
 }
 
@@ -185,17 +193,9 @@ fn run_checkpoints_export_and_fine_tune_with_a_new_head() {
     assert_success(&output);
     // Only the head trained: every other parameter is the pretrained one
     // (BatchNorm running statistics still follow the data).
-    let tensors = |path: &Path| -> BTreeMap<String, Vec<u8>> {
-        let bytes = std::fs::read(path).unwrap();
-        let file = SafeTensors::deserialize(&bytes).unwrap();
-        file.tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.data().to_vec()))
-            .collect()
-    };
     let (before, after) = (
-        tensors(&pretrained),
-        tensors(&finetuned.join("final.safetensors")),
+        read_tensors(&pretrained),
+        read_tensors(&finetuned.join("final.safetensors")),
     );
     let frozen = after
         .keys()
