@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 use common::{
-    assert_success, fashion_config, have_fashion, shared, topotrain, topotrain_ok,
+    assert_success, fashion_config, have_fashion, read_tensors, shared, topotrain, topotrain_ok,
     with_init_weights,
 };
 use safetensors::tensor::TensorView;
@@ -26,16 +26,6 @@ fn export(checkpoint: &Path, out: &Path) {
         "--out",
         out.to_str().unwrap(),
     ]);
-}
-
-/// A safetensors file's tensors: name to (shape, raw bytes).
-fn read_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
-        .collect()
 }
 
 /// Names and shapes of a safetensors file's tensors.

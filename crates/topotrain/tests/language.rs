@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{topotrain, topotrain_ok};
+use common::{read_tensors, topotrain, topotrain_ok};
 
 fn have_bible() -> bool {
     let ok = Path::new("/usr/bin/bible").exists();
@@ -46,6 +46,30 @@ dir = "{out}"
         data = data.display(),
         out = out.display()
     )
+}
+
+/// `topotrain export` of each run directory (its last checkpoint, LoRA
+/// merged) gives the tensors of its `final.safetensors` under NanoGPT's
+/// names, plus the tied `lm_head.weight`.
+fn export_runs_as_their_final_weights(dir: &Path, runs: &[&Path]) {
+    for (index, run) in runs.iter().enumerate() {
+        let out = dir.join(format!("export-{index}.safetensors"));
+        topotrain_ok(&[
+            "export",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let mut exported = read_tensors(&out);
+        let lm_head = exported.remove("lm_head.weight").expect("lm_head.weight");
+        assert!(lm_head == exported["transformer.wte.weight"]);
+        let fin = read_tensors(&run.join("final.safetensors"));
+        assert!(
+            exported == fin,
+            "{}: the export differs from final.safetensors",
+            run.display()
+        );
+    }
 }
 
 fn json(output: &std::process::Output) -> serde_json::Value {
@@ -129,6 +153,7 @@ fn prep_fit_finetune_and_prune_through_the_binary() {
         assert_eq!(tuned["lora_rank"], rank);
         assert_eq!(tuned["trainable_parameters"], rank * (32 + 128));
     }
+    export_runs_as_their_final_weights(dir.path(), &[&run, &dir.path().join("lora_r4")]);
 
     // analyze prune recognises the GPT checkpoint and scores val loss.
     let figures = dir.path().join("figures");

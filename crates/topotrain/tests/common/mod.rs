@@ -109,3 +109,13 @@ pub fn with_init_weights(text: &str, weights: &Path) -> String {
     let line = format!("init_weights = {:?}", weights.display().to_string());
     text.replace("[model]\n", &format!("[model]\n{line}\n"))
 }
+
+/// A safetensors file's tensors: name to (shape, raw bytes).
+pub fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
+        .collect()
+}
