@@ -168,16 +168,6 @@ pub struct NewHead {
     pub model_classes: usize,
 }
 
-impl std::fmt::Display for NewHead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} has {} classes in the checkpoint and {} in the model",
-            self.name, self.checkpoint_classes, self.model_classes
-        )
-    }
-}
-
 /// Loads an inspected checkpoint for fine-tuning: as [`load_weights`], but
 /// when the checkpoint and `model` differ only in their number of classes,
 /// every tensor but the classification head's is loaded and the head keeps
