@@ -169,10 +169,11 @@ pub struct NewHead {
 }
 
 /// Loads an inspected checkpoint for fine-tuning: as [`load_weights`], but
-/// when the checkpoint and `model` differ only in their number of classes,
-/// every tensor but the classification head's is loaded and the head keeps
-/// `model`'s fresh initialisation (timm's `pretrained=True, num_classes=N`).
-/// Returns that head, or `None` when the classes agree.
+/// when the checkpoint has another number of classes than `model`, every
+/// tensor but the classification head's is loaded and the head keeps
+/// `model`'s fresh initialisation (timm's `pretrained=True, num_classes=N`);
+/// any other difference is still an error. Returns that head, or `None`
+/// when the classes agree.
 pub fn load_weights_new_head<B: Backend>(
     model: &mut Model<B>,
     info: &CheckpointInfo,
@@ -180,9 +181,7 @@ pub fn load_weights_new_head<B: Backend>(
     let target = model.architecture();
     let model_classes = target.num_classes();
     let checkpoint_classes = info.architecture.num_classes();
-    if checkpoint_classes == model_classes
-        || info.architecture.with_num_classes(model_classes) != target
-    {
+    if checkpoint_classes == model_classes {
         return load_weights(model, info).map(|()| None);
     }
     load_vision_weights(

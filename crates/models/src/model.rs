@@ -54,20 +54,6 @@ impl Architecture {
         }
     }
 
-    /// The same architecture with `num_classes` outputs.
-    pub fn with_num_classes(&self, num_classes: usize) -> Self {
-        match self {
-            Self::ResNet(config) => Self::ResNet(ResNetConfig {
-                num_classes,
-                ..config.clone()
-            }),
-            Self::Vit(config) => Self::Vit(VitConfig {
-                num_classes,
-                ..config.clone()
-            }),
-        }
-    }
-
     /// torchvision's name of the classification head (the last Linear).
     pub fn head_name(&self) -> &'static str {
         match self {
