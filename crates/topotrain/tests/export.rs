@@ -22,6 +22,7 @@ fn golden(name: &str) -> PathBuf {
 fn export(checkpoint: &Path, out: &Path) {
     topotrain_ok(&[
         "export",
+        "--checkpoint",
         checkpoint.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
@@ -74,6 +75,7 @@ fn golden_resnet_exports_to_its_torchvision_state_dict() {
 fn export_error(checkpoint: &Path, out: &Path) -> String {
     let output = topotrain(&[
         "export",
+        "--checkpoint",
         checkpoint.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),

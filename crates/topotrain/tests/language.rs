@@ -56,6 +56,7 @@ fn export_runs_as_their_final_weights(dir: &Path, runs: &[&Path]) {
         let out = dir.join(format!("export-{index}.safetensors"));
         topotrain_ok(&[
             "export",
+            "--checkpoint",
             run.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
