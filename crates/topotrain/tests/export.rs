@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 mod common;
 use common::{
-    assert_success, fashion_config, have_fashion, read_tensors, shared, topotrain, topotrain_ok,
-    with_init_weights,
+    assert_success, export, fashion_config, have_fashion, read_tensors, shared, topotrain,
+    topotrain_ok, with_init_weights,
 };
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -17,16 +17,6 @@ fn golden(name: &str) -> PathBuf {
     let path = shared().join("golden").join(name);
     assert!(path.exists(), "golden file {} is missing", path.display());
     path
-}
-
-fn export(checkpoint: &Path, out: &Path) {
-    topotrain_ok(&[
-        "export",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
 }
 
 /// Names and shapes of a safetensors file's tensors.

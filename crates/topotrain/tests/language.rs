@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{read_tensors, topotrain, topotrain_ok};
+use common::{export, read_tensors, topotrain, topotrain_ok};
 
 fn have_bible() -> bool {
     let ok = Path::new("/usr/bin/bible").exists();
@@ -54,13 +54,7 @@ dir = "{out}"
 fn export_runs_as_their_final_weights(dir: &Path, runs: &[&Path]) {
     for (index, run) in runs.iter().enumerate() {
         let out = dir.join(format!("export-{index}.safetensors"));
-        topotrain_ok(&[
-            "export",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        export(run, &out);
         let mut exported = read_tensors(&out);
         let lm_head = exported.remove("lm_head.weight").expect("lm_head.weight");
         assert!(lm_head == exported["transformer.wte.weight"]);

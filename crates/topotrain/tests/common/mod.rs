@@ -119,3 +119,14 @@ pub fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usiz
         .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
         .collect()
 }
+
+/// `topotrain export --checkpoint CHECKPOINT --out OUT`, which must succeed.
+pub fn export(checkpoint: &Path, out: &Path) {
+    topotrain_ok(&[
+        "export",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}
