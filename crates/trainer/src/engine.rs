@@ -506,7 +506,7 @@ where
                     .counts_correct()
                     .then(|| r.correct as f64 / r.images.max(1) as f64),
                 mean_topo_loss: output.mean_topo_loss(),
-                weighted_topo_loss: r.weighted_topo_loss / r.steps as f64,
+                weighted_topo_loss: output.weighted_topo_loss(),
                 lr,
                 throughput,
                 throughput_unit: &throughput_unit(recipe),
@@ -557,10 +557,13 @@ where
             } else {
                 String::new()
             },
-            record.mean_topo_loss.map_or(String::new(), |m| format!(
-                " TopoLoss {m:.4} (tau-weighted {:.4})",
-                record.weighted_topo_loss
-            )),
+            // Both at the epoch's end, like the summary's.
+            report
+                .as_ref()
+                .and_then(|r| Some((r.mean_loss()?, r.total)))
+                .map_or(String::new(), |(mean, weighted)| format!(
+                    " TopoLoss {mean:.4} (tau-weighted {weighted:.4})"
+                )),
             evaluation.map_or(String::new(), |e| format!(" | {e}")),
             epoch_units as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             throughput_unit(recipe),

@@ -54,7 +54,7 @@ pub struct StepStatus<'a> {
     /// Train accuracy so far in the epoch (tasks that count it).
     pub accuracy: Option<f64>,
     /// This step's TopoLoss at tau = 1 (mean over layers), and the
-    /// epoch's mean of the tau-weighted TopoLoss added to the loss.
+    /// tau-weighted TopoLoss it added to the loss.
     pub mean_topo_loss: Option<f64>,
     pub weighted_topo_loss: f64,
     pub lr: f64,
