@@ -22,6 +22,8 @@
 //! - [`parallel`]: data parallelism over the devices of one process.
 //! - [`cluster`]: several processes (nodes) training one run, gradients
 //!   averaged between them over TCP.
+//! - [`launch`]: rank, world size and rendezvous address of a one-process-per-GPU
+//!   launch, from torchrun's or SLURM's variables and flags.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`sgd`]: SGD with momentum, updating weights and buffers in place.
@@ -39,6 +41,7 @@ pub mod device;
 pub mod engine;
 pub mod eval;
 pub mod language;
+pub mod launch;
 pub mod metrics;
 pub mod overrides;
 pub mod parallel;
