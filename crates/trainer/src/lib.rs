@@ -24,6 +24,10 @@
 //!   averaged between them over TCP.
 //! - [`launch`]: rank, world size and rendezvous address of a one-process-per-GPU
 //!   launch, from torchrun's or SLURM's variables and flags.
+//! - [`rendezvous`]: rank 0 hands every rank a blob (NCCL's unique id) over TCP,
+//!   checking world size, run and step.
+//! - [`star`]: the TCP links (rank 0 listens, the others connect) that
+//!   [`cluster`] and [`rendezvous`] talk over.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`sgd`]: SGD with momentum, updating weights and buffers in place.
@@ -46,9 +50,11 @@ pub mod metrics;
 pub mod overrides;
 pub mod parallel;
 pub mod progress;
+pub mod rendezvous;
 pub mod run_dir;
 pub mod sgd;
 pub mod sheet;
+pub mod star;
 pub mod step;
 pub mod sweep;
 pub mod tensorboard;
