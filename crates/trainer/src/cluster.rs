@@ -3,7 +3,7 @@
 //! the processes after every step.
 //!
 //! The averaging is a star over TCP: rank 0 listens, the other ranks
-//! connect; each step every rank sends its gradient (one flat f32 buffer),
+//! connect; each step every rank sends its gradient ([`crate::buckets`]),
 //! rank 0 sums them in rank order (so every run with the same inputs gives
 //! the same bits) and sends the mean back. Burn 0.21's own collective
 //! (burn-collective) would be the natural choice, but its multi-node
@@ -15,11 +15,11 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 
+use crate::buckets::{mean_in_order, GradientBuckets, DEFAULT_BUCKET_BYTES};
 use crate::star::{self, Hub, Link};
 
 /// How a process finds the others.
@@ -164,90 +164,28 @@ impl Cluster {
     /// Replaces `values` by their mean over the nodes (summed in rank
     /// order, so every node gets the same bits).
     pub fn average(&mut self, values: &mut [f32]) -> Result<()> {
-        let scale = 1.0 / self.nodes as f32;
-        let mean = self.exchange(values, values.len(), |all| {
-            let mut parts = all.into_iter();
-            let mut sum = parts.next().unwrap_or_default();
-            for part in parts {
-                sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
-            }
-            sum.iter_mut().for_each(|s| *s *= scale);
-            sum
-        })?;
+        let nodes = self.nodes;
+        let mean = self.exchange(values, values.len(), |all| mean_in_order(all, nodes))?;
         values.copy_from_slice(&mean);
         Ok(())
     }
 
     /// Replaces every gradient of `model`'s parameters in `grads`, and
     /// `extra` (e.g. the step's loss), by its mean over the nodes. The
-    /// gradients travel through host memory as one buffer.
+    /// gradients travel through host memory in [`DEFAULT_BUCKET_BYTES`]
+    /// buckets.
     pub fn average_gradients<B: AutodiffBackend, M: Module<B>>(
         &mut self,
         model: &M,
         grads: &mut GradientsParams,
         extra: &mut [f32],
     ) -> Result<()> {
-        type Device<B> = burn::tensor::Device<<B as AutodiffBackend>::InnerBackend>;
-        struct Take<'a, B: AutodiffBackend> {
-            grads: &'a mut GradientsParams,
-            taken: Vec<(ParamId, Vec<usize>, Device<B>)>,
-            values: Vec<f32>,
+        let mut buckets = GradientBuckets::<B>::take(model, grads, DEFAULT_BUCKET_BYTES);
+        for bucket in buckets.buckets_mut() {
+            self.average(bucket)?;
         }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_, B> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                    self.taken
-                        .push((param.id, grad.dims().to_vec(), grad.device()));
-                    let data = grad.into_data().convert::<f32>();
-                    self.values
-                        .extend(data.into_vec::<f32>().unwrap_or_default());
-                }
-            }
-        }
-        struct Put<'a, B: AutodiffBackend> {
-            grads: &'a mut GradientsParams,
-            taken: std::vec::IntoIter<(ParamId, Vec<usize>, Device<B>)>,
-            values: &'a [f32],
-        }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Put<'_, B> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let Some((id, dims, device)) = self.taken.as_slice().first().cloned() else {
-                    return;
-                };
-                if id != param.id {
-                    return;
-                }
-                self.taken.next();
-                let len: usize = dims.iter().product();
-                let (mine, rest) = self.values.split_at(len);
-                self.values = rest;
-                let tensor = Tensor::<B::InnerBackend, D>::from_data(
-                    TensorData::new(mine.to_vec(), dims),
-                    &device,
-                );
-                self.grads.register(id, tensor);
-            }
-        }
-        let mut take = Take::<B> {
-            grads,
-            taken: Vec::new(),
-            values: Vec::new(),
-        };
-        model.visit(&mut take);
-        let Take {
-            grads,
-            taken,
-            mut values,
-        } = take;
-        values.extend_from_slice(extra);
-        self.average(&mut values)?;
-        let gradient_len = values.len() - extra.len();
-        extra.copy_from_slice(&values[gradient_len..]);
-        model.visit(&mut Put::<B> {
-            grads,
-            taken: taken.into_iter(),
-            values: &values[..gradient_len],
-        });
+        self.average(extra)?;
+        buckets.put(model, grads);
         Ok(())
     }
 }

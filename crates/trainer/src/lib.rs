@@ -28,6 +28,7 @@
 //!   checking world size, run and step.
 //! - [`star`]: the TCP links (rank 0 listens, the others connect) that
 //!   [`cluster`] and [`rendezvous`] talk over.
+//! - [`buckets`]: a model's gradients as a few flat buffers, as DDP all-reduces them.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`sgd`]: SGD with momentum, updating weights and buffers in place.
@@ -36,6 +37,7 @@
 //!   fine-tuning, pruning.
 
 pub mod bench;
+pub mod buckets;
 pub mod checkpoint;
 pub mod classification;
 pub mod cluster;
@@ -58,6 +60,8 @@ pub mod star;
 pub mod step;
 pub mod sweep;
 pub mod tensorboard;
+#[cfg(test)]
+mod test_models;
 pub mod weight_decay;
 
 pub use classification::{fit, Summary};
