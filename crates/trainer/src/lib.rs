@@ -29,6 +29,7 @@
 //! - [`star`]: the TCP links (rank 0 listens, the others connect) that
 //!   [`cluster`] and [`rendezvous`] talk over.
 //! - [`buckets`]: a model's gradients as a few flat buffers, as DDP all-reduces them.
+//! - `nccl` (feature `cuda`): gradient averaging over NCCL; compiled, not yet run.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`sgd`]: SGD with momentum, updating weights and buffers in place.
@@ -49,6 +50,8 @@ pub mod eval;
 pub mod language;
 pub mod launch;
 pub mod metrics;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod overrides;
 pub mod parallel;
 pub mod progress;
