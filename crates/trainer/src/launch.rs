@@ -25,6 +25,9 @@ use anyhow::{anyhow, bail, Context, Result};
 /// torchrun's default rendezvous port, used when nothing names one.
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
 
+/// The flags that set rank, world size and local rank, named in errors.
+const FLAG_NAMES: [&str; 3] = ["--rank", "--world-size", "--local-rank"];
+
 /// Where the rank, world size and address came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Launcher {
@@ -82,29 +85,34 @@ impl LaunchEnv {
         } else {
             Launcher::Single
         };
-        let pick = |flag: Option<usize>, variable: &str| -> Result<usize> {
-            match flag {
-                Some(value) => Ok(value),
-                None => vars.number(variable),
-            }
+        // Each of rank, world size and local rank, with the name of where
+        // it came from (for errors).
+        let variables = match launcher {
+            Launcher::Single => None,
+            Launcher::Torchrun => Some(["RANK", "WORLD_SIZE", "LOCAL_RANK"]),
+            Launcher::Slurm => Some(["SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"]),
         };
-        let [rank, world_size, local_rank] = match launcher {
-            Launcher::Single => [
-                flags.rank.unwrap_or(0),
-                flags.world_size.unwrap_or(1),
-                flags.local_rank.unwrap_or(0),
-            ],
-            Launcher::Torchrun => [
-                pick(flags.rank, "RANK")?,
-                pick(flags.world_size, "WORLD_SIZE")?,
-                pick(flags.local_rank, "LOCAL_RANK")?,
-            ],
-            Launcher::Slurm => [
-                pick(flags.rank, "SLURM_PROCID")?,
-                pick(flags.world_size, "SLURM_NTASKS")?,
-                pick(flags.local_rank, "SLURM_LOCALID")?,
-            ],
-        };
+        let flag_values = [flags.rank, flags.world_size, flags.local_rank];
+        let mut picked = [(0, ""); 3];
+        for (index, slot) in picked.iter_mut().enumerate() {
+            *slot = match (flag_values[index], variables) {
+                (Some(value), _) => (value, FLAG_NAMES[index]),
+                (None, Some(names)) => (vars.number(names[index])?, names[index]),
+                (None, None) => ([0, 1, 0][index], FLAG_NAMES[index]),
+            };
+        }
+        let [(rank, rank_source), (world_size, world_source), (local_rank, local_source)] = picked;
+        if world_size == 0 {
+            bail!("{world_source} is 0: a run needs at least one process");
+        }
+        if rank >= world_size {
+            bail!(
+                "{rank_source}={rank} is not below {world_source}={world_size}: ranks count from 0"
+            );
+        }
+        if local_rank > rank {
+            bail!("{local_source}={local_rank} is above {rank_source}={rank}: a node's processes are a subset of the run's");
+        }
         let master_addr = match (&flags.master_addr, vars.get("MASTER_ADDR"), launcher) {
             (Some(addr), _, _) => addr.clone(),
             (None, Some(addr), _) => addr.to_string(),
@@ -130,43 +138,14 @@ impl LaunchEnv {
                 .map_err(|_| anyhow!("MASTER_PORT={text:?} is not a port number (1-65535)"))?,
             (None, None) => DEFAULT_MASTER_PORT,
         };
-        let env = LaunchEnv {
+        Ok(LaunchEnv {
             rank,
             world_size,
             local_rank,
             master_addr,
             master_port,
             launcher,
-        };
-        env.validate()?;
-        Ok(env)
-    }
-
-    /// Checks the values against each other, naming where they came from.
-    fn validate(&self) -> Result<()> {
-        let (rank, world) = match self.launcher {
-            Launcher::Single => ("--rank", "--world-size"),
-            Launcher::Torchrun => ("RANK", "WORLD_SIZE"),
-            Launcher::Slurm => ("SLURM_PROCID", "SLURM_NTASKS"),
-        };
-        if self.world_size == 0 {
-            bail!("{world} is 0: a run needs at least one process");
-        }
-        if self.rank >= self.world_size {
-            bail!(
-                "{rank}={} is not below {world}={}: ranks count from 0",
-                self.rank,
-                self.world_size
-            );
-        }
-        if self.local_rank > self.rank {
-            bail!(
-                "the local rank {} is above the rank {}: a node's processes are a subset of the run's",
-                self.local_rank,
-                self.rank
-            );
-        }
-        Ok(())
+        })
     }
 
     /// `master_addr:master_port`.
@@ -404,6 +383,32 @@ mod tests {
             let error = discover(&pairs).unwrap_err().to_string();
             assert!(error.contains(expected), "{pairs:?}: {error}");
         }
+        let from_flag = LaunchEnv::discover(
+            &env(&[("RANK", "1"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0")]),
+            &LaunchFlags {
+                world_size: Some(1),
+                master_addr: Some("h".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            from_flag
+                .to_string()
+                .contains("RANK=1 is not below --world-size=1"),
+            "{from_flag}"
+        );
+        let local = discover(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "h"),
+        ])
+        .unwrap_err();
+        assert!(
+            local.to_string().contains("LOCAL_RANK=1 is above RANK=0"),
+            "{local}"
+        );
         let no_nodes = discover(&[
             ("SLURM_PROCID", "0"),
             ("SLURM_NTASKS", "1"),
