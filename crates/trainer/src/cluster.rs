@@ -3,25 +3,24 @@
 //! the processes after every step.
 //!
 //! The averaging is a star over TCP: rank 0 listens, the other ranks
-//! connect; each step every rank sends its gradient (one flat f32 buffer),
+//! connect; each step every rank sends its gradient ([`crate::buckets`]),
 //! rank 0 sums them in rank order (so every run with the same inputs gives
 //! the same bits) and sends the mean back. Burn 0.21's own collective
 //! (burn-collective) would be the natural choice, but its multi-node
 //! all-reduce hangs on the second call (its global sync never clears its
 //! list of synced peers).
 //!
-//! Each message is a little-endian `u64` count followed by that many
-//! little-endian `f32`s.
+//! The links are [`crate::star`]'s; each message is little-endian `f32`s.
 
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+
+use crate::buckets::{mean_in_order, GradientBuckets, DEFAULT_BUCKET_BYTES};
+use crate::star::{self, Hub, Link};
 
 /// How a process finds the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,48 +55,6 @@ impl ClusterConfig {
     }
 }
 
-struct Link {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
-}
-
-impl Link {
-    fn new(stream: TcpStream) -> Result<Self> {
-        stream.set_nodelay(true)?;
-        Ok(Link {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: BufWriter::new(stream),
-        })
-    }
-
-    fn send(&mut self, values: &[f32]) -> Result<()> {
-        self.writer
-            .write_all(&(values.len() as u64).to_le_bytes())?;
-        for value in values {
-            self.writer.write_all(&value.to_le_bytes())?;
-        }
-        self.writer.flush()?;
-        Ok(())
-    }
-
-    fn receive(&mut self, expected: Option<usize>) -> Result<Vec<f32>> {
-        let mut word = [0u8; 8];
-        self.reader.read_exact(&mut word)?;
-        let len = u64::from_le_bytes(word) as usize;
-        if let Some(expected) = expected {
-            if len != expected {
-                bail!("a node sent {len} values where {expected} were expected: do all nodes run the same config?");
-            }
-        }
-        let mut bytes = vec![0u8; len * 4];
-        self.reader.read_exact(&mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    }
-}
-
 /// This process's connections to the others.
 pub struct Cluster {
     rank: usize,
@@ -112,11 +69,10 @@ impl Cluster {
     /// resumes) and all must agree.
     pub fn connect(config: &ClusterConfig, step: u64) -> Result<Self> {
         config.validate()?;
-        let deadline = Instant::now() + config.timeout;
         let mut cluster = if config.rank == 0 {
-            Self::accept(config, deadline)?
+            Self::accept(config)?
         } else {
-            Self::join(config, deadline)?
+            Self::join(config)?
         };
         // Everyone starts at the same step (a resumed node that lost a
         // checkpoint would silently train on other data otherwise).
@@ -132,7 +88,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn accept(config: &ClusterConfig, deadline: Instant) -> Result<Self> {
+    fn accept(config: &ClusterConfig) -> Result<Self> {
         let port = config
             .address
             .rsplit(':')
@@ -144,75 +100,17 @@ impl Cluster {
                     config.address
                 )
             })?;
-        let listener = TcpListener::bind(("0.0.0.0", port))
-            .with_context(|| format!("rank 0 cannot listen on port {port}"))?;
-        listener.set_nonblocking(true)?;
-        let mut by_rank: Vec<Option<Link>> = (1..config.nodes).map(|_| None).collect();
-        while by_rank.iter().any(Option::is_none) {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    let mut link = Link::new(stream)?;
-                    let hello = link.receive(Some(2))?;
-                    let (rank, nodes) = (hello[0] as usize, hello[1] as usize);
-                    if nodes != config.nodes || rank == 0 || rank >= config.nodes {
-                        bail!(
-                            "a node connected as rank {rank} of {nodes}; this run has {} nodes",
-                            config.nodes
-                        );
-                    }
-                    if by_rank[rank - 1].replace(link).is_some() {
-                        bail!("two nodes connected as rank {rank}");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        let missing: Vec<String> = by_rank
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, l)| l.is_none())
-                            .map(|(i, _)| (i + 1).to_string())
-                            .collect();
-                        bail!(
-                            "ranks {} did not connect to port {port} within {} s",
-                            missing.join(", "),
-                            config.timeout.as_secs()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let links = Hub::bind(port)?.accept(config.nodes, config.timeout)?;
         Ok(Cluster {
             rank: 0,
             nodes: config.nodes,
-            links: by_rank.into_iter().flatten().collect(),
+            links,
         })
     }
 
-    fn join(config: &ClusterConfig, deadline: Instant) -> Result<Self> {
-        let address = config
-            .address
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve --cluster-address {:?}", config.address))?
-            .next()
-            .ok_or_else(|| anyhow!("--cluster-address {:?} resolves to nothing", config.address))?;
-        // Rank 0 may start later: retry until the deadline.
-        let stream = loop {
-            match TcpStream::connect_timeout(&address, Duration::from_secs(1)) {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(anyhow!(e).context(format!(
-                        "rank {} cannot reach rank 0 at {address}",
-                        config.rank
-                    )))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
-        let mut link = Link::new(stream)?;
-        link.send(&[config.rank as f32, config.nodes as f32])?;
+    fn join(config: &ClusterConfig) -> Result<Self> {
+        let link = star::join(&config.address, config.rank, config.nodes, config.timeout)
+            .context("joining the cluster at --cluster-address")?;
         Ok(Cluster {
             rank: config.rank,
             nodes: config.nodes,
@@ -241,19 +139,20 @@ impl Cluster {
             let mut all = vec![values.to_vec()];
             for link in &mut self.links {
                 all.push(
-                    link.receive(Some(values.len()))
+                    link.receive_f32(Some(values.len()))
                         .context("a node left the run")?,
                 );
             }
             let result = combine(all);
             for link in &mut self.links {
-                link.send(&result).context("a node left the run")?;
+                link.send_f32(&result).context("a node left the run")?;
             }
             Ok(result)
         } else {
             let link = &mut self.links[0];
-            link.send(values).context("rank 0 left the run")?;
-            link.receive(Some(reply_len)).context("rank 0 left the run")
+            link.send_f32(values).context("rank 0 left the run")?;
+            link.receive_f32(Some(reply_len))
+                .context("rank 0 left the run")
         }
     }
 
@@ -265,90 +164,28 @@ impl Cluster {
     /// Replaces `values` by their mean over the nodes (summed in rank
     /// order, so every node gets the same bits).
     pub fn average(&mut self, values: &mut [f32]) -> Result<()> {
-        let scale = 1.0 / self.nodes as f32;
-        let mean = self.exchange(values, values.len(), |all| {
-            let mut parts = all.into_iter();
-            let mut sum = parts.next().unwrap_or_default();
-            for part in parts {
-                sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
-            }
-            sum.iter_mut().for_each(|s| *s *= scale);
-            sum
-        })?;
+        let nodes = self.nodes;
+        let mean = self.exchange(values, values.len(), |all| mean_in_order(all, nodes))?;
         values.copy_from_slice(&mean);
         Ok(())
     }
 
     /// Replaces every gradient of `model`'s parameters in `grads`, and
     /// `extra` (e.g. the step's loss), by its mean over the nodes. The
-    /// gradients travel through host memory as one buffer.
+    /// gradients travel through host memory in [`DEFAULT_BUCKET_BYTES`]
+    /// buckets.
     pub fn average_gradients<B: AutodiffBackend, M: Module<B>>(
         &mut self,
         model: &M,
         grads: &mut GradientsParams,
         extra: &mut [f32],
     ) -> Result<()> {
-        type Device<B> = burn::tensor::Device<<B as AutodiffBackend>::InnerBackend>;
-        struct Take<'a, B: AutodiffBackend> {
-            grads: &'a mut GradientsParams,
-            taken: Vec<(ParamId, Vec<usize>, Device<B>)>,
-            values: Vec<f32>,
+        let mut buckets = GradientBuckets::<B>::take(model, grads, DEFAULT_BUCKET_BYTES);
+        for bucket in buckets.buckets_mut() {
+            self.average(bucket)?;
         }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_, B> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                    self.taken
-                        .push((param.id, grad.dims().to_vec(), grad.device()));
-                    let data = grad.into_data().convert::<f32>();
-                    self.values
-                        .extend(data.into_vec::<f32>().unwrap_or_default());
-                }
-            }
-        }
-        struct Put<'a, B: AutodiffBackend> {
-            grads: &'a mut GradientsParams,
-            taken: std::vec::IntoIter<(ParamId, Vec<usize>, Device<B>)>,
-            values: &'a [f32],
-        }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Put<'_, B> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let Some((id, dims, device)) = self.taken.as_slice().first().cloned() else {
-                    return;
-                };
-                if id != param.id {
-                    return;
-                }
-                self.taken.next();
-                let len: usize = dims.iter().product();
-                let (mine, rest) = self.values.split_at(len);
-                self.values = rest;
-                let tensor = Tensor::<B::InnerBackend, D>::from_data(
-                    TensorData::new(mine.to_vec(), dims),
-                    &device,
-                );
-                self.grads.register(id, tensor);
-            }
-        }
-        let mut take = Take::<B> {
-            grads,
-            taken: Vec::new(),
-            values: Vec::new(),
-        };
-        model.visit(&mut take);
-        let Take {
-            grads,
-            taken,
-            mut values,
-        } = take;
-        values.extend_from_slice(extra);
-        self.average(&mut values)?;
-        let gradient_len = values.len() - extra.len();
-        extra.copy_from_slice(&values[gradient_len..]);
-        model.visit(&mut Put::<B> {
-            grads,
-            taken: taken.into_iter(),
-            values: &values[..gradient_len],
-        });
+        self.average(extra)?;
+        buckets.put(model, grads);
         Ok(())
     }
 }

@@ -22,6 +22,14 @@
 //! - [`parallel`]: data parallelism over the devices of one process.
 //! - [`cluster`]: several processes (nodes) training one run, gradients
 //!   averaged between them over TCP.
+//! - [`launch`]: rank, world size and rendezvous address of a one-process-per-GPU
+//!   launch, from torchrun's or SLURM's variables and flags.
+//! - [`rendezvous`]: rank 0 hands every rank a blob (NCCL's unique id) over TCP,
+//!   checking world size, run and step.
+//! - [`star`]: the TCP links (rank 0 listens, the others connect) that
+//!   [`cluster`] and [`rendezvous`] talk over.
+//! - [`buckets`]: a model's gradients as a few flat buffers, as DDP all-reduces them.
+//! - `nccl` (feature `cuda`): gradient averaging over NCCL; compiled, not yet run.
 //! - [`sweep`]: one run per tau and the results table.
 //! - [`bench`]: the training-step benchmark.
 //! - [`sgd`]: SGD with momentum, updating weights and buffers in place.
@@ -30,6 +38,7 @@
 //!   fine-tuning, pruning.
 
 pub mod bench;
+pub mod buckets;
 pub mod checkpoint;
 pub mod classification;
 pub mod cluster;
@@ -40,16 +49,23 @@ pub mod engine;
 pub mod eval;
 pub mod freeze;
 pub mod language;
+pub mod launch;
 pub mod metrics;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod overrides;
 pub mod parallel;
 pub mod progress;
+pub mod rendezvous;
 pub mod run_dir;
 pub mod sgd;
 pub mod sheet;
+pub mod star;
 pub mod step;
 pub mod sweep;
 pub mod tensorboard;
+#[cfg(test)]
+mod test_models;
 pub mod weight_decay;
 
 pub use classification::{fit, Summary};

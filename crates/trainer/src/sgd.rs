@@ -169,42 +169,16 @@ fn add_scaled_in_place<T: Any>(y: &mut T, beta: f32, x: &T, alpha: f32) -> bool 
 mod tests {
     use super::*;
     use crate::parallel::materialize_parameters;
+    use crate::test_models::{gradients, tiny_resnet};
     use crate::CpuTrain;
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::optim::momentum::MomentumConfig;
-    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn::optim::{Optimizer, SgdConfig};
     use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
     use burn::tensor::TensorData;
-    use models::{Architecture, Model};
+    use models::Model;
 
     type Inner = <CpuTrain as AutodiffBackend>::InnerBackend;
-
-    fn tiny_resnet() -> Model<CpuTrain> {
-        let Architecture::ResNet(config) = Architecture::from_name("resnet18", 10).unwrap() else {
-            unreachable!()
-        };
-        let config = config
-            .with_width(4)
-            .with_in_channels(1)
-            .with_small_stem(true);
-        Architecture::ResNet(config)
-            .init::<CpuTrain>(&Default::default())
-            .unwrap()
-    }
-
-    fn gradients(model: &Model<CpuTrain>, step: usize) -> GradientsParams {
-        let x = Tensor::<CpuTrain, 4>::from_data(
-            TensorData::new(
-                (0..2 * 28 * 28)
-                    .map(|i| ((i * (step + 3)) % 11) as f32 / 11.0 - 0.4)
-                    .collect(),
-                [2, 1, 28, 28],
-            ),
-            &Default::default(),
-        );
-        let loss = model.forward(x).powf_scalar(2.0).mean();
-        GradientsParams::from_grads(loss.backward(), model)
-    }
 
     /// Every parameter of `model`, in visiting order.
     fn weights(model: &Model<CpuTrain>) -> Vec<Vec<f32>> {
