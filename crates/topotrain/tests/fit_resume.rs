@@ -614,6 +614,25 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
     // `--tta flip` adds each image's mirror, and says so.
     assert_eq!(x["tta"], "none");
     assert_eq!(summary(&run)["val_tta"], "none");
+    // A full disk is named with the file that could not be written.
+    let full = topotrain(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--max-batches",
+        "1",
+        "--json",
+        "/dev/full",
+    ]);
+    let message = String::from_utf8_lossy(&full.stderr);
+    assert!(
+        !full.status.success()
+            && message.contains("/dev/full")
+            && message.contains("No space left"),
+        "{message}"
+    );
     let flipped = eval(&run, &["--tta", "flip"]);
     assert_eq!(flipped["tta"], "flip");
     assert_eq!(flipped["images"], x["images"]);

@@ -91,10 +91,15 @@ pub fn run(args: SheetsArgs) -> Result<()> {
             None => bail!("no layer selected"),
         },
     };
+    let bar = trainer::progress::bar(layers.len() as u64, "sheets");
     let colours = layers
         .iter()
-        .map(|l| sheet_pca(&l.weights, l.e, l.sheet))
+        .map(|l| {
+            bar.inc(1);
+            sheet_pca(&l.weights, l.e, l.sheet)
+        })
         .collect::<analysis::Result<Vec<_>>>()?;
+    bar.finish_and_clear();
     let mut report = SheetsReport {
         checkpoint: args.model.checkpoint.display().to_string(),
         layers: layers

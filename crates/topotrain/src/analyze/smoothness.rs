@@ -41,9 +41,11 @@ pub struct SmoothnessReport {
 
 /// Each layer's curve and score.
 pub fn layers_smoothness(layers: &[LayerWeights]) -> Result<Vec<LayerSmoothness>> {
-    layers
+    let bar = trainer::progress::bar(layers.len() as u64, "smoothness");
+    let result = layers
         .iter()
         .map(|l| {
+            bar.inc(1);
             Ok(LayerSmoothness {
                 layer: l.name.clone(),
                 sheet_h: l.sheet.height,
@@ -51,7 +53,9 @@ pub fn layers_smoothness(layers: &[LayerWeights]) -> Result<Vec<LayerSmoothness>
                 curve: smoothness(&l.weights, l.e, l.sheet)?,
             })
         })
-        .collect()
+        .collect();
+    bar.finish_and_clear();
+    result
 }
 
 /// Layers drawn one curve each; more are pooled per stage.
