@@ -334,7 +334,7 @@ fn dimensionality_streams_and_stays_in_bounds() {
 ///
 /// Mean ED over 1,000 test images at the 19 topographic convs, with one
 /// sample per image (channels averaged over positions) and one per image
-/// and position; the order held for seeds 1 to 4 (BENCHMARKS.md). The
+/// and position (how robust the order is across seeds: BENCHMARKS.md). The
 /// untrained model's ED is printed, not ordered: the paper does not report
 /// it, and it depends on the initialisation's seed more than training
 /// moves it.
