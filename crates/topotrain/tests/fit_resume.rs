@@ -291,7 +291,12 @@ fn two_nodes_train_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let path = write_config(dir.path(), "nodes.toml", &config(&run, 1.0, ""));
-    let port = (30000 + std::process::id() % 20000).to_string();
+    // A port the system just handed out and took back (free unless another
+    // program takes it in the moment before rank 0 binds it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
     let address = format!("127.0.0.1:{port}");
     let spawn = |rank: &str| {
         Command::new(env!("CARGO_BIN_EXE_topotrain"))

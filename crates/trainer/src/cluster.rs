@@ -69,26 +69,36 @@ impl Cluster {
     /// resumes) and all must agree.
     pub fn connect(config: &ClusterConfig, step: u64) -> Result<Self> {
         config.validate()?;
-        let mut cluster = if config.rank == 0 {
+        let links = if config.rank == 0 {
             Self::accept(config)?
         } else {
-            Self::join(config)?
+            vec![
+                star::join(&config.address, config.rank, config.nodes, config.timeout)
+                    .context("joining the cluster at --cluster-address")?,
+            ]
         };
+        Self::over(config.rank, config.nodes, links, step)
+    }
+
+    /// The cluster over `links` already made (rank 0: one to each other
+    /// rank, in rank order; the others: the one to rank 0), once every node
+    /// has said it starts at `step`.
+    pub fn over(rank: usize, nodes: usize, links: Vec<Link>, step: u64) -> Result<Self> {
+        let mut cluster = Cluster { rank, nodes, links };
         // Everyone starts at the same step (a resumed node that lost a
         // checkpoint would silently train on other data otherwise).
-        let steps = cluster.gather(&[config.rank as f32, step as f32])?;
+        let steps = cluster.gather(&[rank as f32, step as f32])?;
         if let Some(pair) = steps.chunks(2).find(|pair| pair[1] != step as f32) {
             bail!(
-                "node {} is at step {} but node {} at step {step}: resume every node from the same checkpoint step",
+                "node {} is at step {} but node {rank} at step {step}: resume every node from the same checkpoint step",
                 pair[0],
                 pair[1],
-                config.rank
             );
         }
         Ok(cluster)
     }
 
-    fn accept(config: &ClusterConfig) -> Result<Self> {
+    fn accept(config: &ClusterConfig) -> Result<Vec<Link>> {
         let port = config
             .address
             .rsplit(':')
@@ -100,22 +110,7 @@ impl Cluster {
                     config.address
                 )
             })?;
-        let links = Hub::bind(port)?.accept(config.nodes, config.timeout)?;
-        Ok(Cluster {
-            rank: 0,
-            nodes: config.nodes,
-            links,
-        })
-    }
-
-    fn join(config: &ClusterConfig) -> Result<Self> {
-        let link = star::join(&config.address, config.rank, config.nodes, config.timeout)
-            .context("joining the cluster at --cluster-address")?;
-        Ok(Cluster {
-            rank: config.rank,
-            nodes: config.nodes,
-            links: vec![link],
-        })
+        Hub::bind(port)?.accept(config.nodes, config.timeout)
     }
 
     pub fn rank(&self) -> usize {
@@ -190,38 +185,58 @@ impl Cluster {
     }
 }
 
+/// Connects one cluster node per entry of `steps` (its starting step) on
+/// threads over loopback, rank 0 on a port the system picks, and returns
+/// `run(rank, node)` of each in rank order.
+#[cfg(test)]
+pub(crate) fn on_loopback<T: Send>(
+    steps: &[u64],
+    run: impl Fn(usize, Result<Cluster>) -> T + Sync,
+) -> Vec<T> {
+    let nodes = steps.len();
+    let timeout = Duration::from_secs(20);
+    let hub = Hub::bind(0).expect("a loopback port");
+    let address = format!("127.0.0.1:{}", hub.port());
+    let run = &run;
+    std::thread::scope(|scope| {
+        let first = scope.spawn(move || {
+            let links = hub.accept(nodes, timeout);
+            run(0, links.and_then(|l| Cluster::over(0, nodes, l, steps[0])))
+        });
+        let others: Vec<_> = (1..nodes)
+            .map(|rank| {
+                let address = address.clone();
+                scope.spawn(move || {
+                    let link = star::join(&address, rank, nodes, timeout);
+                    run(
+                        rank,
+                        link.and_then(|l| Cluster::over(rank, nodes, vec![l], steps[rank])),
+                    )
+                })
+            })
+            .collect();
+        std::iter::once(first)
+            .chain(others)
+            .map(|h| h.join().expect("a node's thread"))
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(rank: usize, port: u16) -> ClusterConfig {
-        ClusterConfig {
-            nodes: 3,
-            rank,
-            address: format!("127.0.0.1:{port}"),
-            timeout: Duration::from_secs(20),
-        }
-    }
-
     #[test]
     fn three_nodes_average_in_rank_order() {
-        let port = 38000 + (std::process::id() % 1000) as u16;
-        let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..3)
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let mut cluster = Cluster::connect(&config(rank, port), 7).unwrap();
-                        let mut values = vec![rank as f32, 1.0 + rank as f32 * 0.5];
-                        cluster.average(&mut values).unwrap();
-                        // A second round: the link is reusable.
-                        let mut again = vec![10.0 * rank as f32];
-                        cluster.average(&mut again).unwrap();
-                        values.extend(again);
-                        values
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let results = on_loopback(&[7, 7, 7], |rank, cluster| {
+            let mut cluster = cluster.unwrap();
+            let mut values = vec![rank as f32, 1.0 + rank as f32 * 0.5];
+            cluster.average(&mut values).unwrap();
+            // A second round: the link is reusable.
+            let mut again = vec![10.0 * rank as f32];
+            cluster.average(&mut again).unwrap();
+            values.extend(again);
+            values
         });
         for values in &results {
             assert_eq!(values, &results[0]);
@@ -231,19 +246,11 @@ mod tests {
 
     #[test]
     fn nodes_at_different_steps_are_refused() {
-        let port = 39000 + (std::process::id() % 1000) as u16;
-        let two = |rank| ClusterConfig {
-            nodes: 2,
-            ..config(rank, port)
-        };
-        let errors: Vec<String> = std::thread::scope(|scope| {
-            let a = scope.spawn(|| Cluster::connect(&two(0), 4).err().map(|e| e.to_string()));
-            let b = scope.spawn(|| Cluster::connect(&two(1), 6).err().map(|e| e.to_string()));
-            [a.join().unwrap(), b.join().unwrap()]
+        let errors: Vec<String> =
+            on_loopback(&[4, 6], |_, cluster| cluster.err().map(|e| e.to_string()))
                 .into_iter()
                 .flatten()
-                .collect()
-        });
+                .collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
             errors.iter().all(|e| e.contains("resume every node")),

@@ -991,50 +991,34 @@ mod tests {
     /// nodes agree on it in the step's gradient exchange.
     #[test]
     fn a_stop_on_one_node_is_agreed_by_every_node_in_the_step() {
-        let port = 37000 + (std::process::id() % 1000) as u16;
         let pipeline = GradientPipeline {
             topography: None,
             engine: TopoEngine::Host,
             weight_decay: 0.0,
             frozen: None,
         };
-        let stops = |asked: [Option<usize>; 2], port: u16| -> Vec<Option<usize>> {
-            std::thread::scope(|scope| {
-                let pipeline = &pipeline;
-                let handles: Vec<_> = (0..2)
-                    .map(|rank| {
-                        scope.spawn(move || {
-                            let config = crate::cluster::ClusterConfig {
-                                nodes: 2,
-                                rank,
-                                address: format!("127.0.0.1:{port}"),
-                                timeout: std::time::Duration::from_secs(20),
-                            };
-                            let mut cluster = Cluster::connect(&config, 0).unwrap();
-                            let mut sgd =
-                                InPlaceSgd::new(0.0, false).init::<CpuTrain, Model<CpuTrain>>();
-                            let (_, output) = train_step(
-                                &TOY,
-                                fresh_model(),
-                                &mut sgd,
-                                &[images(rank, 2)],
-                                &[Default::default()],
-                                Some(&mut cluster),
-                                pipeline,
-                                0,
-                                0.1,
-                                asked[rank],
-                            )
-                            .unwrap();
-                            output.stop
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let stops = |asked: [Option<usize>; 2]| -> Vec<Option<usize>> {
+            crate::cluster::on_loopback(&[0, 0], |rank, cluster| {
+                let mut cluster = cluster.unwrap();
+                let mut sgd = InPlaceSgd::new(0.0, false).init::<CpuTrain, Model<CpuTrain>>();
+                let (_, output) = train_step(
+                    &TOY,
+                    fresh_model(),
+                    &mut sgd,
+                    &[images(rank, 2)],
+                    &[Default::default()],
+                    Some(&mut cluster),
+                    &pipeline,
+                    0,
+                    0.1,
+                    asked[rank],
+                )
+                .unwrap();
+                output.stop
             })
         };
-        assert_eq!(stops([None, Some(10)], port), vec![Some(10), Some(10)]);
-        assert_eq!(stops([None, None], port + 1), vec![None, None]);
+        assert_eq!(stops([None, Some(10)]), vec![Some(10), Some(10)]);
+        assert_eq!(stops([None, None]), vec![None, None]);
     }
 
     #[test]
