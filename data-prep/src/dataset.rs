@@ -191,8 +191,7 @@ impl Dataset {
     }
 
     /// Record `index` after checking its payload against the index's CRC-32
-    /// (about 10 us for a 100 kB record; files from before record checksums
-    /// have none to check).
+    /// (files from before record checksums have none to check).
     pub fn checked_record(&self, index: usize) -> Result<Record<'_>> {
         let record = self.record(index);
         let entry = self.entry(index).expect("index checked at open");
