@@ -22,9 +22,7 @@ fn file_name(path: &Path) -> String {
 
 #[test]
 fn prep_converts_train_and_val_with_sorted_wnids() {
-    let Some(src) = common::imagenet_mini() else {
-        return;
-    };
+    let src = common::imagenet_mini();
     let out = tempfile::tempdir().unwrap();
     let summary = prep_imagenet(
         &src,
@@ -69,9 +67,7 @@ fn prep_converts_train_and_val_with_sorted_wnids() {
 
 #[test]
 fn broken_files_are_listed_skipped_and_counted() {
-    let Some(src) = common::imagenet_mini() else {
-        return;
-    };
+    let src = common::imagenet_mini();
     let broken = src.join("broken");
     let out = tempfile::tempdir().unwrap();
     let summary = prep_imagenet(
@@ -158,9 +154,7 @@ fn broken_files_are_listed_skipped_and_counted() {
 
 #[test]
 fn large_images_are_downscaled_to_max_side() {
-    let Some(src) = common::imagenet_mini() else {
-        return;
-    };
+    let src = common::imagenet_mini();
     let out = tempfile::tempdir().unwrap();
     let summary = prep_imagenet(
         &src.join("broken"),
@@ -182,9 +176,7 @@ fn large_images_are_downscaled_to_max_side() {
 
 #[test]
 fn strict_mode_fails_and_leaves_no_dataset_file() {
-    let Some(src) = common::imagenet_mini() else {
-        return;
-    };
+    let src = common::imagenet_mini();
     let out = tempfile::tempdir().unwrap();
     let strict = PrepOptions {
         strict: true,
@@ -220,9 +212,7 @@ fn strict_mode_fails_and_leaves_no_dataset_file() {
 
 #[test]
 fn flat_val_with_loc_solution_gets_the_class_folder_labels() {
-    let Some(src) = common::imagenet_mini() else {
-        return;
-    };
+    let src = common::imagenet_mini();
     let classes: Vec<String> = data_prep::sources::scan_image_folder(&src.join("train"), None)
         .unwrap()
         .classes;

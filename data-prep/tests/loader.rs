@@ -193,13 +193,7 @@ fn fashion_mnist_val_at_native_resolution_returns_exact_pixels() {
 #[test]
 fn installed_fashion_mnist_converts() {
     let src = Path::new(data_prep::FASHION_MNIST_DEFAULT_DIR);
-    if !src.is_dir() {
-        eprintln!(
-            "skipped: {} is absent (apt-get install dataset-fashion-mnist)",
-            src.display()
-        );
-        return;
-    }
+    test_support::require_package(src, "dataset-fashion-mnist");
     let out = tempfile::tempdir().unwrap();
     let summary = prep_fashion_mnist(src, out.path()).unwrap();
     assert_eq!(

@@ -7,11 +7,7 @@ use safetensors::SafeTensors;
 use topoloss::{Interpolation, LayerTopoLoss, SheetSource};
 
 fn golden_dir() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("TOPOTRAIN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("../shared"))
-        .join("golden")
+    test_support::shared("golden")
 }
 
 fn f64_tensor(tensors: &SafeTensors, name: &str) -> (Vec<f64>, Vec<usize>) {

@@ -6,13 +6,7 @@ use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
 
-fn golden(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden")
-        .join(name);
-    assert!(path.exists(), "golden file {} is missing", path.display());
-    path
-}
+use test_support::golden;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("topotrain-activations-{}", std::process::id()));

@@ -14,7 +14,9 @@ use analysis::svg_texts;
 use serde_json::Value;
 
 mod common;
-use common::{fashion_config, have_fashion, shared, topotrain, topotrain_ok, FASHION};
+use common::{
+    fashion_config, require_fashion_mnist, shared, topotrain, topotrain_ok, FASHION_MNIST,
+};
 
 /// Topographic tau of the test sweep. With torchvision's init, tau 5 is too
 /// weak on this short recipe for ED to fall on every seed (BENCHMARKS.md).
@@ -187,7 +189,7 @@ fn imagenet_mini() -> &'static PathBuf {
     FIXTURE.get_or_init(|| {
         let out = fixtures().join("imagenet-mini");
         if !out.join("val.topo").exists() {
-            let src = shared().join("imagenet-mini");
+            let src = shared("imagenet-mini");
             topotrain_ok(&["prep", "imagenet", "--src", s(&src), "--out", s(&out)]);
         }
         out
@@ -195,7 +197,7 @@ fn imagenet_mini() -> &'static PathBuf {
 }
 
 fn golden() -> PathBuf {
-    shared().join("golden/resnet18_blurpool.pt")
+    common::golden("resnet18_blurpool.pt")
 }
 
 fn mean_smoothness(checkpoint: &Path, layers: &str) -> f64 {
@@ -211,9 +213,7 @@ fn mean_smoothness(checkpoint: &Path, layers: &str) -> f64 {
 
 #[test]
 fn smoothness_sets_topographic_models_apart() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let f = fashion();
     let layers = "layer*.**";
     let untrained = mean_smoothness(&f.untrained, layers);
@@ -257,7 +257,7 @@ fn dimensionality(checkpoint: &Path, images: usize, extra: &[&str]) -> Value {
         "--layers",
         "layer*.**",
         "--data",
-        FASHION,
+        FASHION_MNIST,
         "--max-images",
         &images,
     ];
@@ -271,9 +271,7 @@ fn mean_ed(report: &Value) -> f64 {
 
 #[test]
 fn dimensionality_streams_and_stays_in_bounds() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let f = fashion();
     let out = scratch("dimensionality");
     let one = dimensionality(&f.topo, 500, &["--batch", "250", "--out", s(&out)]);
@@ -309,7 +307,7 @@ fn dimensionality_streams_and_stays_in_bounds() {
         "--modules",
         "layer*.*",
         "--data",
-        FASHION,
+        FASHION_MNIST,
         "--max-images",
         "250",
         "--batch",
@@ -340,9 +338,7 @@ fn dimensionality_streams_and_stays_in_bounds() {
 /// moves it.
 #[test]
 fn dimensionality_falls_as_tau_rises() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let f = fashion();
     for samples in ["images", "positions"] {
         let ed = |checkpoint: &Path| {
@@ -365,9 +361,7 @@ fn dimensionality_falls_as_tau_rises() {
 
 #[test]
 fn sheets_draw_a_layer_and_the_grid() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let out = scratch("sheets-fashion");
     let report = analyze(&[
         "sheets",
@@ -410,9 +404,7 @@ fn sheets_draw_a_layer_and_the_grid() {
 
 #[test]
 fn selectivity_maps_categories_on_the_sheet() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let out = scratch("selectivity-fashion");
     let report = analyze(&[
         "selectivity",
@@ -462,16 +454,14 @@ fn selectivity_maps_categories_on_the_sheet() {
 
 #[test]
 fn prune_and_downsample_trade_accuracy_for_weights() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let out = scratch("prune-fashion");
     let report = analyze(&[
         "prune",
         "--checkpoint",
         s(&fashion().topo),
         "--data",
-        FASHION,
+        FASHION_MNIST,
         "--max-images",
         "1000",
         "--batch",
@@ -503,7 +493,7 @@ fn prune_and_downsample_trade_accuracy_for_weights() {
         "--checkpoint",
         s(&fashion().topo),
         "--data",
-        FASHION,
+        FASHION_MNIST,
         "--batch",
         "250",
         "--max-batches",
@@ -517,9 +507,7 @@ fn prune_and_downsample_trade_accuracy_for_weights() {
 
 #[test]
 fn sweep_report_plots_accuracy_against_smoothness() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let f = fashion();
     let out = scratch("sweep-report");
     let report = analyze(&[
@@ -527,7 +515,7 @@ fn sweep_report_plots_accuracy_against_smoothness() {
         "--sweep",
         s(&f.sweep),
         "--data",
-        FASHION,
+        FASHION_MNIST,
         "--max-images",
         "500",
         "--batch",
@@ -564,10 +552,6 @@ fn sweep_report_plots_accuracy_against_smoothness() {
 #[test]
 fn every_analysis_runs_on_the_golden_resnet18() {
     let checkpoint = golden();
-    if !checkpoint.exists() {
-        eprintln!("skipping: {} is missing", checkpoint.display());
-        return;
-    }
     let out = scratch("golden");
     let ck = s(&checkpoint);
 

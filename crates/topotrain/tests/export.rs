@@ -7,17 +7,11 @@ use std::path::{Path, PathBuf};
 
 mod common;
 use common::{
-    assert_success, export, fashion_config, have_fashion, read_tensors, shared, topotrain,
+    assert_success, export, fashion_config, golden, read_tensors, require_fashion_mnist, topotrain,
     topotrain_ok, with_init_weights,
 };
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-
-fn golden(name: &str) -> PathBuf {
-    let path = shared().join("golden").join(name);
-    assert!(path.exists(), "golden file {} is missing", path.display());
-    path
-}
 
 /// Names and shapes of a safetensors file's tensors.
 fn shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
@@ -132,9 +126,7 @@ fn fashion_input(path: &Path) {
 /// refused.
 #[test]
 fn run_checkpoints_export_and_fine_tune_with_a_new_head() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let (run, output) = tiny_run(dir.path(), "pretrain", 12, |text| text);
     assert_success(&output);

@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_success, fashion_config, have_fashion, topotrain, with_init_weights, FASHION};
+use common::{
+    assert_success, fashion_config, require_fashion_mnist, topotrain, with_init_weights,
+    FASHION_MNIST,
+};
 
 /// Two epochs of 6 steps, a checkpoint every 2 steps; `extra_training`
 /// adds lines to `[training]`.
@@ -120,9 +123,7 @@ fn assert_same_tensors(a: &Path, b: &Path, skip: impl Fn(&str) -> bool) -> usize
 
 #[test]
 fn halt_mid_epoch_and_resume_matches_an_uninterrupted_run() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     let resumed = dir.path().join("resumed");
@@ -163,9 +164,7 @@ fn halt_mid_epoch_and_resume_matches_an_uninterrupted_run() {
 
 #[test]
 fn sigkill_and_resume_matches_an_uninterrupted_run() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     let killed = dir.path().join("killed");
@@ -198,9 +197,7 @@ fn sigkill_and_resume_matches_an_uninterrupted_run() {
 /// exactly.
 #[test]
 fn two_replicas_train_and_resume_exactly() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     let resumed = dir.path().join("resumed");
@@ -232,9 +229,7 @@ fn two_replicas_train_and_resume_exactly() {
 /// it gives the uninterrupted run.
 #[test]
 fn sigterm_checkpoints_and_resume_matches_an_uninterrupted_run() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     let stopped = dir.path().join("stopped");
@@ -285,9 +280,7 @@ fn sigterm_checkpoints_and_resume_matches_an_uninterrupted_run() {
 /// losses and end with the same weights; rank 1 writes `node1/`.
 #[test]
 fn two_nodes_train_one_run() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let path = write_config(dir.path(), "nodes.toml", &config(&run, 1.0, ""));
@@ -362,9 +355,7 @@ fn assert_loss_falls(dir: &Path, extra_training: &str, steps: usize, device: &st
 /// point of it is GPU speed).
 #[test]
 fn bf16_compute_trains() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     // With torchvision's init, 6 steps per epoch leave the model near chance.
     let run = assert_loss_falls(dir.path(), "precision = \"bf16\"", 20, "cpu");
@@ -376,14 +367,12 @@ fn bf16_compute_trains() {
 /// lavapipe where there is no GPU (scripts/setup.sh installs it). The loss
 /// falls; the run's model evaluates on wgpu as on the CPU; and two more
 /// training steps from its weights move every tensor on wgpu as they do on
-/// the CPU. (With Burn's own convolutions, `TOPOTRAIN_CONV_KERNELS=burn`,
+/// the CPU. (With Burn's own convolutions, `training.conv_kernels = "burn"`,
 /// whose strided input gradient is zero, that last part fails.)
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_run_on_wgpu_trains_and_evaluates_as_on_the_cpu() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let run = assert_loss_falls(dir.path(), "", 6, "wgpu");
     let start = run.join("final.safetensors");
@@ -408,7 +397,7 @@ threads = 1
             "--checkpoint",
             run.to_str().unwrap(),
             "--data",
-            FASHION,
+            FASHION_MNIST,
             "--batch-size",
             "64",
             "--max-batches",
@@ -474,9 +463,7 @@ fn assert_same_updates(start: &Path, reference: &Path, other: &Path) {
 
 #[test]
 fn divergence_stops_with_the_step() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let text = config(&run, 1.0, "").replace("peak = 0.1", "peak = 1e30");
@@ -521,9 +508,7 @@ fn config_errors_name_the_key() {
 /// `model.init_weights` and the file.
 #[test]
 fn init_weights_errors_name_the_file() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let not_a_resnet = dir.path().join("not_a_resnet.safetensors");
     let weights = vec![0u8; 4 * 8];
@@ -549,9 +534,7 @@ fn init_weights_errors_name_the_file() {
 
 #[test]
 fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("sweep");
     let path = write_config(
@@ -588,7 +571,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         let mut args = vec!["eval", "--checkpoint", checkpoint.to_str().unwrap()];
         args.extend_from_slice(&[
             "--data",
-            FASHION,
+            FASHION_MNIST,
             "--max-batches",
             "4",
             "--batch-size",
@@ -625,7 +608,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
         "--checkpoint",
         run.to_str().unwrap(),
         "--data",
-        FASHION,
+        FASHION_MNIST,
         "--max-batches",
         "1",
         "--json",
@@ -651,9 +634,7 @@ fn sweep_runs_each_tau_once_then_eval_reads_the_runs() {
 /// draws the curves; and `inspect` reads the run directory.
 #[test]
 fn a_batch_job_logs_lines_events_and_plots_and_inspect_reads_the_run() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let path = write_config(dir.path(), "a.toml", &config(&run, 2.0, ""));

@@ -1,14 +1,8 @@
 //! `topotrain inspect` on the published-layout ResNet-18 (BlurPool) must
 //! reproduce the reference package's per-layer TopoLoss.
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn shared() -> PathBuf {
-    std::env::var_os("TOPOTRAIN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
+use test_support::golden;
 
 fn topotrain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_topotrain"))
@@ -19,7 +13,7 @@ fn topotrain(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn inspect_matches_the_reference_topoloss_of_every_layer() {
-    let checkpoint = shared().join("golden/resnet18_blurpool.pt");
+    let checkpoint = golden("resnet18_blurpool.pt");
     let output = topotrain(&[
         "inspect",
         checkpoint.to_str().unwrap(),
@@ -35,8 +29,7 @@ fn inspect_matches_the_reference_topoloss_of_every_layer() {
     let layers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let layers = layers.as_array().unwrap();
     let golden: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shared().join("golden/golden.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(golden("golden.json")).unwrap()).unwrap();
     let reference = golden["resnet18"]["topoloss_per_layer"]
         .as_object()
         .unwrap();
@@ -64,7 +57,7 @@ fn inspect_matches_the_reference_topoloss_of_every_layer() {
 
 #[test]
 fn inspect_clamps_the_factor_and_filters_layers() {
-    let checkpoint = shared().join("golden/resnet18_blurpool.pt");
+    let checkpoint = golden("resnet18_blurpool.pt");
     let output = topotrain(&[
         "inspect",
         checkpoint.to_str().unwrap(),
@@ -106,7 +99,7 @@ fn inspect_errors_are_clear() {
     assert!(message.contains("/nonexistent/model.pt"), "{message}");
     assert!(!message.contains("panicked"), "{message}");
 
-    let checkpoint = shared().join("golden/resnet18_blurpool.pt");
+    let checkpoint = golden("resnet18_blurpool.pt");
     let wrong_arch = topotrain(&[
         "inspect",
         checkpoint.to_str().unwrap(),

@@ -9,12 +9,9 @@ use std::path::Path;
 
 use common::{export, read_tensors, topotrain, topotrain_ok};
 
-fn have_bible() -> bool {
-    let ok = Path::new("/usr/bin/bible").exists();
-    if !ok {
-        eprintln!("skipping: Debian's bible-kjv is not installed (apt-get install bible-kjv)");
-    }
-    ok
+/// Panics unless Debian's bible-kjv is installed.
+fn require_bible() {
+    test_support::require_package(Path::new("/usr/bin/bible"), "bible-kjv");
 }
 
 /// A one-block GPT; `head` is the section that says what to train (a `[gpt]`
@@ -73,9 +70,7 @@ fn json(output: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn prep_fit_finetune_and_prune_through_the_binary() {
-    if !have_bible() {
-        return;
-    }
+    require_bible();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("genesis");
     let data_arg = data.to_str().unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{have_fashion, topotrain_ok, FASHION};
+use common::{require_fashion_mnist, topotrain_ok, FASHION_MNIST};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -168,15 +168,13 @@ fn reads_a_raw_image_folder_as_topotrain_does() {
 
 #[test]
 fn reads_fashion_mnist_greyscale_as_topotrain_does() {
-    if !have_fashion() {
-        return;
-    }
+    require_fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     topotrain_ok(&[
         "prep",
         "fashion-mnist",
         "--src",
-        FASHION,
+        FASHION_MNIST,
         "--out",
         dir.path().to_str().unwrap(),
     ]);

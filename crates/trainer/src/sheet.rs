@@ -94,10 +94,7 @@ mod tests {
 
     #[test]
     fn draws_the_last_topographic_layer_or_the_named_one() {
-        if analysis::ensure_font().is_err() {
-            eprintln!("skipping: no font at {}", analysis::font_path().display());
-            return;
-        }
+        analysis::ensure_font().expect("the analyses' font (scripts/setup.sh installs it)");
         let model = small_resnet();
         let patterns = vec!["layer*.**".to_string()];
         let topography =

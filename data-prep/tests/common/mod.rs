@@ -3,18 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// `<workspace root>/../shared/imagenet-mini`, or `None` (with a printed reason) if absent.
-pub fn imagenet_mini() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/imagenet-mini");
-    if path.is_dir() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: {} is absent (CI provides it beside the checkout)",
-            path.display()
-        );
-        None
-    }
+/// The shared ImageNet-mini tree (a missing one fails the test).
+pub fn imagenet_mini() -> PathBuf {
+    test_support::shared("imagenet-mini")
 }
 
 /// Deterministic pseudo-random RGB pixels.

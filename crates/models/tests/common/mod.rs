@@ -7,16 +7,7 @@ use std::path::PathBuf;
 use burn::tensor::{Tensor, TensorData};
 use models::CpuBackend;
 
-/// `<workspace root>/../shared/golden/<name>`; CI clones the repository
-/// beside `shared/`. Panics with the path when the file is missing, so a
-/// missing fixture fails the test instead of skipping it.
-pub fn golden(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden")
-        .join(name);
-    assert!(path.exists(), "golden file {} is missing", path.display());
-    path
-}
+pub use test_support::golden;
 
 /// Reads an f32 tensor from a safetensors file.
 pub fn read_tensor<const D: usize>(path: &PathBuf, name: &str) -> Tensor<CpuBackend, D> {

@@ -3,28 +3,12 @@
 // Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-pub const FASHION: &str = "/usr/share/datasets/fashion-mnist";
-
-/// `../shared` beside the workspace, or `$TOPOTRAIN_SHARED`.
-pub fn shared() -> PathBuf {
-    std::env::var_os("TOPOTRAIN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-/// Whether Fashion-MNIST is installed; says why a test is skipped if not.
-pub fn have_fashion() -> bool {
-    let ok = Path::new(FASHION)
-        .join("train-images-idx3-ubyte.gz")
-        .exists();
-    if !ok {
-        eprintln!("skipping: Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)");
-    }
-    ok
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use test_support::{golden, require_fashion_mnist, shared, FASHION_MNIST};
 
 /// Runs the topotrain binary; the caller checks the outcome.
 pub fn topotrain(args: &[&str]) -> Output {
@@ -74,8 +58,8 @@ in_channels = 1
 
 [data]
 format = "fashion-mnist-idx"
-train = "{FASHION}"
-val = "{FASHION}"
+train = "{FASHION_MNIST}"
+val = "{FASHION_MNIST}"
 mean = [72.94]
 std = [90.02]
 resolution = {{ start = 28 }}
