@@ -79,15 +79,14 @@ stage() {
 # DEVICE, BATCH and RES exist to try the script out on a CPU.
 device=${DEVICE:-cuda}
 r18=(bench train --arch resnet18 --batch-size "${BATCH:-256}" --res "${RES:-176}" --device "$device")
-declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf16" [r18_igemm]="")
+declare -A extra=([r18]="" [r18_topo]="--topo-tau 1" [r18_bf16]="--precision bf16" [r18_igemm]="--conv-kernels implicit-gemm")
 # r18_igemm: the experimental implicit-GEMM convolutions (README, GPUs).
-declare -A run_env=([r18_igemm]="TOPOTRAIN_CONV_KERNELS=implicit-gemm")
 runs=${RUNS:-r18 r18_topo r18_bf16 fit}
-# bench_command RUN: the environment, binary and arguments of benchmark RUN,
-# into the array `bench_cmd`.
+# bench_command RUN: the binary and arguments of benchmark RUN, into the
+# array `bench_cmd`.
 bench_command() {
-    # shellcheck disable=SC2086 # run_env and extra hold several words
-    bench_cmd=(env ${run_env[$1]:-} "$bin" "${r18[@]}" ${extra[$1]})
+    # shellcheck disable=SC2086 # extra holds several words
+    bench_cmd=("$bin" "${r18[@]}" ${extra[$1]})
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader >"$out/summary.txt" 2>&1
 cat "$out/summary.txt"

@@ -11,7 +11,7 @@ use std::time::Instant;
 use burn::backend::Flex;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{Distribution, Tensor, TensorPrimitive};
-use conv_kernels::ConvKernels;
+use conv_kernels::{ConvChoice, ConvKernels};
 
 /// In channels, out channels (both in multiples of the width, 0 for the
 /// image's), kernel, stride, stage (the input side is the resolution halved
@@ -64,10 +64,10 @@ const IMPLEMENTATIONS: [Kernels; 2] = [
     },
     Kernels {
         name: "conv-kernels",
-        forward: <Flex as ConvKernels>::conv2d_forward,
+        forward: |x, w, options| Flex::conv2d_forward(x, w, options, ConvChoice::Direct),
         gradient: [
-            <Flex as ConvKernels>::conv2d_input_grad,
-            <Flex as ConvKernels>::conv2d_weight_grad,
+            |x, w, grad, options| Flex::conv2d_input_grad(x, w, grad, options, ConvChoice::Direct),
+            |x, w, grad, options| Flex::conv2d_weight_grad(x, w, grad, options, ConvChoice::Direct),
         ],
     },
 ];

@@ -17,7 +17,7 @@ use burn_flex::FlexTensor;
 use matrix_product::{gemm, MatRef};
 use rayon::prelude::*;
 
-use crate::ConvKernels;
+use crate::{ConvChoice, ConvKernels};
 
 mod scratch;
 
@@ -33,6 +33,7 @@ impl ConvKernels for Flex {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+        _choice: ConvChoice,
     ) -> FloatTensor<Self> {
         match Geometry::of(&x, &weight, &options) {
             Some(geometry) => geometry.forward(&x, &weight, CHUNK_FLOATS),
@@ -45,6 +46,7 @@ impl ConvKernels for Flex {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        _choice: ConvChoice,
     ) -> FloatTensor<Self> {
         match Geometry::of(&x, &weight, &options) {
             Some(geometry) => geometry.input_grad(&weight, &output_grad, CHUNK_FLOATS),
@@ -57,6 +59,7 @@ impl ConvKernels for Flex {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        _choice: ConvChoice,
     ) -> FloatTensor<Self> {
         match Geometry::of(&x, &weight, &options) {
             Some(geometry) => geometry.weight_grad(&x, &output_grad, CHUNK_FLOATS),
@@ -557,7 +560,7 @@ mod tests {
         let swapped = x.transpose(2, 3).to_contiguous().transpose(2, 3);
         assert!(!swapped.is_contiguous());
         assert_close(
-            Flex::conv2d_forward(swapped, weight.clone(), options.clone()),
+            Flex::conv2d_forward(swapped, weight.clone(), options.clone(), ConvChoice::Direct),
             Flex::conv2d(x, weight, None, options),
         );
     }

@@ -14,22 +14,23 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 
-use crate::{conv_choice, ConvChoice, ConvKernels};
+use crate::{ConvChoice, ConvKernels};
 
-/// `run` with the strategies of the [`ConvChoice`]: the implicit-GEMM kernel
+/// `run` with the strategies of `choice`: the implicit-GEMM kernel
 /// first if chosen, then Burn's direct one (a fallback is noted once per
 /// kernel on stderr, so a run that falls back says so). Burn's own
 /// convolutions unwrap the same way; a fusion operation has no error path.
 fn run_chosen<T, E: std::fmt::Debug>(
     what: &'static str,
+    choice: ConvChoice,
     run: impl Fn(ConvStrategy) -> Result<T, E>,
 ) -> T {
     let direct = |run: &dyn Fn(ConvStrategy) -> Result<T, E>| {
         run(ConvStrategy::Direct)
             .unwrap_or_else(|err| panic!("{what}: Burn's direct kernel cannot run: {err:?}"))
     };
-    match conv_choice() {
-        ConvChoice::Direct => direct(&run),
+    match choice {
+        ConvChoice::Direct | ConvChoice::Burn => direct(&run),
         ConvChoice::ImplicitGemm => run(ConvStrategy::ImplicitGemm).unwrap_or_else(|err| {
             note_fallback(what, "the implicit-GEMM kernel", &err);
             direct(&run)
@@ -185,8 +186,9 @@ where
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
-        run_chosen("conv2d", |strategy| {
+        run_chosen("conv2d", choice, |strategy| {
             conv_forward::<R, 2>(x.clone(), weight.clone(), None, options.clone(), strategy)
         })
     }
@@ -196,13 +198,14 @@ where
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
         let in_shape = x.shape();
         if options.stride != [1, 1] {
             // The implicit-GEMM data gradient handles stride 1 only.
             return Self::strided_input_grad(in_shape, weight, output_grad, &options);
         }
-        run_chosen("conv2d input gradient", |strategy| {
+        run_chosen("conv2d input gradient", choice, |strategy| {
             conv_data_backward::<R, 2>(
                 output_grad.clone(),
                 weight.clone(),
@@ -218,9 +221,10 @@ where
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
         let weight_shape = weight.shape();
-        run_chosen("conv2d weight gradient", |strategy| {
+        run_chosen("conv2d weight gradient", choice, |strategy| {
             conv_weight_backward::<R, 2>(
                 x.clone(),
                 output_grad.clone(),
@@ -247,6 +251,7 @@ struct QueuedConv<B> {
     desc: CustomOpIr,
     kernel: Kernel,
     options: ConvOptions<2>,
+    choice: ConvChoice,
     backend: std::marker::PhantomData<B>,
 }
 
@@ -263,7 +268,7 @@ impl<B: FusionBackend + ConvKernels> Operation<B::FusionRuntime> for QueuedConv<
                     handles.get_float_tensor::<B>(x),
                     handles.get_float_tensor::<B>(weight),
                 );
-                (out, B::conv2d_forward(x, weight, options))
+                (out, B::conv2d_forward(x, weight, options, self.choice))
             }
             Kernel::InputGrad | Kernel::WeightGrad => {
                 let ([x, weight, grad], [out]) = self.desc.as_fixed();
@@ -271,8 +276,10 @@ impl<B: FusionBackend + ConvKernels> Operation<B::FusionRuntime> for QueuedConv<
                 let weight = handles.get_float_tensor::<B>(weight);
                 let grad = handles.get_float_tensor::<B>(grad);
                 let result = match self.kernel {
-                    Kernel::InputGrad => B::conv2d_input_grad(x, weight, grad, options),
-                    _ => B::conv2d_weight_grad(x, weight, grad, options),
+                    Kernel::InputGrad => {
+                        B::conv2d_input_grad(x, weight, grad, options, self.choice)
+                    }
+                    _ => B::conv2d_weight_grad(x, weight, grad, options, self.choice),
                 };
                 (out, result)
             }
@@ -289,6 +296,7 @@ fn queue<B: FusionBackend + ConvKernels>(
     inputs: Vec<FloatTensor<Fusion<B>>>,
     shape: burn::tensor::Shape,
     options: ConvOptions<2>,
+    choice: ConvChoice,
 ) -> FloatTensor<Fusion<B>> {
     let client = inputs[0].client.clone();
     let dtype = inputs[0].dtype;
@@ -300,6 +308,7 @@ fn queue<B: FusionBackend + ConvKernels>(
         desc: desc.clone(),
         kernel,
         options,
+        choice,
         backend: std::marker::PhantomData,
     };
     client
@@ -312,6 +321,7 @@ impl<B: FusionBackend + ConvKernels> ConvKernels for Fusion<B> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
         let (x_shape, w_shape) = (x.shape.clone(), weight.shape.clone());
         let size = calculate_conv_output_sizes(
@@ -328,6 +338,7 @@ impl<B: FusionBackend + ConvKernels> ConvKernels for Fusion<B> {
             vec![x, weight],
             shape,
             options,
+            choice,
         )
     }
 
@@ -336,8 +347,9 @@ impl<B: FusionBackend + ConvKernels> ConvKernels for Fusion<B> {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
-        queue_gradient::<B>(Kernel::InputGrad, x, weight, output_grad, options)
+        queue_gradient::<B>(Kernel::InputGrad, x, weight, output_grad, options, choice)
     }
 
     fn conv2d_weight_grad(
@@ -345,8 +357,9 @@ impl<B: FusionBackend + ConvKernels> ConvKernels for Fusion<B> {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
-        queue_gradient::<B>(Kernel::WeightGrad, x, weight, output_grad, options)
+        queue_gradient::<B>(Kernel::WeightGrad, x, weight, output_grad, options, choice)
     }
 }
 
@@ -358,19 +371,27 @@ fn queue_gradient<B: FusionBackend + ConvKernels>(
     weight: FloatTensor<Fusion<B>>,
     output_grad: FloatTensor<Fusion<B>>,
     options: ConvOptions<2>,
+    choice: ConvChoice,
 ) -> FloatTensor<Fusion<B>> {
     let (name, shape) = match kernel {
         Kernel::InputGrad => ("conv2d_implicit_gemm_input_grad", x.shape.clone()),
         _ => ("conv2d_implicit_gemm_weight_grad", weight.shape.clone()),
     };
-    queue::<B>(name, kernel, vec![x, weight, output_grad], shape, options)
+    queue::<B>(
+        name,
+        kernel,
+        vec![x, weight, output_grad],
+        shape,
+        options,
+        choice,
+    )
 }
 
 #[cfg(all(test, feature = "wgpu"))]
 mod tests {
     use super::*;
     use crate::tests::{agrees_with_the_cpu, assert_close, layer_on, moved, Cpu, LAYERS};
-    use crate::{choose, ConvChoice};
+    use crate::ConvChoice;
     use burn::backend::{Autodiff, Wgpu};
     use burn::tensor::Distribution;
 
@@ -384,10 +405,8 @@ mod tests {
     #[test]
     fn conv2d_agrees_with_the_cpu_on_wgpu() {
         for choice in [ConvChoice::Direct, ConvChoice::ImplicitGemm] {
-            choose(choice);
-            agrees_with_the_cpu::<Autodiff<Wgpu>>(&Default::default());
+            agrees_with_the_cpu::<Autodiff<Wgpu>>(&Default::default(), choice);
         }
-        choose(ConvChoice::Direct);
     }
 
     /// The fallback of the strided input gradient (Burn's direct kernel on

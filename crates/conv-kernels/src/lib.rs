@@ -18,13 +18,11 @@
 //! strided input gradient; on the CPU backend its own f32 kernels (im2col
 //! and one matrix product over many samples, contiguous results); on other
 //! backends it is Burn's own convolution. [`conv2d`] runs a [`Conv2d`] layer
-//! through it.
+//! through it, and [`conv2d_on`] does so for code generic over the backend.
 //!
 //! Tested against Burn's CPU convolution on the CPU and, through Mesa's
 //! lavapipe, on wgpu (which has no tensor cores, so there the implicit-GEMM
 //! kernels fall back); not yet run on a CUDA GPU.
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -36,32 +34,49 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
+use std::any::Any;
 
-/// Which kernels [`ConvKernels`] runs on Burn's CubeCL backends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which convolution kernels run: a value a model carries (`models`'
+/// `with_conv_kernels`, the config's `training.conv_kernels`), so that a
+/// library call, a test and the program run the same kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ConvChoice {
-    /// Burn's direct kernels (what Burn runs without autotune), with the
-    /// strided input gradient as im2col + GEMM.
+    /// This crate's kernels: on the CPU its own f32 kernels; on the CubeCL
+    /// backends Burn's direct kernels (what Burn runs without autotune), with
+    /// the strided input gradient as im2col + GEMM.
     #[default]
     Direct,
-    /// burn-cubecl's implicit-GEMM kernels on the tensor cores (TF32 for f32
-    /// tensors), falling back to [`ConvChoice::Direct`] where they cannot run.
+    /// As [`ConvChoice::Direct`], but on the CubeCL backends burn-cubecl's
+    /// implicit-GEMM kernels on the tensor cores (TF32 for f32 tensors),
+    /// falling back to the direct ones where they cannot run.
     ImplicitGemm,
+    /// Burn's own convolutions everywhere, for comparison: on CubeCL their
+    /// input gradient through a 1x1 stride-2 convolution is zero.
+    Burn,
 }
 
-static IMPLICIT_GEMM: AtomicBool = AtomicBool::new(false);
-
-/// Sets the kernels every later convolution of the program runs.
-pub fn choose(choice: ConvChoice) {
-    IMPLICIT_GEMM.store(choice == ConvChoice::ImplicitGemm, Ordering::Relaxed);
+impl std::str::FromStr for ConvChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "direct" => Ok(Self::Direct),
+            "implicit-gemm" => Ok(Self::ImplicitGemm),
+            "burn" => Ok(Self::Burn),
+            _ => Err(format!(
+                "unknown convolution kernels '{text}': use direct, implicit-gemm or burn"
+            )),
+        }
+    }
 }
 
-/// The kernels chosen by [`choose`] ([`ConvChoice::Direct`] until then).
-pub fn conv_choice() -> ConvChoice {
-    if IMPLICIT_GEMM.load(Ordering::Relaxed) {
-        ConvChoice::ImplicitGemm
-    } else {
-        ConvChoice::Direct
+impl std::fmt::Display for ConvChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::ImplicitGemm => "implicit-gemm",
+            Self::Burn => "burn",
+        })
     }
 }
 
@@ -73,6 +88,7 @@ pub trait ConvKernels: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+        _choice: ConvChoice,
     ) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, options)
     }
@@ -83,6 +99,7 @@ pub trait ConvKernels: Backend {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        _choice: ConvChoice,
     ) -> FloatTensor<Self> {
         Self::conv2d_x_backward(x, weight, output_grad, options)
     }
@@ -93,14 +110,20 @@ pub trait ConvKernels: Backend {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
+        _choice: ConvChoice,
     ) -> FloatTensor<Self> {
         Self::conv2d_weight_backward(x, weight, output_grad, options)
     }
 }
 
-/// `conv.forward(x)` through [`ConvKernels`]. Layers with "same" or
-/// asymmetric padding, or with groups, run Burn's own forward instead.
-pub fn conv2d<B: ConvKernels>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// `conv.forward(x)` through [`ConvKernels`] with the kernels of `choice`.
+/// Layers with "same" or asymmetric padding, or with groups, and
+/// [`ConvChoice::Burn`] run Burn's own forward instead.
+pub fn conv2d<B: ConvKernels>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    choice: ConvChoice,
+) -> Tensor<B, 4> {
     use burn::nn::PaddingConfig2d;
     let padding = match conv.padding {
         PaddingConfig2d::Valid => [0, 0],
@@ -109,7 +132,7 @@ pub fn conv2d<B: ConvKernels>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
         }
         _ => return conv.forward(x),
     };
-    if conv.groups != 1 {
+    if conv.groups != 1 || choice == ConvChoice::Burn {
         return conv.forward(x);
     }
     let options = ConvOptions::new(conv.stride, padding, conv.dilation, 1);
@@ -117,6 +140,7 @@ pub fn conv2d<B: ConvKernels>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
         x.into_primitive().tensor(),
         conv.weight.val().into_primitive().tensor(),
         options,
+        choice,
     );
     let out = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out));
     match &conv.bias {
@@ -125,16 +149,40 @@ pub fn conv2d<B: ConvKernels>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
     }
 }
 
-/// [`conv2d`] behind type erasure, for a program-wide hook such as
-/// `models::precision::set_conv2d_override`: `None` unless `conv` is a
-/// `Conv2d<B>` and `x` a `Tensor<B, 4>`.
-pub fn conv2d_any<B: ConvKernels>(
-    conv: &dyn std::any::Any,
-    x: &dyn std::any::Any,
-) -> Option<Box<dyn std::any::Any>> {
-    let conv = conv.downcast_ref::<Conv2d<B>>()?;
-    let x = x.downcast_ref::<Tensor<B, 4>>()?;
-    Some(Box::new(conv2d(conv, x.clone())))
+/// [`conv2d`] on any backend: through [`ConvKernels`] on the backends this
+/// build has kernels for (the CPU's Flex, and CUDA and wgpu with their
+/// features), each with or without autodiff; Burn's own forward elsewhere.
+/// Models stay generic over the backend and call this.
+pub fn conv2d_on<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    choice: ConvChoice,
+) -> Tensor<B, 4> {
+    use burn::backend::Flex;
+    /// `conv2d::<K>` when `B` is `K`.
+    fn as_backend<B: Backend, K: ConvKernels>(
+        conv: &Conv2d<B>,
+        x: &Tensor<B, 4>,
+        choice: ConvChoice,
+    ) -> Option<Tensor<B, 4>> {
+        let any_conv: &dyn Any = conv;
+        let any_x: &dyn Any = x;
+        let conv = any_conv.downcast_ref::<Conv2d<K>>()?;
+        let x = any_x.downcast_ref::<Tensor<K, 4>>()?;
+        let out: Box<dyn Any> = Box::new(conv2d(conv, x.clone(), choice));
+        out.downcast::<Tensor<B, 4>>().ok().map(|out| *out)
+    }
+    let out = as_backend::<B, Autodiff<Flex>>(conv, &x, choice)
+        .or_else(|| as_backend::<B, Flex>(conv, &x, choice));
+    #[cfg(feature = "cuda")]
+    let out = out
+        .or_else(|| as_backend::<B, Autodiff<burn::backend::Cuda>>(conv, &x, choice))
+        .or_else(|| as_backend::<B, burn::backend::Cuda>(conv, &x, choice));
+    #[cfg(feature = "wgpu")]
+    let out = out
+        .or_else(|| as_backend::<B, Autodiff<burn::backend::Wgpu>>(conv, &x, choice))
+        .or_else(|| as_backend::<B, burn::backend::Wgpu>(conv, &x, choice));
+    out.unwrap_or_else(|| conv.forward(x))
 }
 
 /// The backward step of [`ConvKernels::conv2d_forward`] under autodiff.
@@ -142,7 +190,7 @@ pub fn conv2d_any<B: ConvKernels>(
 struct Conv2dBackward;
 
 impl<B: ConvKernels> Backward<B, 2> for Conv2dBackward {
-    type State = (NodeId, NodeId, ConvOptions<2>);
+    type State = (NodeId, NodeId, ConvOptions<2>, ConvChoice);
 
     fn backward(
         self,
@@ -152,16 +200,24 @@ impl<B: ConvKernels> Backward<B, 2> for Conv2dBackward {
     ) {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state, options) = ops.state;
+        let (x_state, weight_state, options, choice) = ops.state;
         let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
         if let Some(node) = node_x {
-            let input_grad =
-                B::conv2d_input_grad(x.clone(), weight.clone(), grad.clone(), options.clone());
+            let input_grad = B::conv2d_input_grad(
+                x.clone(),
+                weight.clone(),
+                grad.clone(),
+                options.clone(),
+                choice,
+            );
             grads.register::<B>(node.id, input_grad);
         }
         if let Some(node) = node_weight {
-            grads.register::<B>(node.id, B::conv2d_weight_grad(x, weight, grad, options));
+            grads.register::<B>(
+                node.id,
+                B::conv2d_weight_grad(x, weight, grad, options, choice),
+            );
         }
     }
 }
@@ -171,6 +227,7 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+        choice: ConvChoice,
     ) -> FloatTensor<Self> {
         match Conv2dBackward
             .prepare::<C>([x.node.clone(), weight.node.clone()])
@@ -180,12 +237,15 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                let out = B::conv2d_forward(x.primitive, weight.primitive, options.clone());
-                prep.finish((x_state, weight_state, options), out)
+                let out = B::conv2d_forward(x.primitive, weight.primitive, options.clone(), choice);
+                prep.finish((x_state, weight_state, options, choice), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::conv2d_forward(x.primitive, weight.primitive, options))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_forward(
+                x.primitive,
+                weight.primitive,
+                options,
+                choice,
+            )),
         }
     }
 }
@@ -272,13 +332,16 @@ pub(crate) mod tests {
 
     /// [`conv2d`]'s output and gradients on `B` equal Burn's CPU
     /// convolution's, for every layer of [`LAYERS`].
-    pub(crate) fn agrees_with_the_cpu<B: AutodiffBackend + ConvKernels>(device: &B::Device) {
+    pub(crate) fn agrees_with_the_cpu<B: AutodiffBackend + ConvKernels>(
+        device: &B::Device,
+        choice: ConvChoice,
+    ) {
         for layer in LAYERS {
             let (cpu_conv, conv, cpu_x) = layer_on::<B>(layer, device);
             let cpu_x = cpu_x.require_grad();
             let x = moved::<_, B, 4>(cpu_x.clone(), device).require_grad();
             let cpu_out = cpu_conv.forward(cpu_x.clone());
-            let out = conv2d(&conv, x.clone());
+            let out = conv2d(&conv, x.clone(), choice);
             assert_close(out.clone().inner(), cpu_out.clone().inner());
             let cpu_weights = Tensor::<Cpu, 4>::random(
                 cpu_out.dims(),
@@ -301,7 +364,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn choices_are_named_as_in_configs() {
+        for choice in [
+            ConvChoice::Direct,
+            ConvChoice::ImplicitGemm,
+            ConvChoice::Burn,
+        ] {
+            assert_eq!(choice.to_string().parse(), Ok(choice));
+        }
+        assert_eq!("implicit-gemm".parse(), Ok(ConvChoice::ImplicitGemm));
+        let error = "cudnn".parse::<ConvChoice>().unwrap_err();
+        assert!(
+            error.contains("use direct, implicit-gemm or burn"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_autodiff_step_agrees_with_burns_on_the_cpu() {
-        agrees_with_the_cpu::<Cpu>(&Default::default());
+        agrees_with_the_cpu::<Cpu>(&Default::default(), ConvChoice::Direct);
     }
 }

@@ -12,7 +12,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::precision::Precision;
+use crate::precision::Compute;
 
 /// ffcv's rule for which convolutions get blurred.
 pub fn wants_blurpool(in_channels: usize, stride: usize) -> bool {
@@ -50,8 +50,8 @@ impl<B: Backend> BlurPoolConv2d<B> {
     }
 
     /// Blurs each channel (stride 1, zero padding 1), then applies the conv
-    /// (in `precision`; the blur stays in f32).
-    pub fn forward(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
+    /// (as `compute` says; the blur stays in f32).
+    pub fn forward(&self, x: Tensor<B, 4>, compute: Compute) -> Tensor<B, 4> {
         let channels = x.dims()[1];
         let blurred = conv2d(
             x,
@@ -59,7 +59,7 @@ impl<B: Backend> BlurPoolConv2d<B> {
             None,
             ConvOptions::new([1, 1], [1, 1], [1, 1], channels),
         );
-        precision.conv2d(&self.conv, blurred)
+        compute.conv2d(&self.conv, blurred)
     }
 }
 
@@ -97,11 +97,11 @@ impl<B: Backend> MaybeBlurConv2d<B> {
     }
 
     /// Applies the (possibly blurred) convolution.
-    /// The slot's output, its convolution computed in `precision`.
-    pub fn forward(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
+    /// The slot's output, its convolution computed as `compute` says.
+    pub fn forward(&self, x: Tensor<B, 4>, compute: Compute) -> Tensor<B, 4> {
         match self {
-            Self::Plain(conv) => precision.conv2d(conv, x),
-            Self::Blurred(blurred) => blurred.forward(x, precision),
+            Self::Plain(conv) => compute.conv2d(conv, x),
+            Self::Blurred(blurred) => blurred.forward(x, compute),
         }
     }
 

@@ -10,7 +10,8 @@
 //!   ([`Topographic`], [`TopoCandidate`]), pattern selection and the
 //!   mapping of gradients back to Burn's parameter shapes.
 //! - [`norm`]: batch normalisation arranged for the CPU backend.
-//! - [`precision`]: bf16 convolutions and linear layers over f32 parameters.
+//! - [`precision`]: bf16 convolutions and linear layers over f32 parameters,
+//!   and the convolution kernels a network runs ([`Compute`]).
 //! - [`taps`]: capturing intermediate module outputs by name.
 //! - [`topography`]: TopoLoss on a model's selected layers, its gradient
 //!   added to training's gradients on the host or on the device.
@@ -44,7 +45,7 @@ pub use hooks::{
     select, LayerKind, LayerPattern, ModuleInfo, NativeGradient, TopoCandidate, Topographic,
 };
 pub use model::{Architecture, Model, ARCHITECTURE_NAMES};
-pub use precision::Precision;
+pub use precision::{Compute, ConvChoice, Precision};
 pub use resnet::{ResNet, ResNetConfig};
 pub use taps::{Activation, TappedOutput, Taps};
 pub use vit::{VisionTransformer, VitConfig};

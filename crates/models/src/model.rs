@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
-use crate::precision::Precision;
+use crate::precision::{ConvChoice, Precision};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::taps::{TappedOutput, Taps};
 use crate::vit::{VisionTransformer, VitConfig};
@@ -97,6 +97,21 @@ impl<B: Backend> Model<B> {
             }
             Self::Vit(mut m) => {
                 m.precision = precision;
+                Self::Vit(m)
+            }
+        }
+    }
+
+    /// The same network running its convolutions with the kernels of
+    /// `conv_kernels`.
+    pub fn with_conv_kernels(self, conv_kernels: ConvChoice) -> Self {
+        match self {
+            Self::ResNet(mut m) => {
+                m.conv_kernels = conv_kernels;
+                Self::ResNet(m)
+            }
+            Self::Vit(mut m) => {
+                m.conv_kernels = conv_kernels;
                 Self::Vit(m)
             }
         }

@@ -9,16 +9,15 @@
 //! behaviour for these ops. Each layer casts its input and weights to bf16,
 //! runs Burn's own forward on them, and casts its output back to f32.
 
-use std::any::Any;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
+pub use conv_kernels::ConvChoice;
 use serde::{Deserialize, Serialize};
 
 /// The dtype convolutions, linear layers and matrix products compute in.
@@ -55,12 +54,6 @@ impl Precision {
         }
     }
 
-    /// `conv.forward(x)`, computed in this precision (output in f32), by the
-    /// [`Conv2dOverride`] where one is set and handles this backend.
-    pub fn conv2d<B: Backend>(self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.run(conv, x, conv2d_forward)
-    }
-
     /// `linear_layer.forward(x)`, computed in this precision (output in f32).
     pub fn linear<B: Backend, const D: usize>(
         self,
@@ -83,29 +76,41 @@ impl Precision {
     }
 }
 
-/// Another implementation of `Conv2d::forward` for some backends (the CUDA
-/// build's implicit-GEMM kernels, crate conv-kernels), set once by the
-/// program: it gets `&Conv2d<B>` and `&Tensor<B, 4>` and returns the output
-/// tensor, or `None` for a backend it does not handle. Type-erased because
-/// Burn backends are type parameters and the models stay generic over them.
-pub type Conv2dOverride = fn(&dyn Any, &dyn Any) -> Option<Box<dyn Any>>;
-
-static CONV2D_OVERRIDE: OnceLock<Conv2dOverride> = OnceLock::new();
-
-/// Sets the [`Conv2dOverride`]; false if one was already set.
-pub fn set_conv2d_override(conv2d: Conv2dOverride) -> bool {
-    CONV2D_OVERRIDE.set(conv2d).is_ok()
+/// How a network's layers compute: the [`Precision`] of convolutions,
+/// linear layers and matrix products, and the convolution kernels
+/// ([`ConvChoice`], crate conv-kernels). Models carry it as a value, so a
+/// library call, a test and the program run the same kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compute {
+    pub precision: Precision,
+    pub conv_kernels: ConvChoice,
 }
 
-/// `conv.forward(x)`, or the override's output where it handles `B`.
-fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let overridden = CONV2D_OVERRIDE
-        .get()
-        .and_then(|conv2d| conv2d(conv, &x))
-        .and_then(|out| out.downcast::<Tensor<B, 4>>().ok());
-    match overridden {
-        Some(out) => *out,
-        None => conv.forward(x),
+impl Compute {
+    /// `conv.forward(x)` by the chosen kernels, in this precision (output in
+    /// f32).
+    pub fn conv2d<B: Backend>(self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let kernels = self.conv_kernels;
+        self.precision
+            .run(conv, x, |conv, x| conv_kernels::conv2d_on(conv, x, kernels))
+    }
+
+    /// `linear_layer.forward(x)` in this precision (output in f32).
+    pub fn linear<B: Backend, const D: usize>(
+        self,
+        linear_layer: &Linear<B>,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        self.precision.linear(linear_layer, x)
+    }
+
+    /// `a.matmul(b)` in this precision (output in f32).
+    pub fn matmul<B: Backend, const D: usize>(
+        self,
+        a: Tensor<B, D>,
+        b: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        self.precision.matmul(a, b)
     }
 }
 
@@ -215,7 +220,7 @@ mod tests {
         first_layer: impl Fn(&Model<Train>) -> Param<Tensor<Train, 4>>,
     ) {
         let device = Default::default();
-        let x = Tensor::<Train, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let x = test_support::seeded_normal::<Train, 4>([4, 3, 16, 16], 0.0, 1.0, 1, &device);
         let reference = model.forward(x.clone());
         let mixed_model = model.clone().with_precision(Precision::Bf16);
         let mixed = mixed_model.forward(x);
@@ -223,14 +228,13 @@ mod tests {
         let error = relative_error(&values(reference.clone()), &values(mixed.clone()));
         eprintln!("bf16 logits: relative error {error}");
         // bf16 keeps about 3 significant digits; through the network, 0.3-4%
-        // over 150 draws of each model (the draws are not seeded: tests share
-        // the backend's one generator).
+        // over 150 draws of each model (the weights come from the backend's
+        // one generator, whose draws depend on the order tests run in).
         assert!(error > 0.0 && error < 0.1, "relative error {error}");
 
         // A random projection of the logits: their plain sum has a
         // near-zero gradient through train-mode batch norm, all rounding.
-        let projection =
-            Tensor::<Train, 2>::random([4, 5], Distribution::Normal(0.0, 1.0), &device);
+        let projection = test_support::seeded_normal::<Train, 2>([4, 5], 0.0, 1.0, 2, &device);
         let loss = |logits: Tensor<Train, 2>| (logits * projection.clone()).sum();
         let grads_f32 = GradientsParams::from_grads(loss(reference).backward(), &model);
         let grads_bf16 = GradientsParams::from_grads(loss(mixed).backward(), &mixed_model);

@@ -21,7 +21,7 @@ use burn::tensor::Tensor;
 use crate::blurpool::MaybeBlurConv2d;
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::norm::batch_norm;
-use crate::precision::Precision;
+use crate::precision::{Compute, ConvChoice, Precision};
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -167,6 +167,7 @@ impl ResNetConfig {
             // 1/sqrt(fan_in)) for weight and bias, which is Burn's default too.
             fc: LinearConfig::new(in_channels, self.num_classes).init(device),
             precision: Precision::F32,
+            conv_kernels: ConvChoice::Direct,
         })
     }
 }
@@ -217,6 +218,9 @@ pub struct ResNet<B: Backend> {
     /// saved with the weights; f32 when built).
     #[module(skip)]
     pub precision: Precision,
+    /// The kernels of every convolution (a run setting, like `precision`).
+    #[module(skip)]
+    pub conv_kernels: ConvChoice,
 }
 
 /// A basic block (`conv1`, `conv2`) or a bottleneck (`conv1`..`conv3`).
@@ -296,24 +300,24 @@ impl<B: Backend> ResidualBlock<B> {
         &self,
         x: Tensor<B, 4>,
         name: &str,
-        precision: Precision,
+        compute: Compute,
         taps: &mut Taps<B>,
     ) -> Tensor<B, 4> {
         let identity = match &self.downsample {
             Some(downsample) => {
                 let prefix = join_name(name, "downsample");
-                let y = tap_conv(&downsample.conv, x.clone(), precision, &prefix, "0", taps);
+                let y = tap_conv(&downsample.conv, x.clone(), compute, &prefix, "0", taps);
                 let y = taps.offer_in(&prefix, "1", batch_norm(&downsample.bn, y));
                 taps.offer(&prefix, y)
             }
             None => x.clone(),
         };
-        let y = tap_conv(&self.conv1, x, precision, name, "conv1", taps);
+        let y = tap_conv(&self.conv1, x, compute, name, "conv1", taps);
         let y = relu(taps.offer_in(name, "bn1", batch_norm(&self.bn1, y)));
-        let y = tap_conv(&self.conv2, y, precision, name, "conv2", taps);
+        let y = tap_conv(&self.conv2, y, compute, name, "conv2", taps);
         let mut y = taps.offer_in(name, "bn2", batch_norm(&self.bn2, y));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            let z = tap_conv(conv3, relu(y), precision, name, "conv3", taps);
+            let z = tap_conv(conv3, relu(y), compute, name, "conv3", taps);
             y = taps.offer_in(name, "bn3", batch_norm(bn3, z));
         }
         taps.offer(name, relu(y + identity))
@@ -346,12 +350,12 @@ impl<B: Backend> ResidualBlock<B> {
 fn tap_conv<B: Backend>(
     conv: &MaybeBlurConv2d<B>,
     x: Tensor<B, 4>,
-    precision: Precision,
+    compute: Compute,
     prefix: &str,
     child: &str,
     taps: &mut Taps<B>,
 ) -> Tensor<B, 4> {
-    let y = taps.offer_in(prefix, child, conv.forward(x, precision));
+    let y = taps.offer_in(prefix, child, conv.forward(x, compute));
     match conv {
         MaybeBlurConv2d::Plain(_) => y,
         MaybeBlurConv2d::Blurred(_) => taps.offer_in(&join_name(prefix, child), "conv", y),
@@ -414,21 +418,24 @@ impl<B: Backend> ResNet<B> {
 
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
-        let precision = self.precision;
-        let x = taps.offer("conv1", precision.conv2d(&self.conv1, x));
+        let compute = Compute {
+            precision: self.precision,
+            conv_kernels: self.conv_kernels,
+        };
+        let x = taps.offer("conv1", compute.conv2d(&self.conv1, x));
         let mut x = relu(taps.offer("bn1", batch_norm(&self.bn1, x)));
         if let Some(maxpool) = &self.maxpool {
             x = taps.offer("maxpool", maxpool.forward(x));
         }
         for (stage, blocks) in self.stages() {
             for (i, block) in blocks.iter().enumerate() {
-                x = block.forward(x, &format!("{stage}.{i}"), precision, taps);
+                x = block.forward(x, &format!("{stage}.{i}"), compute, taps);
             }
             x = taps.offer(stage, x);
         }
         let pooled = taps.offer("avgpool", adaptive_avg_pool2d(x, [1, 1]));
         let [batch, channels, _, _] = pooled.dims();
-        let logits = precision.linear(&self.fc, pooled.reshape([batch, channels]));
+        let logits = compute.linear(&self.fc, pooled.reshape([batch, channels]));
         taps.offer("fc", logits)
     }
 

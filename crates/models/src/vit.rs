@@ -19,7 +19,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
-use crate::precision::Precision;
+use crate::precision::{Compute, ConvChoice, Precision};
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -203,6 +203,7 @@ impl VitConfig {
                     .init(device),
             },
             precision: Precision::F32,
+            conv_kernels: ConvChoice::Direct,
         })
     }
 }
@@ -239,6 +240,9 @@ pub struct VisionTransformer<B: Backend> {
     /// setting, not saved with the weights; f32 when built).
     #[module(skip)]
     pub precision: Precision,
+    /// The kernels of the patch projection `conv_proj` (a run setting).
+    #[module(skip)]
+    pub conv_kernels: ConvChoice,
 }
 
 /// torchvision's `Encoder`; its layer keys `layers.encoder_layer_N` are
@@ -287,7 +291,7 @@ pub struct Heads<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, compute: Compute) -> Tensor<B, 3> {
         let [batch, tokens, dim] = x.dims();
         let heads = self.num_heads;
         let head_dim = dim / heads;
@@ -298,18 +302,18 @@ impl<B: Backend> SelfAttention<B> {
         let project = |k: usize| {
             let w = weight.clone().narrow(0, k * dim, dim);
             let b = bias.clone().narrow(0, k * dim, dim);
-            (precision.matmul(rows.clone(), w.transpose()) + b.unsqueeze::<2>())
+            (compute.matmul(rows.clone(), w.transpose()) + b.unsqueeze::<2>())
                 .reshape([batch, tokens, heads, head_dim])
                 .swap_dims(1, 2)
         };
         let (q, k, v) = (project(0), project(1), project(2));
-        let scores = precision.matmul(q, k.transpose()) / (head_dim as f64).sqrt();
+        let scores = compute.matmul(q, k.transpose()) / (head_dim as f64).sqrt();
         // Softmax in f32, as under PyTorch's autocast.
-        let context = precision
+        let context = compute
             .matmul(softmax(scores, 3), v)
             .swap_dims(1, 2)
             .reshape([batch, tokens, dim]);
-        precision.linear(&self.out_proj, context)
+        compute.linear(&self.out_proj, context)
     }
 }
 
@@ -318,18 +322,18 @@ impl<B: Backend> EncoderBlock<B> {
         &self,
         x: Tensor<B, 3>,
         name: &str,
-        precision: Precision,
+        compute: Compute,
         taps: &mut Taps<B>,
     ) -> Tensor<B, 3> {
         let y = taps.offer_in(name, "ln_1", self.ln_1.forward(x.clone()));
         let attention = join_name(name, "self_attention");
-        let y = self.self_attention.forward(y, precision);
+        let y = self.self_attention.forward(y, compute);
         let y = taps.offer_in(&attention, "out_proj", y);
         let x = taps.offer(&attention, y) + x;
         let y = taps.offer_in(name, "ln_2", self.ln_2.forward(x.clone()));
         let mlp = join_name(name, "mlp");
-        let y = taps.offer_in(&mlp, "0", precision.linear(&self.mlp.linear_1, y));
-        let y = taps.offer_in(&mlp, "3", precision.linear(&self.mlp.linear_2, gelu(y)));
+        let y = taps.offer_in(&mlp, "0", compute.linear(&self.mlp.linear_1, y));
+        let y = taps.offer_in(&mlp, "3", compute.linear(&self.mlp.linear_2, gelu(y)));
         let y = taps.offer(&mlp, y);
         taps.offer(name, y + x)
     }
@@ -365,8 +369,11 @@ impl<B: Backend> VisionTransformer<B> {
 
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
-        let precision = self.precision;
-        let patches = taps.offer("conv_proj", precision.conv2d(&self.conv_proj, x));
+        let compute = Compute {
+            precision: self.precision,
+            conv_kernels: self.conv_kernels,
+        };
+        let patches = taps.offer("conv_proj", compute.conv2d(&self.conv_proj, x));
         let [batch, dim, grid_h, grid_w] = patches.dims();
         let tokens = patches
             .reshape([batch, dim, grid_h * grid_w])
@@ -374,13 +381,13 @@ impl<B: Backend> VisionTransformer<B> {
         let class_token = self.class_token.val().expand([batch, 1, dim]);
         let mut x = Tensor::cat(vec![class_token, tokens], 1) + self.encoder.pos_embedding.val();
         for (i, layer) in self.encoder.layers.iter().enumerate() {
-            x = layer.forward(x, &layer_name(i), precision, taps);
+            x = layer.forward(x, &layer_name(i), compute, taps);
         }
         let x = taps.offer("encoder.layers", x);
         let x = taps.offer("encoder.ln", self.encoder.ln.forward(x));
         let x = taps.offer("encoder", x);
         let class_output = x.narrow(1, 0, 1).reshape([batch, dim]);
-        let logits = precision.linear(&self.heads.head, class_output);
+        let logits = compute.linear(&self.heads.head, class_output);
         let logits = taps.offer("heads.head", logits);
         taps.offer("heads", logits)
     }

@@ -11,7 +11,7 @@ use clap::Args;
 use models::topography::{TopoEngine, Topography, TopographyConfig};
 use models::Architecture;
 
-use crate::device::{run_on, BackendJob, DeviceChoice};
+use crate::backend::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct BenchTopolossArgs {

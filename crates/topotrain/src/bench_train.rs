@@ -6,7 +6,7 @@ use clap::Args;
 use models::topography::{TopoEngine, TopographyConfig};
 use trainer::bench::{BenchSetup, BenchTopography, TrainBench};
 
-use crate::device::{run_on, BackendJob, DeviceChoice};
+use crate::backend::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -34,6 +34,10 @@ pub struct BenchTrainArgs {
     /// f32 weights (autocast-style mixed precision).
     #[arg(long, default_value = "f32")]
     pub precision: models::Precision,
+    /// Convolution kernels: direct, implicit-gemm (tensor cores on CUDA;
+    /// experimental) or burn (Burn's own, for comparison).
+    #[arg(long, default_value = "direct")]
+    pub conv_kernels: models::ConvChoice,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -129,7 +133,10 @@ impl BackendJob for TrainStep<'_> {
             res: a.res,
             warmup: a.warmup,
             steps: a.steps,
-            precision: a.precision,
+            compute: models::Compute {
+                precision: a.precision,
+                conv_kernels: a.conv_kernels,
+            },
             topography: self.topography,
         };
         trainer::bench::time_train_step::<B>(&setup, &device)

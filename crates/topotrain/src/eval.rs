@@ -10,7 +10,7 @@ use clap::Args;
 use trainer::data::DataSet;
 use trainer::eval::{EvalResult, EvalSettings, Tta};
 
-use crate::device::{run_on, BackendJob, DeviceChoice};
+use crate::backend::{run_on, BackendJob, DeviceChoice};
 use crate::validation::{open_validation, run_config_with, InputArgs};
 
 #[derive(Args)]

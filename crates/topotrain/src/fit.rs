@@ -9,7 +9,7 @@ use trainer::config::TaskKind;
 use trainer::overrides::{self, Override};
 use trainer::{FitOptions, RunConfig, Summary};
 
-use crate::device::{run_on, BackendJob, DeviceChoice};
+use crate::backend::{run_on, BackendJob, DeviceChoice};
 
 #[derive(Args)]
 pub struct FitArgs {

@@ -10,7 +10,7 @@ use models::topography::{TopoLayer, Topography, TopographyConfig};
 use models::Architecture;
 use serde::Serialize;
 
-use crate::device::CpuBackend;
+use crate::backend::CpuBackend;
 use crate::validation::run_config;
 
 #[derive(Args)]

@@ -15,7 +15,7 @@ use trainer::language::{
 };
 use trainer::FitOptions;
 
-use crate::device::{run_on, BackendJob, DeviceChoice};
+use crate::backend::{run_on, BackendJob, DeviceChoice};
 
 use crate::analyze::data::{unit_responses, Samples};
 use crate::analyze::dimensionality::{Accumulator, DatasetDimensionality, DimensionalityArgs};

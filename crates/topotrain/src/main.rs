@@ -7,10 +7,10 @@ use clap::{Parser, Subcommand};
 
 mod activations;
 mod analyze;
+mod backend;
 mod bench;
 mod bench_topoloss;
 mod bench_train;
-mod device;
 mod eval;
 mod export;
 mod fit;
@@ -97,22 +97,21 @@ fn main() {
     die_quietly_on_a_closed_stdout();
     keep_freed_memory();
     let cli = Cli::parse();
-    let routed = match cli.command {
-        Command::Prep(_) => Ok(()),
-        _ => device::route_convolutions(),
-    };
-    let result = routed.and_then(|()| match cli.command {
-        Command::Prep(cmd) => prep::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
-        Command::Fit(args) => fit::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Sweep(args) => sweep::run(args),
-        Command::Inspect(args) => inspect::run(args),
-        Command::Export(args) => export::run(args),
-        Command::Activations(args) => activations::run(args),
-        Command::Finetune(args) => language::run_finetune(args),
-        Command::Analyze(cmd) => analyze::run(cmd),
-        Command::Plot(args) => plot::run(args),
+    let old_variable = std::env::var("TOPOTRAIN_CONV_KERNELS").ok();
+    let result = backend::refuse_old_kernel_variable(old_variable.as_deref()).and_then(|()| {
+        match cli.command {
+            Command::Prep(cmd) => prep::run(cmd),
+            Command::Bench(cmd) => bench::run(cmd),
+            Command::Fit(args) => fit::run(args),
+            Command::Eval(args) => eval::run(args),
+            Command::Sweep(args) => sweep::run(args),
+            Command::Inspect(args) => inspect::run(args),
+            Command::Export(args) => export::run(args),
+            Command::Activations(args) => activations::run(args),
+            Command::Finetune(args) => language::run_finetune(args),
+            Command::Analyze(cmd) => analyze::run(cmd),
+            Command::Plot(args) => plot::run(args),
+        }
     });
     if let Err(error) = result {
         if let Some(stopped) = error.downcast_ref::<trainer::engine::Interrupted>() {

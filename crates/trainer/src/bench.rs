@@ -10,7 +10,7 @@ use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use models::topography::{TopoEngine, Topography, TopographyConfig};
-use models::{Architecture, Model, Precision};
+use models::{Architecture, Compute, ConvChoice, Model, Precision};
 use serde::Serialize;
 
 use crate::sgd::InPlaceSgd;
@@ -25,6 +25,8 @@ pub struct TrainBench {
     pub steps: usize,
     /// What convolutions and linear layers computed in.
     pub precision: Precision,
+    /// The convolution kernels that ran.
+    pub conv_kernels: ConvChoice,
     /// Layers with TopoLoss (0 without topography).
     pub topo_layers: usize,
     /// Wall time of the very first step, kernel compilation and autotuning included.
@@ -53,7 +55,7 @@ pub struct BenchSetup<'a> {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
-    pub precision: Precision,
+    pub compute: Compute,
     pub topography: Option<&'a BenchTopography>,
 }
 
@@ -107,11 +109,14 @@ pub fn time_train_step<B: AutodiffBackend>(
         res,
         warmup,
         steps,
-        precision,
+        compute,
         topography,
     } = *setup;
     B::seed(device, 0);
-    let mut model: Model<B> = architecture.init(device)?.with_precision(precision);
+    let mut model: Model<B> = architecture
+        .init(device)?
+        .with_precision(compute.precision)
+        .with_conv_kernels(compute.conv_kernels);
     let topo = match topography {
         Some(t) => Some(Topography::new(&model, &t.config)?),
         None => None,
@@ -178,7 +183,8 @@ pub fn time_train_step<B: AutodiffBackend>(
         res,
         threads: rayon::current_num_threads(),
         steps,
-        precision,
+        precision: compute.precision,
+        conv_kernels: compute.conv_kernels,
         topo_layers: topo.as_ref().map_or(0, |t| t.layers.len()),
         first_step_s,
         sec_per_step: best,

@@ -16,7 +16,7 @@ use models::{Architecture, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TrainingSection};
 use crate::data::{self, to_tensors, Batch, DataSet, NodeShard, Split};
 use crate::engine::{self, Evaluation, FitOptions, Recipe, RunSettings, StepBatches};
 use crate::eval::{evaluate, rank_of_label, EvalSettings, Tta};
@@ -185,8 +185,22 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
 
     fn restore(&self, model: Model<B>, record: &Path, device: &B::Device) -> Result<Model<B>> {
         let model = engine::load_model_record(model, record, device)?;
-        Ok(model.with_precision(self.config.training.precision))
+        Ok(with_compute(model, &self.config.training))
     }
+}
+
+/// `model` computing as `training` says: its precision and convolution
+/// kernels (a run setting, not part of the checkpoint).
+fn with_compute<B: Backend>(model: Model<B>, training: &TrainingSection) -> Model<B> {
+    if training.conv_kernels != models::ConvChoice::Direct {
+        eprintln!(
+            "Conv2d layers use the {} kernels (training.conv_kernels)",
+            training.conv_kernels
+        );
+    }
+    model
+        .with_precision(training.precision)
+        .with_conv_kernels(training.conv_kernels)
 }
 
 /// Config keys a resume may change: they do not change what is trained.
@@ -201,6 +215,7 @@ const RESUMABLE_KEYS: &[&str] = &[
     "training.threads",
     "training.device",
     "training.devices",
+    "training.conv_kernels",
     "output.",
 ];
 
@@ -244,7 +259,7 @@ pub fn fit<B: AutodiffBackend>(
     if let (None, Some(path)) = (&run_dir.resume_from, &config.model.init_weights) {
         load_initial_weights(&mut model, &architecture, path)?;
     }
-    let model = model.with_precision(config.training.precision);
+    let model = with_compute(model, &config.training);
     let frozen = match &config.model.train_only {
         Some(patterns) => Some(crate::freeze::frozen_parameters(&model, patterns)?),
         None => None,

@@ -352,6 +352,12 @@ pub struct TrainingSection {
     /// computed in bf16 over f32 weights, gradients and optimiser state.
     #[serde(default)]
     pub precision: models::Precision,
+    /// Convolution kernels: "direct" (conv-kernels' own: the CPU's f32
+    /// kernels, Burn's direct ones on CUDA and wgpu with a correct strided
+    /// input gradient), "implicit-gemm" (tensor cores on CUDA; experimental)
+    /// or "burn" (Burn's own everywhere, for comparison).
+    #[serde(default)]
+    pub conv_kernels: models::ConvChoice,
     /// Evaluation batch size (default: the training batch size).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,

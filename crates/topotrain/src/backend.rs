@@ -46,10 +46,7 @@ pub fn run_on<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output> 
              or use --device cpu"
         ),
         #[cfg(feature = "wgpu")]
-        DeviceChoice::Wgpu => {
-            note_gpu_conv_kernels();
-            job.run::<WgpuBackend>(Default::default(), choice)
-        }
+        DeviceChoice::Wgpu => job.run::<WgpuBackend>(Default::default(), choice),
         #[cfg(not(feature = "wgpu"))]
         DeviceChoice::Wgpu => anyhow::bail!(
             "this topotrain was built without wgpu support; rebuild it with \
@@ -58,70 +55,17 @@ pub fn run_on<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output> 
     }
 }
 
-/// `TOPOTRAIN_CONV_KERNELS` (its value, if set) as the kernels of the
-/// CubeCL backends: `None` for Burn's own convolutions everywhere.
-fn conv_kernels_choice(value: Option<&str>) -> Result<Option<conv_kernels::ConvChoice>> {
-    use conv_kernels::ConvChoice;
+/// Refuses `TOPOTRAIN_CONV_KERNELS`, which chose the convolution kernels
+/// before the choice became a setting: a run that silently ignored it would
+/// use other kernels than its user asked for.
+pub fn refuse_old_kernel_variable(value: Option<&str>) -> Result<()> {
     match value {
-        None | Some("direct") => Ok(Some(ConvChoice::Direct)),
-        Some("implicit-gemm") => Ok(Some(ConvChoice::ImplicitGemm)),
-        Some("burn") => Ok(None),
-        Some(other) => anyhow::bail!(
-            "TOPOTRAIN_CONV_KERNELS={other:?} is not a kernel choice: use direct (the default), \
-             implicit-gemm or burn"
+        None => Ok(()),
+        Some(choice) => anyhow::bail!(
+            "TOPOTRAIN_CONV_KERNELS={choice:?} is no longer read: unset it and set \
+             `training.conv_kernels = \"{choice}\"` in the config (or `--set \
+             training.conv_kernels={choice}`), or pass `bench train --conv-kernels {choice}`"
         ),
-    }
-}
-
-/// Routes every Conv2d layer of the program through crate conv-kernels,
-/// unless `TOPOTRAIN_CONV_KERNELS=burn`: on the CPU its f32 kernels (im2col
-/// and one matrix product over many samples, contiguous gradients); on the
-/// CubeCL backends (CUDA, wgpu) the kernels `TOPOTRAIN_CONV_KERNELS` names:
-/// `direct` (the default; Burn's direct kernels with a correct strided input
-/// gradient) or `implicit-gemm` (tensor cores; experimental, not yet run on
-/// a GPU). `burn` leaves every convolution to Burn, whose CubeCL input
-/// gradient through a 1x1 stride-2 conv is zero; for comparison only.
-pub fn route_convolutions() -> Result<()> {
-    use std::any::Any;
-    fn through_conv_kernels(conv: &dyn Any, x: &dyn Any) -> Option<Box<dyn Any>> {
-        if let Some(out) = conv_kernels::conv2d_any::<CpuBackend>(conv, x)
-            .or_else(|| conv_kernels::conv2d_any::<trainer::Cpu>(conv, x))
-        {
-            return Some(out);
-        }
-        #[cfg(feature = "cuda-untuned")]
-        if let Some(out) = conv_kernels::conv2d_any::<CudaBackend>(conv, x)
-            .or_else(|| conv_kernels::conv2d_any::<burn::backend::Cuda>(conv, x))
-        {
-            return Some(out);
-        }
-        #[cfg(feature = "wgpu")]
-        if let Some(out) = conv_kernels::conv2d_any::<WgpuBackend>(conv, x)
-            .or_else(|| conv_kernels::conv2d_any::<burn::backend::Wgpu>(conv, x))
-        {
-            return Some(out);
-        }
-        None
-    }
-    let value = std::env::var("TOPOTRAIN_CONV_KERNELS").ok();
-    match conv_kernels_choice(value.as_deref())? {
-        Some(choice) => {
-            conv_kernels::choose(choice);
-            models::precision::set_conv2d_override(through_conv_kernels);
-        }
-        None => eprintln!(
-            "Conv2d layers use Burn's own kernels (TOPOTRAIN_CONV_KERNELS=burn); on CUDA and \
-             wgpu their input gradient through 1x1 stride-2 convs is zero"
-        ),
-    }
-    Ok(())
-}
-
-/// Says so when a GPU run uses the experimental implicit-GEMM kernels.
-#[cfg(any(feature = "cuda-untuned", feature = "wgpu"))]
-fn note_gpu_conv_kernels() {
-    if conv_kernels::conv_choice() == conv_kernels::ConvChoice::ImplicitGemm {
-        eprintln!("Conv2d layers use the implicit-GEMM kernels (TOPOTRAIN_CONV_KERNELS)");
     }
 }
 
@@ -197,7 +141,6 @@ mod cuda_setup {
         for (what, names, hint) in CUDA_LIBRARIES {
             find_library(what, names, hint)?;
         }
-        super::note_gpu_conv_kernels();
         static KERNEL_CACHE: std::sync::Once = std::sync::Once::new();
         KERNEL_CACHE.call_once(|| {
             use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
@@ -299,19 +242,14 @@ mod cuda_setup {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn conv_kernels_are_chosen_by_name() {
-        use conv_kernels::ConvChoice;
-        let choice = super::conv_kernels_choice;
-        assert_eq!(choice(None).unwrap(), Some(ConvChoice::Direct));
-        assert_eq!(choice(Some("direct")).unwrap(), Some(ConvChoice::Direct));
-        assert_eq!(
-            choice(Some("implicit-gemm")).unwrap(),
-            Some(ConvChoice::ImplicitGemm)
-        );
-        assert_eq!(choice(Some("burn")).unwrap(), None);
-        let error = choice(Some("cudnn")).unwrap_err().to_string();
+    fn the_old_kernel_variable_is_refused_with_the_setting_to_use() {
+        assert!(super::refuse_old_kernel_variable(None).is_ok());
+        let error = super::refuse_old_kernel_variable(Some("implicit-gemm"))
+            .unwrap_err()
+            .to_string();
         assert!(
-            error.contains("\"cudnn\" is not a kernel choice"),
+            error.contains("training.conv_kernels = \"implicit-gemm\"")
+                && error.contains("--conv-kernels implicit-gemm"),
             "{error}"
         );
     }
