@@ -11,10 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# One config for the recipe; TAU overrides its tau, and names the run.
 tau=${TAU:-5}
-config=configs/fashion_mnist_tau${tau}.toml
-[ -f "$config" ] || { echo "error: no $config (the demo has tau 0 and 5)" >&2; exit 1; }
+config=configs/fashion_mnist_tau5.toml
 run=runs/fashion_mnist_tau${tau}
+recipe=(--config "$config" --set "topography.tau=$tau" --out "$run")
 
 scripts/setup.sh
 cargo build --release -p topotrain
@@ -27,9 +28,9 @@ fi
 if [ -f "$run/summary.json" ]; then
     echo "$run already trained; remove it to train again"
 elif [ -f "$run/checkpoints/latest" ]; then
-    "$bin" fit --config "$config" --resume >/dev/null
+    "$bin" fit "${recipe[@]}" --resume >/dev/null
 else
-    "$bin" fit --config "$config" >/dev/null
+    "$bin" fit "${recipe[@]}" >/dev/null
 fi
 "$bin" eval --checkpoint "$run" --data data/fashion-mnist --json "$run/eval.json" >/dev/null
 picture=$(ls "$run"/sheet_*.png 2>/dev/null | head -n 1)
