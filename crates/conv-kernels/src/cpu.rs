@@ -329,21 +329,38 @@ impl Geometry {
         let (x, grad) = (f32_values(&x), f32_values(&grad));
         let (positions, patch) = (self.positions(), self.patch());
         let sample_in = self.channels * self.input[0] * self.input[1];
+        // gemm copies (packs) the left operand of its row-major product
+        // unless it is column-major. Multiplying as weight grad^T = cols x
+        // output grad^T makes that operand the output gradient instead of
+        // the patches, at the price of transposing the result: worth it
+        // where the patches outweigh both (many positions, long patches).
+        let (batch_positions, out_channels) = (self.batch * positions, self.out_channels);
+        let transposed = patch * batch_positions > out_channels * (batch_positions + 2 * patch);
         let mut weight_grad = vec![0.0; self.out_channels * patch];
         for (index, chunk) in self.chunks(budget).enumerate() {
             let samples = chunk.len();
             let cols = self.im2col(&x[chunk.start * sample_in..chunk.end * sample_in], samples);
             let rows = self.gather_output_grad(grad, &chunk);
-            // weight grad (+)= output grad x cols^T.
+            let rows = MatRef::row_major(&rows, self.out_channels, samples * positions);
+            let cols = MatRef::row_major(&cols, patch, samples * positions);
             let accumulate = if index > 0 { 1.0 } else { 0.0 };
-            gemm(
-                1.0,
-                MatRef::row_major(&rows, self.out_channels, samples * positions),
-                MatRef::row_major(&cols, patch, samples * positions).t(),
-                accumulate,
-                &mut weight_grad,
-                patch,
-            );
+            if transposed {
+                // weight grad^T (+)= cols x output grad^T.
+                gemm(
+                    1.0,
+                    cols,
+                    rows.t(),
+                    accumulate,
+                    &mut weight_grad,
+                    out_channels,
+                );
+            } else {
+                // weight grad (+)= output grad x cols^T.
+                gemm(1.0, rows, cols.t(), accumulate, &mut weight_grad, patch);
+            }
+        }
+        if transposed {
+            weight_grad = transpose(&weight_grad, patch, out_channels);
         }
         tensor(
             weight_grad,
@@ -355,6 +372,17 @@ impl Geometry {
             ],
         )
     }
+}
+
+/// The `cols x rows` transpose of a row-major `rows x cols` matrix.
+fn transpose(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; matrix.len()];
+    for (row, values) in matrix.chunks_exact(cols).enumerate() {
+        for (col, &value) in values.iter().enumerate() {
+            out[col * rows + row] = value;
+        }
+    }
+    out
 }
 
 /// Where one kernel tap reads: output rows `rows.0..rows.1` read input rows
@@ -457,7 +485,8 @@ mod tests {
 
     /// The three kernels equal Burn's own on the CPU for rectangular
     /// kernels, unequal strides, padding and dilation, a kernel smaller than
-    /// its stride, and batches split into chunks of one and two samples.
+    /// its stride, patches longer and shorter than the output channels, and
+    /// batches split into chunks of one and two samples.
     #[test]
     fn the_kernels_agree_with_burns_own() {
         // (batch, in, out, kernel, stride, padding, dilation, input side)
@@ -466,6 +495,9 @@ mod tests {
             (2, 3, 4, [3, 3], [2, 1], [2, 1], [2, 1], [10, 7]),
             (3, 2, 3, [2, 2], [3, 3], [0, 0], [1, 1], [8, 9]),
             (2, 6, 4, [1, 1], [2, 2], [0, 0], [1, 1], [7, 8]),
+            // More output channels than a patch holds: the weight gradient
+            // multiplies in the other orientation than the cases above.
+            (2, 2, 5, [1, 1], [2, 2], [0, 0], [1, 1], [7, 8]),
             (1, 3, 2, [7, 7], [2, 2], [3, 3], [1, 1], [11, 12]),
             // Inputs smaller than the kernel's reach: most taps read only
             // padding (a ResNet stem on 1 and 2 px images).
