@@ -18,18 +18,12 @@ struct Stats {
 
 fn stats<const D: usize>(param: &Param<Tensor<CpuBackend, D>>) -> Stats {
     let values = param.val().into_data().to_vec::<f32>().unwrap();
-    let n = values.len() as f64;
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = values
-        .iter()
-        .map(|&v| (v as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
+    let (mean, std) = test_support::mean_and_std(&values);
     let max_abs = values.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
     Stats {
-        n,
+        n: values.len() as f64,
         mean,
-        std: var.sqrt(),
+        std,
         max_abs,
     }
 }
