@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
-use crate::precision::{ConvChoice, Precision};
+use crate::precision::{Compute, ConvChoice, Precision};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::taps::{TappedOutput, Taps};
 use crate::vit::{VisionTransformer, VitConfig};
@@ -87,34 +87,46 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// The same network computing its convolutions, linear layers and
-    /// matrix products in `precision` (parameters stay f32).
-    pub fn with_precision(self, precision: Precision) -> Self {
+    /// The same network computing as `compute` says.
+    pub fn with_compute(self, compute: Compute) -> Self {
         match self {
             Self::ResNet(mut m) => {
-                m.precision = precision;
+                m.compute = compute;
                 Self::ResNet(m)
             }
             Self::Vit(mut m) => {
-                m.precision = precision;
+                m.compute = compute;
                 Self::Vit(m)
             }
         }
     }
 
+    /// How the network computes.
+    pub fn compute(&self) -> Compute {
+        match self {
+            Self::ResNet(m) => m.compute,
+            Self::Vit(m) => m.compute,
+        }
+    }
+
+    /// The same network computing its convolutions, linear layers and
+    /// matrix products in `precision` (parameters stay f32).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        let compute = self.compute();
+        self.with_compute(Compute {
+            precision,
+            ..compute
+        })
+    }
+
     /// The same network running its convolutions with the kernels of
     /// `conv_kernels`.
     pub fn with_conv_kernels(self, conv_kernels: ConvChoice) -> Self {
-        match self {
-            Self::ResNet(mut m) => {
-                m.conv_kernels = conv_kernels;
-                Self::ResNet(m)
-            }
-            Self::Vit(mut m) => {
-                m.conv_kernels = conv_kernels;
-                Self::Vit(m)
-            }
-        }
+        let compute = self.compute();
+        self.with_compute(Compute {
+            conv_kernels,
+            ..compute
+        })
     }
 
     /// Logits `[batch, num_classes]`. Panics (inside Burn) on an input the

@@ -254,8 +254,8 @@ mod tests {
         let mut optimizer = SgdConfig::new().init::<Train, Model<Train>>();
         let stepped = optimizer.step(0.1, mixed_model, grads_bf16);
         let (precision, first_dtype) = match &stepped {
-            Model::ResNet(m) => (m.precision, m.conv1.weight.val().dtype()),
-            Model::Vit(m) => (m.precision, m.conv_proj.weight.val().dtype()),
+            Model::ResNet(m) => (m.compute.precision, m.conv1.weight.val().dtype()),
+            Model::Vit(m) => (m.compute.precision, m.conv_proj.weight.val().dtype()),
         };
         assert_eq!(precision, Precision::Bf16);
         assert_eq!(first_dtype, DType::F32);

@@ -21,7 +21,7 @@ use burn::tensor::Tensor;
 use crate::blurpool::MaybeBlurConv2d;
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::norm::batch_norm;
-use crate::precision::{Compute, ConvChoice, Precision};
+use crate::precision::Compute;
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -166,8 +166,7 @@ impl ResNetConfig {
             // torchvision leaves `fc` at nn.Linear's default, U(-1/sqrt(fan_in),
             // 1/sqrt(fan_in)) for weight and bias, which is Burn's default too.
             fc: LinearConfig::new(in_channels, self.num_classes).init(device),
-            precision: Precision::F32,
-            conv_kernels: ConvChoice::Direct,
+            compute: Compute::default(),
         })
     }
 }
@@ -214,13 +213,10 @@ pub struct ResNet<B: Backend> {
     pub layer3: Vec<ResidualBlock<B>>,
     pub layer4: Vec<ResidualBlock<B>>,
     pub fc: Linear<B>,
-    /// What convolutions and the classifier compute in (a run setting, not
-    /// saved with the weights; f32 when built).
+    /// How convolutions and the classifier compute: precision and kernels
+    /// (a run setting, not saved with the weights; f32, direct when built).
     #[module(skip)]
-    pub precision: Precision,
-    /// The kernels of every convolution (a run setting, like `precision`).
-    #[module(skip)]
-    pub conv_kernels: ConvChoice,
+    pub compute: Compute,
 }
 
 /// A basic block (`conv1`, `conv2`) or a bottleneck (`conv1`..`conv3`).
@@ -418,10 +414,7 @@ impl<B: Backend> ResNet<B> {
 
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
-        let compute = Compute {
-            precision: self.precision,
-            conv_kernels: self.conv_kernels,
-        };
+        let compute = self.compute;
         let x = taps.offer("conv1", compute.conv2d(&self.conv1, x));
         let mut x = relu(taps.offer("bn1", batch_norm(&self.bn1, x)));
         if let Some(maxpool) = &self.maxpool {

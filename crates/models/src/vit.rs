@@ -19,7 +19,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 
 use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
-use crate::precision::{Compute, ConvChoice, Precision};
+use crate::precision::Compute;
 use crate::taps::{join_name, Taps};
 use crate::ModelError;
 
@@ -202,8 +202,7 @@ impl VitConfig {
                     .with_initializer(Initializer::Zeros)
                     .init(device),
             },
-            precision: Precision::F32,
-            conv_kernels: ConvChoice::Direct,
+            compute: Compute::default(),
         })
     }
 }
@@ -236,13 +235,11 @@ pub struct VisionTransformer<B: Backend> {
     pub class_token: Param<Tensor<B, 3>>,
     pub encoder: Encoder<B>,
     pub heads: Heads<B>,
-    /// What the projections, attention products and MLPs compute in (a run
-    /// setting, not saved with the weights; f32 when built).
+    /// How the patch projection, attention products and MLPs compute:
+    /// precision and convolution kernels (a run setting, not saved with the
+    /// weights; f32, direct when built).
     #[module(skip)]
-    pub precision: Precision,
-    /// The kernels of the patch projection `conv_proj` (a run setting).
-    #[module(skip)]
-    pub conv_kernels: ConvChoice,
+    pub compute: Compute,
 }
 
 /// torchvision's `Encoder`; its layer keys `layers.encoder_layer_N` are
@@ -369,10 +366,7 @@ impl<B: Backend> VisionTransformer<B> {
 
     /// Forward pass offering every module output to `taps`.
     pub fn forward_tapped(&self, x: Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 2> {
-        let compute = Compute {
-            precision: self.precision,
-            conv_kernels: self.conv_kernels,
-        };
+        let compute = self.compute;
         let patches = taps.offer("conv_proj", compute.conv2d(&self.conv_proj, x));
         let [batch, dim, grid_h, grid_w] = patches.dims();
         let tokens = patches

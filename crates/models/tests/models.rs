@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::optim::GradientsParams;
@@ -191,16 +190,6 @@ fn architecture_is_inferred_from_keys_without_metadata() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Every tensor of a safetensors file: name to (shape, bytes).
-fn tensors_of(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
-        .collect()
-}
-
 /// Loads a checkpoint of `pretrained` into a fresh `target` (other classes)
 /// and checks that every tensor but the head's comes from the checkpoint
 /// and the head's are the fresh ones, of the target's shape.
@@ -225,9 +214,9 @@ fn check_new_head(pretrained: Architecture, target: Architecture, head: &str, ta
     let loaded = dir.join("loaded.safetensors");
     save_checkpoint(&model, &loaded).unwrap();
     let (pretrained, fresh, loaded) = (
-        tensors_of(&checkpoint),
-        tensors_of(&fresh),
-        tensors_of(&loaded),
+        test_support::read_tensors(&checkpoint),
+        test_support::read_tensors(&fresh),
+        test_support::read_tensors(&loaded),
     );
     assert!(loaded.keys().eq(pretrained.keys()));
     for (name, value) in &loaded {

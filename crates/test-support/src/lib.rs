@@ -4,6 +4,7 @@
 //! their seed alone: Burn's generator is one per process, so draws from it
 //! change with the order in which a binary's tests run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
@@ -84,6 +85,16 @@ pub fn seeded_normal<B: Backend, const D: usize>(
         })
         .collect();
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// A safetensors file's tensors: name to (shape, raw bytes).
+pub fn read_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
+        .collect()
 }
 
 /// The mean and (population) standard deviation of `values`, in f64.

@@ -113,10 +113,7 @@ pub fn time_train_step<B: AutodiffBackend>(
         topography,
     } = *setup;
     B::seed(device, 0);
-    let mut model: Model<B> = architecture
-        .init(device)?
-        .with_precision(compute.precision)
-        .with_conv_kernels(compute.conv_kernels);
+    let mut model: Model<B> = architecture.init(device)?.with_compute(compute);
     let topo = match topography {
         Some(t) => Some(Topography::new(&model, &t.config)?),
         None => None,

@@ -198,9 +198,10 @@ fn with_compute<B: Backend>(model: Model<B>, training: &TrainingSection) -> Mode
             training.conv_kernels
         );
     }
-    model
-        .with_precision(training.precision)
-        .with_conv_kernels(training.conv_kernels)
+    model.with_compute(models::Compute {
+        precision: training.precision,
+        conv_kernels: training.conv_kernels,
+    })
 }
 
 /// Config keys a resume may change: they do not change what is trained.

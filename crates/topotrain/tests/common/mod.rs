@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use test_support::{golden, require_fashion_mnist, shared, FASHION_MNIST};
+pub use test_support::{golden, read_tensors, require_fashion_mnist, shared, FASHION_MNIST};
 
 /// Runs the topotrain binary; the caller checks the outcome.
 pub fn topotrain(args: &[&str]) -> Output {
@@ -92,16 +92,6 @@ dir = "{}"
 pub fn with_init_weights(text: &str, weights: &Path) -> String {
     let line = format!("init_weights = {:?}", weights.display().to_string());
     text.replace("[model]\n", &format!("[model]\n{line}\n"))
-}
-
-/// A safetensors file's tensors: name to (shape, raw bytes).
-pub fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
-        .collect()
 }
 
 /// `topotrain export --checkpoint CHECKPOINT --out OUT`, which must succeed.

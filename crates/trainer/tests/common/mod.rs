@@ -46,10 +46,8 @@ dir = "{}"
 
 /// Every tensor of a safetensors file, as raw bytes by name.
 pub fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
+    test_support::read_tensors(path)
         .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
+        .map(|(name, (_, bytes))| (name, bytes))
         .collect()
 }
