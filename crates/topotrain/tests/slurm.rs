@@ -166,8 +166,23 @@ fn make_executable(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// `command`'s output. A stub written by one test can be briefly held open
+/// by a process another test is forking, so executing it fails with
+/// ETXTBSY ("Text file busy") until that child execs; that is retried.
+fn output_of(command: &mut Command) -> Output {
+    for _ in 0..100 {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            result => return result.unwrap(),
+        }
+    }
+    panic!("{command:?}: still \"Text file busy\" after 1 s")
+}
+
 fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap();
+    let output = output_of(command);
     assert!(
         output.status.success(),
         "script failed ({}): {}\n{}",
@@ -303,7 +318,7 @@ fn a_failed_fit_fails_the_job_without_requeueing() {
     let mut job = cluster.job("fit_multi_gpu.sh", &["run.toml"], "77");
     job.env("SLURM_GPUS_ON_NODE", "8")
         .env("FAKE_TOPOTRAIN_EXIT", "1");
-    let output = job.output().unwrap();
+    let output = output_of(&mut job);
     assert_eq!(output.status.code(), Some(1));
     assert!(!cluster.calls("scontrol").iter().any(|c| has(c, "requeue")));
     // TERM (scancel) is passed on but does not requeue.
@@ -427,7 +442,7 @@ fn usr1_requeues_a_sweep_task_and_a_mismatched_array_is_refused() {
     job.env("TAUS", "0,5,10")
         .env("SLURM_ARRAY_TASK_ID", "1")
         .env("SLURM_ARRAY_TASK_COUNT", "7");
-    let output = job.output().unwrap();
+    let output = output_of(&mut job);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--array=0-2"), "{stderr}");
