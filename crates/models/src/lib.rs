@@ -29,6 +29,8 @@ pub mod norm;
 pub mod precision;
 pub mod resnet;
 pub mod taps;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topography;
 pub mod vit;
 

@@ -11,7 +11,7 @@ use trainer::data::DataSet;
 use trainer::eval::{EvalResult, EvalSettings, Tta};
 
 use crate::backend::{run_on, BackendJob, DeviceChoice};
-use crate::validation::{open_validation, run_config_with, InputArgs};
+use network_analysis::input::{open_validation, run_config_with, InputArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {

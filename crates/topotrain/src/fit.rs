@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use trainer::config::TaskKind;
+use trainer::language::{LanguageConfig, LanguageSummary};
 use trainer::overrides::{self, Override};
 use trainer::{FitOptions, RunConfig, Summary};
 
@@ -163,11 +164,15 @@ pub fn run(args: FitArgs) -> Result<()> {
     };
     let (task, text) = args.overrides.read(&args.config)?;
     if task == TaskKind::Language {
-        return crate::language::run_fit(&args, &text, options);
+        return run_language(&args, &text, options);
     }
     let config = load_config(&args, &text)?;
-    let summary = fit_on_device(&config, options)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    print_summary(&fit_on_device(&config, options)?)
+}
+
+/// Prints a run's summary as JSON.
+pub fn print_summary(summary: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(summary)?);
     Ok(())
 }
 
@@ -189,25 +194,90 @@ fn cluster_config(args: &FitArgs) -> Result<Option<trainer::cluster::ClusterConf
     Ok(Some(config))
 }
 
+/// A validated config of either task, as the trainer takes it.
+pub trait FitConfig {
+    type Summary;
+    fn threads(&self) -> usize;
+    fn device(&self) -> &str;
+    fn fit<B: AutodiffBackend>(
+        &self,
+        device: B::Device,
+        options: &FitOptions,
+    ) -> Result<Self::Summary>;
+}
+
+impl FitConfig for RunConfig {
+    type Summary = Summary;
+    fn threads(&self) -> usize {
+        self.training.threads
+    }
+    fn device(&self) -> &str {
+        &self.training.device
+    }
+    fn fit<B: AutodiffBackend>(&self, device: B::Device, options: &FitOptions) -> Result<Summary> {
+        trainer::fit::<B>(self, device, options)
+    }
+}
+
+impl FitConfig for LanguageConfig {
+    type Summary = LanguageSummary;
+    fn threads(&self) -> usize {
+        self.training.threads
+    }
+    fn device(&self) -> &str {
+        &self.training.device
+    }
+    fn fit<B: AutodiffBackend>(
+        &self,
+        device: B::Device,
+        options: &FitOptions,
+    ) -> Result<LanguageSummary> {
+        trainer::language::fit_language::<B>(self, device, options)
+    }
+}
+
 /// Trains on the config's device.
-pub fn fit_on_device(config: &RunConfig, options: FitOptions) -> Result<Summary> {
-    trainer::device::set_cpu_threads(config.training.threads);
-    let choice: DeviceChoice = config.training.device.parse().map_err(anyhow::Error::msg)?;
+pub fn fit_on_device<C: FitConfig>(config: &C, options: FitOptions) -> Result<C::Summary> {
+    trainer::device::set_cpu_threads(config.threads());
+    let choice: DeviceChoice = config.device().parse().map_err(anyhow::Error::msg)?;
     run_on(choice, Fit { config, options })
 }
 
-struct Fit<'a> {
-    config: &'a RunConfig,
+/// A run on whichever backend its config names.
+struct Fit<'a, C> {
+    config: &'a C,
     options: FitOptions,
 }
 
-impl BackendJob for Fit<'_> {
-    type Output = Summary;
-    fn run<B: AutodiffBackend>(self, device: B::Device, choice: DeviceChoice) -> Result<Summary> {
+impl<C: FitConfig> BackendJob for Fit<'_, C> {
+    type Output = C::Summary;
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        choice: DeviceChoice,
+    ) -> Result<C::Summary> {
         let options = FitOptions {
             accelerator: !choice.is_cpu(),
             ..self.options
         };
-        trainer::fit::<B>(self.config, device, &options)
+        self.config.fit::<B>(device, &options)
     }
+}
+
+/// `topotrain fit` on a language config.
+/// `text` is the config file with `--set` applied.
+fn run_language(args: &FitArgs, text: &str, options: FitOptions) -> Result<()> {
+    if args.epochs.is_some() {
+        bail!("--epochs does not apply to language configs (set training.steps)");
+    }
+    let mut config = LanguageConfig::parse(text)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
+    if let Some(tau) = args.tau {
+        config = config.with_tau(tau)?;
+    }
+    if let Some(devices) = args.devices {
+        config.training.devices = devices;
+    }
+    crate::finetune::apply_common(&mut config, &args.device, &args.out, args.threads)?;
+    print_summary(&fit_on_device(&config, options)?)
 }

@@ -11,7 +11,7 @@ use models::Architecture;
 use serde::Serialize;
 
 use crate::backend::CpuBackend;
-use crate::validation::run_config;
+use network_analysis::input::run_config;
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -83,7 +83,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         // The run's own layers and factors, unless told otherwise.
         (Some(topography), None, None) => topography,
         (run_topography, layers, factor) => {
-            let patterns = crate::analyze::layer_patterns(layers.as_deref(), run.as_ref());
+            let patterns = network_analysis::layer_patterns(layers.as_deref(), run.as_ref());
             let factor = factor.unwrap_or(3.0);
             if run_topography.is_some() && layers.is_none() {
                 eprintln!("the run's layers, each at --factor {factor}");

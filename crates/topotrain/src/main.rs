@@ -13,15 +13,14 @@ mod bench_topoloss;
 mod bench_train;
 mod eval;
 mod export;
+mod finetune;
 mod fit;
 mod inspect;
-mod language;
 mod plot;
 mod prep;
 mod signals;
 mod sweep;
 mod threads;
-mod validation;
 
 /// `--version`: the version and the GPU backends built in.
 fn version() -> &'static str {
@@ -76,7 +75,7 @@ enum Command {
     /// Save the outputs of named modules of a checkpoint on an input batch (eval mode).
     Activations(activations::ActivationsArgs),
     /// LoRA fine-tuning of a GPT checkpoint (base weights frozen).
-    Finetune(language::FinetuneArgs),
+    Finetune(finetune::FinetuneArgs),
     /// A run's training curves (loss, accuracy, TopoLoss, learning rate) as PNG and SVG.
     Plot(plot::PlotArgs),
     /// Analyses of a checkpoint: sheets, smoothness, dimensionality, selectivity, pruning, sweep report.
@@ -108,7 +107,7 @@ fn main() {
             Command::Inspect(args) => inspect::run(args),
             Command::Export(args) => export::run(args),
             Command::Activations(args) => activations::run(args),
-            Command::Finetune(args) => language::run_finetune(args),
+            Command::Finetune(args) => finetune::run(args),
             Command::Analyze(cmd) => analyze::run(cmd),
             Command::Plot(args) => plot::run(args),
         }

@@ -19,7 +19,7 @@ pub struct PlotArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
-    pub png: crate::analyze::PngScale,
+    pub png: network_analysis::PngScale,
 }
 
 /// One figure: its file stem, title, y axis and curves.

@@ -145,7 +145,7 @@ fn prep_fit_finetune_and_prune_through_the_binary() {
     }
     export_runs_as_their_final_weights(dir.path(), &[&run, &dir.path().join("lora_r4")]);
 
-    // analyze prune recognises the GPT checkpoint and scores val loss.
+    // analyze prune recognises the GPT checkpoint and scores its val loss.
     let figures = dir.path().join("figures");
     let report = json(&topotrain_ok(&[
         "analyze",
@@ -164,11 +164,22 @@ fn prep_fit_finetune_and_prune_through_the_binary() {
         "--out",
         figures.to_str().unwrap(),
     ]));
-    let rows = report["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["pruned_weights"], 0);
-    assert_eq!(rows[1]["pruned_weights"], 32 * 128 / 2);
-    assert!(rows[0]["val_loss"].as_f64().unwrap().is_finite());
+    let variants = report["variants"].as_array().expect("variants");
+    let l1: Vec<&serde_json::Value> = variants.iter().filter(|v| v["method"] == "l1").collect();
+    assert_eq!(l1.len(), 2);
+    let pruned = |v: &serde_json::Value| {
+        v["params_total"].as_u64().unwrap() - v["params_kept"].as_u64().unwrap()
+    };
+    assert_eq!(pruned(l1[0]), 0);
+    assert_eq!(pruned(l1[1]), 32 * 128 / 2);
+    assert!(l1[0]["loss"].as_f64().unwrap().is_finite());
+    assert!(
+        l1[0].get("top1").is_none(),
+        "a GPT has no accuracy: {}",
+        l1[0]
+    );
+    // The default factors down-sample c_fc's 8 x 16 sheet too.
+    assert_eq!(variants.len(), 4);
     assert!(figures.join("prune.json").exists());
 
     // Sheets and smoothness of c_fc (128 units: an 8 x 16 sheet), and the

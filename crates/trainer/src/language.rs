@@ -34,7 +34,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use data_prep::text::{read_meta, TokenFile};
 use data_prep::transform::mix64;
 use models::topography::{TopoEngine, Topography, TopographyConfig};
-use models::{load_gpt, save_gpt, Gpt, GptConfig, LoraConfig, Topographic};
+use models::{load_gpt, save_gpt, Gpt, GptConfig, LoraConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
@@ -769,72 +769,6 @@ pub fn evaluate_windows<B: Backend>(
 /// SplitMix64 (one step of the generator, then its finaliser).
 fn splitmix64(x: u64) -> u64 {
     mix64(x.wrapping_add(0x9E37_79B9_7F4A_7C15))
-}
-
-/// One row of a pruning curve.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PruneRow {
-    pub sparsity: f64,
-    pub val_loss: f64,
-    pub val_perplexity: f64,
-    /// Weights set to zero over the pruned layers.
-    pub pruned_weights: usize,
-}
-
-/// L1 unstructured pruning of the layers matching `patterns` (each layer
-/// loses `sparsity` of its own weights, as `prune.l1_unstructured`), then
-/// the validation loss on fixed windows, for each sparsity.
-pub fn prune_curve<B: Backend>(
-    model: &Gpt<B>,
-    patterns: &[&str],
-    sparsities: &[f64],
-    val: &TokenFile,
-    block: usize,
-    batch_size: usize,
-    eval_batches: usize,
-) -> Result<Vec<PruneRow>> {
-    let layers = model.select_layers(patterns)?;
-    let weights: Vec<Vec<f32>> = layers
-        .iter()
-        .map(|c| {
-            c.weight
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("cannot read the weights: {e:?}"))?;
-    let windows = eval_windows(val, block, batch_size * eval_batches);
-    let mut rows = Vec::new();
-    for &sparsity in sparsities {
-        let slices: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
-        let masks =
-            analysis::prune::l1_masks(&slices, sparsity, analysis::prune::PruneScope::PerLayer)?;
-        let mut pruned = model.clone();
-        let mut pruned_weights = 0;
-        for ((layer, values), mask) in layers.iter().zip(&weights).zip(&masks) {
-            pruned_weights += mask.iter().filter(|keep| !**keep).count();
-            let kept = analysis::prune::apply_mask(values, mask)?;
-            let [out, input] = layer.flat_shape();
-            let device = layer.weight.device();
-            // [out, in] (PyTorch) back to Burn's [in, out].
-            let new =
-                Tensor::<B, 2>::from_data(TensorData::new(kept, [out, input]), &device).transpose();
-            let linear = pruned
-                .linear_mut(&layer.name)
-                .with_context(|| format!("no Linear layer {}", layer.name))?;
-            linear.weight = linear.weight.clone().map(|_| new);
-        }
-        let val_loss = evaluate_windows(&pruned, val, &windows, block, batch_size)?;
-        rows.push(PruneRow {
-            sparsity,
-            val_loss,
-            val_perplexity: val_loss.exp(),
-            pruned_weights,
-        });
-    }
-    Ok(rows)
 }
 
 #[cfg(test)]

@@ -2,22 +2,13 @@
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use models::{Architecture, Model};
+use models::Model;
 
 use crate::CpuTrain;
 
 /// A 4-channel ResNet-18 on 1-channel images.
 pub fn tiny_resnet() -> Model<CpuTrain> {
-    let Architecture::ResNet(config) = Architecture::from_name("resnet18", 10).unwrap() else {
-        unreachable!()
-    };
-    let config = config
-        .with_width(4)
-        .with_in_channels(1)
-        .with_small_stem(true);
-    Architecture::ResNet(config)
-        .init::<CpuTrain>(&Default::default())
-        .unwrap()
+    models::testing::tiny_resnet()
 }
 
 /// `model`'s gradients on a batch of two 28x28 images that differ per `step`.

@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::{display_name, FigurePaths, LayerWeights, ModelArgs, OutputArgs};
+use crate::output::display_name;
+use crate::{FigurePaths, LayerWeights, ModelArgs, OutputArgs, Printout};
 
 #[derive(Args)]
 pub struct SmoothnessArgs {
@@ -113,7 +114,7 @@ fn chart_series(layers: &[LayerSmoothness]) -> Vec<Series> {
         .collect()
 }
 
-pub fn run(args: SmoothnessArgs) -> Result<()> {
+pub fn run(args: SmoothnessArgs) -> Result<Printout> {
     let layers = layers_smoothness(&args.model.layer_weights()?)?;
     let curves: Vec<SmoothnessCurve> = layers.iter().map(|l| l.curve.clone()).collect();
     let mean = mean_score(&curves);

@@ -12,12 +12,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::data::Samples;
-use super::data::{open_dataset, InputArgs};
-use super::dimensionality::{dataset_dimensionality, Sampling};
-use super::smoothness::layers_smoothness;
-use super::{input_channels, layer_patterns, layer_weights, wrote_lines, Cpu, OutputArgs};
-use crate::validation::run_config;
+use crate::data::open_dataset;
+use crate::dimensionality::{dataset_dimensionality, Sampling};
+use crate::input::{run_config, InputArgs};
+use crate::output::wrote_lines;
+use crate::smoothness::layers_smoothness;
+use crate::{input_channels, layer_patterns, Analysed, Cpu, OutputArgs, Printout, Samples};
 
 #[derive(Args)]
 pub struct SweepReportArgs {
@@ -75,7 +75,7 @@ fn run_tau(dir: &Path, summary: &trainer::Summary) -> f64 {
         .unwrap_or(summary.tau)
 }
 
-pub fn run(args: SweepReportArgs) -> Result<()> {
+pub fn run(args: SweepReportArgs) -> Result<Printout> {
     let mut runs: Vec<(f64, PathBuf, trainer::Summary)> = std::fs::read_dir(&args.sweep)
         .with_context(|| format!("cannot read the sweep directory {}", args.sweep.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -109,7 +109,7 @@ pub fn run(args: SweepReportArgs) -> Result<()> {
     for ((tau, dir, summary), run) in runs.iter().zip(&configs) {
         let model = trainer::eval::load_model::<Cpu>(dir, &device)
             .with_context(|| format!("cannot load the run {}", dir.display()))?;
-        let layers = layer_weights(&model, &patterns)?;
+        let layers = model.layer_weights(&patterns)?;
         names = layers.iter().map(|l| l.name.clone()).collect();
         let curves: Vec<SmoothnessCurve> = layers_smoothness(&layers)?
             .into_iter()
@@ -131,7 +131,6 @@ pub fn run(args: SweepReportArgs) -> Result<()> {
                         max_images: Some(args.max_images),
                         passes: 1,
                     },
-                    &device,
                 )?;
                 Some(result.mean)
             }

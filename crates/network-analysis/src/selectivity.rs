@@ -15,8 +15,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::data::{forward_responses, InputArgs, Samples, Stimuli};
-use super::{file_stem, sheet_rows, FigurePaths, Loaded, ModelArgs, ModuleArgs, OutputArgs};
+use crate::data::Stimuli;
+use crate::input::InputArgs;
+use crate::output::{file_stem, sheet_rows};
+use crate::{Analysed, FigurePaths, ModelArgs, ModuleArgs, OutputArgs, Printout, Samples};
 
 #[derive(Args)]
 pub struct SelectivityArgs {
@@ -87,11 +89,11 @@ struct SelectivityReport {
     layers: Vec<LayerSelectivity>,
 }
 
-pub fn run(args: SelectivityArgs) -> Result<()> {
+pub fn run(args: SelectivityArgs) -> Result<Printout> {
     if args.batch == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let loaded = Loaded::open(&args.model)?;
+    let loaded = args.model.open_vision("selectivity")?;
     let names = loaded.response_modules(&args.modules)?;
     let input = args
         .input
@@ -128,9 +130,8 @@ pub fn run(args: SelectivityArgs) -> Result<()> {
     let mut start = 0;
     while start < stimuli.len() {
         let end = (start + args.batch).min(stimuli.len());
-        let (batch, _) = forward_responses(
-            &loaded.model,
-            stimuli.tensor(start, end, &loaded.device),
+        let batch = loaded.network.responses(
+            stimuli.tensor(start, end, &Default::default()),
             &names,
             Samples::Images,
         )?;

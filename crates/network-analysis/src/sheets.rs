@@ -9,7 +9,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{display_name, file_stem, sheet_rows, wrote_lines, ModelArgs, OutputArgs};
+use crate::output::{display_name, file_stem, sheet_rows, wrote_lines};
+use crate::{LayerWeights, ModelArgs, OutputArgs, Printout};
 
 #[derive(Args)]
 pub struct SheetsArgs {
@@ -42,7 +43,7 @@ struct SheetInfo {
 }
 
 impl SheetInfo {
-    fn new(layer: &super::LayerWeights, colours: &SheetColours) -> Self {
+    fn new(layer: &LayerWeights, colours: &SheetColours) -> Self {
         let rgb: Vec<[u8; 3]> = colours.image.pixels().map(|p| p.0).collect();
         let pcs = &colours.components;
         let scores: Vec<Vec<f32>> = pcs
@@ -72,7 +73,7 @@ struct SheetsReport {
     grid_svg: Option<String>,
 }
 
-pub fn run(args: SheetsArgs) -> Result<()> {
+pub fn run(args: SheetsArgs) -> Result<Printout> {
     let layers = args.model.layer_weights()?;
     let chosen = match &args.layer {
         Some(name) => match layers.iter().position(|l| &l.name == name) {

@@ -1,18 +1,15 @@
-//! Images for the analyses: a validation set (as `topotrain eval` reads it),
-//! labelled stimulus folders, and per-layer unit responses to them.
+//! Images for the analyses: a validation set (as `topotrain eval` reads it)
+//! and labelled stimulus folders.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use models::Activation;
 use trainer::data::DataSet;
 
-use super::{Cpu, CpuDevice};
-use crate::validation::open_validation;
-pub use crate::validation::{Input, InputArgs};
+use crate::input::{open_validation, Input, InputArgs};
+use crate::{Cpu, CpuDevice};
 
 /// A validation set and how to present it.
 #[derive(Args, Clone, Debug)]
@@ -59,6 +56,10 @@ pub struct Stimuli {
 impl Stimuli {
     pub fn len(&self) -> usize {
         self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
     }
 
     /// Reads every image under `root/<category>/` (sorted), resized to
@@ -167,81 +168,6 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         .with_context(context)?
         .map(|entry| entry.map(|e| e.path()).with_context(context))
         .collect()
-}
-
-/// One layer's responses to a batch: `[n, units]` row-major.
-pub struct Responses {
-    pub values: Vec<f32>,
-    pub units: usize,
-}
-
-/// What one sample of a layer's responses is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Samples {
-    /// One vector per image: conv channels averaged over positions, ViT
-    /// features over tokens.
-    Images,
-    /// One vector per image and position (conv) or token (transformer): the
-    /// units' joint response at each place.
-    Positions,
-}
-
-/// A layer's output as rows of unit responses, `[samples, units]`: one row
-/// per image (conv channels averaged over positions, as
-/// `analysis::dimensionality::channel_means` defines the features; ViT
-/// features over tokens) or one per position / token. The reshaping runs on
-/// the backend, so for images only `[n, units]` values are copied to the
-/// host rather than whole feature maps (`64 x 56 x 56` floats per image at
-/// ResNet-18's first stage).
-pub fn unit_responses(activation: Activation<Cpu>, samples: Samples) -> Result<Responses> {
-    let reduced: Tensor<Cpu, 2> = match (activation, samples) {
-        (Activation::Rank2(t), _) => t,
-        (Activation::Rank3(t), Samples::Images) => {
-            let [n, _, d] = t.dims();
-            t.mean_dim(1).reshape([n, d])
-        }
-        (Activation::Rank3(t), Samples::Positions) => {
-            let [n, tokens, d] = t.dims();
-            t.reshape([n * tokens, d])
-        }
-        (Activation::Rank4(t), Samples::Images) => {
-            let [n, c, h, w] = t.dims();
-            t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
-        }
-        (Activation::Rank4(t), Samples::Positions) => {
-            let [n, c, h, w] = t.dims();
-            t.permute([0, 2, 3, 1]).reshape([n * h * w, c])
-        }
-    };
-    let units = reduced.dims()[1];
-    let values = reduced
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("cannot read responses: {e:?}"))?;
-    Ok(Responses { values, units })
-}
-
-/// Runs `x` through `model`, returning each named layer's `[samples, units]`
-/// responses (in the order of `names`) and the time spent.
-pub fn forward_responses(
-    model: &models::Model<Cpu>,
-    x: Tensor<Cpu, 4>,
-    names: &[String],
-    samples: Samples,
-) -> Result<(Vec<Responses>, f64)> {
-    let start = Instant::now();
-    let (_, captured) = model.forward_with_taps(x, names)?;
-    let mut by_name: std::collections::HashMap<String, Activation<Cpu>> =
-        captured.into_iter().collect();
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let activation = by_name
-            .remove(name)
-            .with_context(|| format!("layer {name} produced no output to tap"))?;
-        out.push(unit_responses(activation, samples)?);
-    }
-    Ok((out, start.elapsed().as_secs_f64()))
 }
 
 /// Normalised images of a dataset batch as a tensor.

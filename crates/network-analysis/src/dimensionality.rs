@@ -4,9 +4,8 @@
 //!
 //! Units are channels (conv outputs averaged over positions), so a layer's
 //! covariance is `channels x channels` whatever the number of images. The
-//! forward pass and the covariance updates are timed separately. A GPT
-//! checkpoint goes to [`crate::language::dimensionality`]: token positions
-//! of validation windows are the samples.
+//! forward pass and the covariance updates are timed separately. For a GPT
+//! the samples are the token positions of validation windows.
 
 use std::time::Instant;
 
@@ -14,13 +13,18 @@ use analysis::dimensionality::{mean_dimensionality, Dimensionality, StreamingCov
 use analysis::plots::{named_line_chart, Labels};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use models::{Gpt, Model};
 use serde::Serialize;
-use trainer::data::Split;
+use trainer::data::{DataSet, Split};
+use trainer::language::{eval_windows, open_tokens, window_batch};
 
-use super::data::{
-    batch_tensor, forward_responses, open_dataset, DataArgs, Input, Responses, Samples,
+use crate::data::{batch_tensor, open_dataset, DataArgs};
+use crate::input::Input;
+use crate::output::display_name;
+use crate::{
+    Analysed, Cpu, FigurePaths, ModelArgs, ModuleArgs, Opened, OpenedNetwork, OutputArgs, Printout,
+    Responses, Samples,
 };
-use super::{display_name, Cpu, CpuDevice, FigurePaths, Loaded, ModelArgs, ModuleArgs, OutputArgs};
 
 #[derive(Args)]
 pub struct DimensionalityArgs {
@@ -106,18 +110,18 @@ pub struct DatasetDimensionality {
 
 /// Per-layer response covariances accumulated batch by batch, with the
 /// time each part took: the streaming core shared by image and token data.
-pub struct Accumulator {
+struct Accumulator {
     layers: Vec<String>,
     covariances: Vec<Option<StreamingCovariance>>,
     start: Instant,
-    pub seen: usize,
-    pub data_seconds: f64,
-    pub forward_seconds: f64,
+    seen: usize,
+    data_seconds: f64,
+    forward_seconds: f64,
     covariance_seconds: f64,
 }
 
 impl Accumulator {
-    pub fn new(layers: &[String]) -> Self {
+    fn new(layers: &[String]) -> Self {
         Accumulator {
             layers: layers.to_vec(),
             covariances: vec![None; layers.len()],
@@ -131,7 +135,7 @@ impl Accumulator {
 
     /// Adds each layer's `[rows, units]` responses (in the order of the
     /// layers) from `inputs` more images (or tokens).
-    pub fn add(&mut self, responses: &[Responses], inputs: usize) -> Result<()> {
+    fn add(&mut self, responses: &[Responses], inputs: usize) -> Result<()> {
         let t = Instant::now();
         for (cov, layer) in self.covariances.iter_mut().zip(responses) {
             let cov = match cov {
@@ -146,7 +150,7 @@ impl Accumulator {
     }
 
     /// Each layer's effective dimensionality, their mean and the timing.
-    pub fn finish(self) -> Result<DatasetDimensionality> {
+    fn finish(self) -> Result<DatasetDimensionality> {
         let t = Instant::now();
         let results: Vec<Dimensionality> = self
             .covariances
@@ -192,15 +196,43 @@ impl Accumulator {
     }
 }
 
+/// Effective dimensionality of `layers` of `network` over `batches`, each
+/// an input and the images (or windows) it holds, up to `total` of them;
+/// each sample is what `samples` says.
+pub fn stream_dimensionality<N: Analysed>(
+    network: &N,
+    layers: &[String],
+    samples: Samples,
+    total: usize,
+    mut batches: impl Iterator<Item = Result<(N::Input, usize)>>,
+) -> Result<DatasetDimensionality> {
+    let mut accumulator = Accumulator::new(layers);
+    let bar = trainer::progress::bar(total as u64, "dimensionality");
+    loop {
+        let t = Instant::now();
+        let Some(next) = batches.next() else {
+            break;
+        };
+        let (input, count) = next?;
+        accumulator.data_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let responses = network.responses(input, layers, samples)?;
+        accumulator.forward_seconds += t.elapsed().as_secs_f64();
+        accumulator.add(&responses, count)?;
+        bar.inc(count as u64);
+    }
+    bar.finish_and_clear();
+    accumulator.finish()
+}
+
 /// Effective dimensionality of `layers` of `model` over `data`, each
 /// layer's covariance accumulated batch by batch.
 pub fn dataset_dimensionality(
-    model: &models::Model<Cpu>,
+    model: &Model<Cpu>,
     layers: &[String],
-    data: &trainer::data::DataSet,
+    data: &DataSet,
     input: &Input,
     sampling: Sampling,
-    device: &CpuDevice,
 ) -> Result<DatasetDimensionality> {
     let Sampling {
         batch,
@@ -217,66 +249,118 @@ pub fn dataset_dimensionality(
     if total < 2 {
         bail!("effective dimensionality needs at least 2 images, the data gives {total}");
     }
-    let mut accumulator = Accumulator::new(layers);
-    let bar = trainer::progress::bar(total as u64, "dimensionality");
     let split = Split::Val {
         resolution: input.res,
     };
-    'passes: for _ in 0..passes {
-        let mut batches = data.batches(split, 0, batch)?;
-        loop {
-            if accumulator.seen == total {
-                break 'passes;
-            }
-            let t = Instant::now();
-            let Some(b) = batches.next() else {
-                break;
-            };
-            let b = b?;
-            let keep = b.len().min(total - accumulator.seen);
-            let x = batch_tensor(&b, input, device);
-            let x = if keep < b.len() {
-                x.narrow(0, 0, keep)
-            } else {
-                x
-            };
-            accumulator.data_seconds += t.elapsed().as_secs_f64();
-            let (responses, seconds) = forward_responses(model, x, layers, samples)?;
-            accumulator.forward_seconds += seconds;
-            accumulator.add(&responses, keep)?;
-            bar.inc(keep as u64);
+    let device = Default::default();
+    let (mut left, mut pass) = (total, 0);
+    let mut batches = data.batches(split, 0, batch)?;
+    // Passes over the data, the last batch cut at `total` images.
+    let images = std::iter::from_fn(move || loop {
+        if left == 0 {
+            return None;
         }
-    }
-    bar.finish_and_clear();
-    accumulator.finish()
+        match batches.next() {
+            Some(Ok(b)) => {
+                let keep = b.len().min(left);
+                left -= keep;
+                let x = batch_tensor(&b, input, &device);
+                let x = if keep < b.len() {
+                    x.narrow(0, 0, keep)
+                } else {
+                    x
+                };
+                return Some(Ok((x, keep)));
+            }
+            Some(Err(e)) => return Some(Err(e)),
+            None => {
+                pass += 1;
+                if pass == passes {
+                    return None;
+                }
+                match data.batches(split, 0, batch) {
+                    Ok(next) => batches = next,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+    });
+    stream_dimensionality(model, layers, samples, total, images)
 }
 
-pub fn run(args: DimensionalityArgs) -> Result<()> {
-    if crate::language::is_gpt_checkpoint(&args.model.checkpoint) {
-        let result = crate::language::dimensionality(&args)?;
-        return report(&args, result.block_size, result.dimensionality);
+/// The effective dimensionality of a GPT's selected layers over windows of
+/// the token folder `--data` (its val.bin), each token position one sample
+/// (`--samples images`: one per window, averaged over its tokens).
+/// `--max-images` caps the windows (default: as many as fit the file,
+/// spread evenly) and `--batch-size` is windows per forward pass.
+fn gpt_dimensionality(
+    args: &DimensionalityArgs,
+    opened: &Opened<Gpt<Cpu>>,
+) -> Result<DatasetDimensionality> {
+    if args.modules.modules.is_some() {
+        bail!("--modules applies to vision models; for a GPT name the layers with --layers");
     }
-    let loaded = Loaded::open(&args.model)?;
-    let names = loaded.response_modules(&args.modules)?;
-    let input = args
-        .data
-        .input
-        .resolve(loaded.run.as_ref(), loaded.in_channels())?;
-    let data = open_dataset(&args.data.data, &input)?;
-    let result = dataset_dimensionality(
-        &loaded.model,
+    let (batch, passes) = (args.data.batch, args.passes);
+    if batch == 0 || passes == 0 {
+        bail!("--batch-size and --passes must be at least 1");
+    }
+    let model = &opened.network;
+    let block = model.config().block_size;
+    let (_, val) = open_tokens(&args.data.data, model.config().vocab_size)?;
+    if val.len() <= block + 1 {
+        bail!(
+            "{}: val.bin has {} tokens, fewer than one window of {block}",
+            args.data.data.display(),
+            val.len()
+        );
+    }
+    let names = opened.response_modules(&args.modules)?;
+    let count = args.data.max_images.unwrap_or(val.len() / block).max(1);
+    let windows = eval_windows(&val, block, count);
+    let samples = args.samples.unwrap_or(Samples::Positions);
+    let per_window = match samples {
+        Samples::Positions => block,
+        Samples::Images => 1,
+    };
+    let device = Default::default();
+    let batches = (0..passes)
+        .flat_map(|_| windows.chunks(batch))
+        .map(|starts| {
+            let (x, _) = window_batch::<Cpu>(&val, starts, block, &device);
+            Ok((x, starts.len() * per_window))
+        });
+    stream_dimensionality(
+        model,
         &names,
-        &data,
-        &input,
-        Sampling {
-            batch: args.data.batch,
-            samples: args.samples.unwrap_or(Samples::Images),
-            max_images: args.data.max_images,
-            passes: args.passes,
-        },
-        &loaded.device,
-    )?;
-    report(&args, input.res, result)
+        samples,
+        windows.len() * passes * per_window,
+        batches,
+    )
+}
+
+pub fn run(args: DimensionalityArgs) -> Result<Printout> {
+    match args.model.open()? {
+        OpenedNetwork::Language(opened) => {
+            let result = gpt_dimensionality(&args, &opened)?;
+            report(&args, opened.network.config().block_size, result)
+        }
+        OpenedNetwork::Vision(opened) => {
+            let names = opened.response_modules(&args.modules)?;
+            let input = args
+                .data
+                .input
+                .resolve(opened.run.as_ref(), opened.in_channels())?;
+            let data = open_dataset(&args.data.data, &input)?;
+            let sampling = Sampling {
+                batch: args.data.batch,
+                samples: args.samples.unwrap_or(Samples::Images),
+                max_images: args.data.max_images,
+                passes: args.passes,
+            };
+            let result = dataset_dimensionality(&opened.network, &names, &data, &input, sampling)?;
+            report(&args, input.res, result)
+        }
+    }
 }
 
 /// Draws the chart (with `--out`) and prints or writes the report;
@@ -285,7 +369,7 @@ fn report(
     args: &DimensionalityArgs,
     resolution: usize,
     result: DatasetDimensionality,
-) -> Result<()> {
+) -> Result<Printout> {
     let DatasetDimensionality {
         layers,
         mean,
