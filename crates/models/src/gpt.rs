@@ -1,7 +1,7 @@
 //! A GPT language model (NanoGPT / GPT-2) with NanoGPT's module names:
 //! `transformer.{wte, wpe, h.N.{ln_1, attn.{c_attn, c_proj}, ln_2,
 //! mlp.{c_fc, c_proj}}, ln_f}` and `lm_head`, so NanoGPT state dicts load
-//! key for key (see [`crate::gpt_checkpoint`]).
+//! key for key (see [`crate::gpt_state_dict`]).
 //!
 //! Pre-norm blocks, causal self-attention, exact (erf) GELU as NanoGPT's
 //! `nn.GELU()`, layer norm epsilon 1e-5, optional biases (NanoGPT's
@@ -32,8 +32,8 @@ use burn::tensor::{Int, Tensor};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::taps::{join_name, Taps};
+use crate::weight_layer::{HasWeightLayers, ModuleInfo, WeightLayer};
 use crate::ModelError;
 
 /// NanoGPT's layer norm epsilon (`F.layer_norm` default).
@@ -535,21 +535,21 @@ impl<B: Backend> Gpt<B> {
     }
 }
 
-impl<B: Backend> Topographic<B> for Gpt<B> {
-    fn topo_candidates(&self) -> Vec<TopoCandidate<B>> {
+impl<B: Backend> HasWeightLayers<B> for Gpt<B> {
+    fn weight_layers(&self) -> Vec<WeightLayer<B>> {
         let mut candidates = Vec::new();
         for (i, block) in self.transformer.h.iter().enumerate() {
             let name = block_name(i);
             let child = |suffix: &str| join_name(&name, suffix);
             candidates.extend([
-                TopoCandidate::from_linear(child("attn.c_attn"), &block.attn.c_attn),
-                TopoCandidate::from_linear(child("attn.c_proj"), &block.attn.c_proj),
-                TopoCandidate::from_linear(child("mlp.c_fc"), &block.mlp.c_fc),
-                TopoCandidate::from_linear(child("mlp.c_proj"), &block.mlp.c_proj),
+                WeightLayer::from_linear(child("attn.c_attn"), &block.attn.c_attn),
+                WeightLayer::from_linear(child("attn.c_proj"), &block.attn.c_proj),
+                WeightLayer::from_linear(child("mlp.c_fc"), &block.mlp.c_fc),
+                WeightLayer::from_linear(child("mlp.c_proj"), &block.mlp.c_proj),
             ]);
         }
         if let Some(head) = &self.lm_head {
-            candidates.push(TopoCandidate::from_linear("lm_head", head));
+            candidates.push(WeightLayer::from_linear("lm_head", head));
         }
         candidates
     }

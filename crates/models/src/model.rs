@@ -6,11 +6,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::precision::{Compute, ConvChoice, Precision};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::taps::{TappedOutput, Taps};
 use crate::vit::{VisionTransformer, VitConfig};
+use crate::weight_layer::{HasWeightLayers, ModuleInfo, WeightLayer};
 use crate::ModelError;
 
 /// Names accepted by [`Architecture::from_name`].
@@ -168,11 +168,11 @@ impl<B: Backend> Model<B> {
     }
 }
 
-impl<B: Backend> Topographic<B> for Model<B> {
-    fn topo_candidates(&self) -> Vec<TopoCandidate<B>> {
+impl<B: Backend> HasWeightLayers<B> for Model<B> {
+    fn weight_layers(&self) -> Vec<WeightLayer<B>> {
         match self {
-            Self::ResNet(m) => m.topo_candidates(),
-            Self::Vit(m) => m.topo_candidates(),
+            Self::ResNet(m) => m.weight_layers(),
+            Self::Vit(m) => m.weight_layers(),
         }
     }
 

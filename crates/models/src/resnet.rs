@@ -19,10 +19,10 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::Tensor;
 
 use crate::blurpool::MaybeBlurConv2d;
-use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::norm::batch_norm;
 use crate::precision::Compute;
 use crate::taps::{join_name, Taps};
+use crate::weight_layer::{HasWeightLayers, ModuleInfo, WeightLayer};
 use crate::ModelError;
 
 /// Names of the four residual stages, as in torchvision.
@@ -449,18 +449,18 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
-impl<B: Backend> Topographic<B> for ResNet<B> {
-    fn topo_candidates(&self) -> Vec<TopoCandidate<B>> {
-        let mut candidates = vec![TopoCandidate::from_conv("conv1", &self.conv1)];
+impl<B: Backend> HasWeightLayers<B> for ResNet<B> {
+    fn weight_layers(&self) -> Vec<WeightLayer<B>> {
+        let mut candidates = vec![WeightLayer::from_conv("conv1", &self.conv1)];
         for (stage, blocks) in self.stages() {
             for (i, block) in blocks.iter().enumerate() {
                 for (conv_name, conv) in block.convs() {
                     let name = format!("{stage}.{i}.{conv_name}{}", conv.weight_module_suffix());
-                    candidates.push(TopoCandidate::from_conv(name, conv.conv()));
+                    candidates.push(WeightLayer::from_conv(name, conv.conv()));
                 }
             }
         }
-        candidates.push(TopoCandidate::from_linear("fc", &self.fc));
+        candidates.push(WeightLayer::from_linear("fc", &self.fc));
         candidates
     }
 
@@ -511,7 +511,7 @@ mod tests {
     #[test]
     fn resnet18_has_21_topographic_layers_with_blurpool_names() {
         let names: Vec<String> = tiny(true)
-            .topo_candidates()
+            .weight_layers()
             .into_iter()
             .map(|c| c.name)
             .collect();
@@ -528,7 +528,7 @@ mod tests {
     fn every_candidate_is_a_listed_module() {
         let model = tiny(true);
         let modules: Vec<String> = model.modules().into_iter().map(|m| m.name).collect();
-        for candidate in model.topo_candidates() {
+        for candidate in model.weight_layers() {
             assert!(modules.contains(&candidate.name), "{}", candidate.name);
         }
         assert!(modules.contains(&"layer2.0.downsample.1".to_string()));

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::hooks::ModuleInfo;
+use crate::weight_layer::ModuleInfo;
 use crate::ModelError;
 
 /// One captured module output; ranks differ between modules.

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use topoloss::{Interpolation, LayerTopoLoss, Reduction, SheetSource, TauSchedule, TopoError};
 
-use crate::hooks::{add_gradient, TopoCandidate, Topographic};
+use crate::weight_layer::{add_gradient, HasWeightLayers, WeightLayer};
 use crate::ModelError;
 use device_engine::{DeviceEngine, LayerValues};
 
@@ -194,9 +194,9 @@ impl From<TopoError> for TopographyError {
     }
 }
 
-/// A selected layer: its TopoLoss and tau.
+/// A selected layer on its cortical sheet: its TopoLoss and tau.
 #[derive(Debug, Clone)]
-pub struct TopoLayer {
+pub struct SheetLayer {
     pub name: String,
     pub loss: LayerTopoLoss,
     pub tau: TauSchedule,
@@ -252,7 +252,7 @@ pub struct LayerReport {
 /// The topographic layers of one model.
 #[derive(Debug, Clone)]
 pub struct Topography {
-    pub layers: Vec<TopoLayer>,
+    pub layers: Vec<SheetLayer>,
     pub reduction: Reduction,
     device_engines: DeviceEngines,
 }
@@ -279,10 +279,10 @@ impl std::fmt::Debug for DeviceEngines {
 impl Topography {
     /// Resolves `config` against a model's candidate layers.
     pub fn new<B: Backend>(
-        model: &impl Topographic<B>,
+        model: &impl HasWeightLayers<B>,
         config: &TopographyConfig,
     ) -> Result<Self, TopographyError> {
-        let mut layers: Vec<TopoLayer> = Vec::new();
+        let mut layers: Vec<SheetLayer> = Vec::new();
         for selection in &config.layers {
             let patterns: Vec<&str> = selection.patterns.iter().map(String::as_str).collect();
             let selected_by = selection.patterns.join(", ");
@@ -294,7 +294,7 @@ impl Topography {
                         second: selected_by,
                     });
                 }
-                layers.push(TopoLayer::new(
+                layers.push(SheetLayer::new(
                     &candidate,
                     selection,
                     config.tau.clone(),
@@ -316,9 +316,9 @@ impl Topography {
 
     fn candidates_in_order<B: Backend>(
         &self,
-        model: &impl Topographic<B>,
-    ) -> Result<Vec<TopoCandidate<B>>, TopographyError> {
-        let mut all = model.topo_candidates();
+        model: &impl HasWeightLayers<B>,
+    ) -> Result<Vec<WeightLayer<B>>, TopographyError> {
+        let mut all = model.weight_layers();
         self.layers
             .iter()
             .map(|layer| {
@@ -336,7 +336,7 @@ impl Topography {
     /// Loss values at optimiser step `step`, without gradients.
     pub fn report<B: Backend>(
         &self,
-        model: &impl Topographic<B>,
+        model: &impl HasWeightLayers<B>,
         step: u64,
     ) -> Result<TopoReport, TopographyError> {
         let candidates = self.candidates_in_order(model)?;
@@ -363,7 +363,7 @@ impl Topography {
     /// (the task loss's gradients, on the autodiff backend's inner backend).
     pub fn add_to_gradients<B: AutodiffBackend>(
         &self,
-        model: &impl Topographic<B>,
+        model: &impl HasWeightLayers<B>,
         step: u64,
         engine: TopoEngine,
         grads: &mut GradientsParams,
@@ -406,7 +406,7 @@ impl Topography {
     /// all layers), its gradient at `taus[i]` added to `grads`.
     fn device_losses_adding_grads<B: AutodiffBackend>(
         &self,
-        candidates: &[TopoCandidate<B>],
+        candidates: &[WeightLayer<B>],
         taus: &[f64],
         grads: &mut GradientsParams,
     ) -> Result<Vec<f64>, TopographyError> {
@@ -485,9 +485,9 @@ impl Topography {
     }
 }
 
-impl TopoLayer {
+impl SheetLayer {
     fn new<B: Backend>(
-        candidate: &TopoCandidate<B>,
+        candidate: &WeightLayer<B>,
         selection: &LayerSelection,
         tau: TauSchedule,
         selected_by: String,
@@ -524,7 +524,7 @@ impl TopoLayer {
             selection.interpolation,
         )
         .map_err(|e| e.in_layer(&candidate.name))?;
-        Ok(TopoLayer {
+        Ok(SheetLayer {
             name: candidate.name.clone(),
             loss,
             tau: selection.tau.clone().unwrap_or(tau),
@@ -537,7 +537,7 @@ impl TopoLayer {
     /// The values the loss reads (weight `[out, e]` or bias), as f32 on the host.
     fn host_values<B: Backend>(
         &self,
-        candidate: &TopoCandidate<B>,
+        candidate: &WeightLayer<B>,
     ) -> Result<Vec<f32>, TopographyError> {
         let data = match self.loss.source {
             SheetSource::Bias => candidate
@@ -574,7 +574,7 @@ impl TopoLayer {
     /// element-wise ops also run faster on.
     fn host_loss_adding_grad<B: AutodiffBackend>(
         &self,
-        candidate: &TopoCandidate<B>,
+        candidate: &WeightLayer<B>,
         tau: f64,
         grads: &mut GradientsParams,
     ) -> Result<f64, TopographyError> {
@@ -623,7 +623,7 @@ impl TopoLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::LayerKind;
+    use crate::weight_layer::LayerKind;
     use crate::ResNetConfig;
     use burn::backend::flex::Flex;
     use burn::backend::Autodiff;
@@ -655,7 +655,7 @@ mod tests {
         TopographyConfig::uniform(&["**".to_string()], factor, tau)
     }
 
-    fn flat_grad(grads: &GradientsParams, candidate: &TopoCandidate<Train>) -> Vec<f32> {
+    fn flat_grad(grads: &GradientsParams, candidate: &WeightLayer<Train>) -> Vec<f32> {
         let data = match candidate.kind {
             LayerKind::Conv2d => grads
                 .get::<Flex, 4>(candidate.param_id)
@@ -739,7 +739,7 @@ mod tests {
                 );
             }
         }
-        for candidate in model.topo_candidates() {
+        for candidate in model.weight_layers() {
             if candidate.name == "fc" {
                 let (h, d) = (
                     flat_bias_grad(&host, &candidate),
@@ -766,7 +766,7 @@ mod tests {
         GradientsParams::from_grads(loss.backward(), model)
     }
 
-    fn flat_bias_grad(grads: &GradientsParams, candidate: &TopoCandidate<Train>) -> Vec<f32> {
+    fn flat_bias_grad(grads: &GradientsParams, candidate: &WeightLayer<Train>) -> Vec<f32> {
         grads
             .get::<Flex, 1>(candidate.bias_param_id.unwrap())
             .unwrap()
@@ -809,7 +809,7 @@ mod tests {
             weights.add_to_gradients(&model, 0, engine, grads).unwrap();
             bias.add_to_gradients(&model, 0, engine, grads).unwrap();
         }
-        for candidate in model.topo_candidates() {
+        for candidate in model.weight_layers() {
             let name = &candidate.name;
             let expected: Vec<f32> = flat_grad(&task, &candidate)
                 .iter()
@@ -820,7 +820,7 @@ mod tests {
             assert_close(&flat_grad(&device, &candidate), &expected, name);
         }
         let fc = model
-            .topo_candidates()
+            .weight_layers()
             .into_iter()
             .find(|c| c.name == "fc")
             .unwrap();
@@ -842,7 +842,7 @@ mod tests {
             .add_to_gradients(&model, 0, TopoEngine::Host, &mut grads)
             .unwrap();
         let candidate = model
-            .topo_candidates()
+            .weight_layers()
             .into_iter()
             .find(|c| c.name == "layer2.0.conv2")
             .unwrap();

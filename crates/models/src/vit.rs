@@ -18,9 +18,9 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 
-use crate::hooks::{ModuleInfo, TopoCandidate, Topographic};
 use crate::precision::Compute;
 use crate::taps::{join_name, Taps};
+use crate::weight_layer::{HasWeightLayers, ModuleInfo, WeightLayer};
 use crate::ModelError;
 
 /// torchvision's layer norm epsilon for ViTs.
@@ -400,25 +400,25 @@ impl<B: Backend> VisionTransformer<B> {
     }
 }
 
-impl<B: Backend> Topographic<B> for VisionTransformer<B> {
-    fn topo_candidates(&self) -> Vec<TopoCandidate<B>> {
-        let mut candidates = vec![TopoCandidate::from_conv("conv_proj", &self.conv_proj)];
+impl<B: Backend> HasWeightLayers<B> for VisionTransformer<B> {
+    fn weight_layers(&self) -> Vec<WeightLayer<B>> {
+        let mut candidates = vec![WeightLayer::from_conv("conv_proj", &self.conv_proj)];
         for (i, layer) in self.encoder.layers.iter().enumerate() {
             let name = layer_name(i);
-            candidates.push(TopoCandidate::from_linear(
+            candidates.push(WeightLayer::from_linear(
                 format!("{name}.self_attention.out_proj"),
                 &layer.self_attention.out_proj,
             ));
-            candidates.push(TopoCandidate::from_linear(
+            candidates.push(WeightLayer::from_linear(
                 format!("{name}.mlp.0"),
                 &layer.mlp.linear_1,
             ));
-            candidates.push(TopoCandidate::from_linear(
+            candidates.push(WeightLayer::from_linear(
                 format!("{name}.mlp.3"),
                 &layer.mlp.linear_2,
             ));
         }
-        candidates.push(TopoCandidate::from_linear("heads.head", &self.heads.head));
+        candidates.push(WeightLayer::from_linear("heads.head", &self.heads.head));
         candidates
     }
 
@@ -491,11 +491,7 @@ mod tests {
     #[test]
     fn candidates_use_torchvision_names() {
         let model: VisionTransformer<Flex> = tiny_config().init(&Default::default()).unwrap();
-        let names: Vec<String> = model
-            .topo_candidates()
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        let names: Vec<String> = model.weight_layers().into_iter().map(|c| c.name).collect();
         assert_eq!(names.len(), 1 + 3 * 2 + 1);
         assert_eq!(names[2], "encoder.layers.encoder_layer_0.mlp.0");
         assert_eq!(names[7], "heads.head");

@@ -1,14 +1,12 @@
 //! Parity with PyTorch: the shared torchvision ResNet-18 + BlurPool
 //! checkpoint must reproduce PyTorch's eval-mode logits.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::util::{golden, max_abs_diff, read_tensor, scratch_dir};
 use burn::tensor::Tensor;
-use common::{golden, max_abs_diff, read_tensor, scratch_dir};
 use models::{
     inspect_checkpoint, load_checkpoint, save_checkpoint, Architecture, CpuBackend, ResNetConfig,
 };

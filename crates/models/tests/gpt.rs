@@ -1,13 +1,11 @@
 //! GPT checkpoints: a NanoGPT `ckpt.pt` made by scripts/make_tiny_nanogpt.py
 //! (logits from an independent NumPy forward), and our own save/load.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::util::{max_abs_diff, scratch_dir};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use common::{max_abs_diff, scratch_dir};
 use models::{
     export_gpt, inspect_gpt_checkpoint, load_gpt, save_gpt, CpuBackend, Gpt, GptConfig, ModelError,
 };
@@ -128,7 +126,7 @@ fn export_has_nanogpts_keys_and_shapes_and_loads_back() {
 
 #[test]
 fn a_vision_checkpoint_is_not_a_gpt() {
-    let path = common::golden("resnet18_blurpool.pt");
+    let path = crate::util::golden("resnet18_blurpool.pt");
     let err = inspect_gpt_checkpoint(&path).err().unwrap();
     assert!(matches!(err, ModelError::UnknownArchitecture { .. }));
     assert!(err.to_string().contains("transformer.wte.weight"), "{err}");

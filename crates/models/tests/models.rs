@@ -1,16 +1,15 @@
 //! Forward shapes, checkpoint round trips, architecture inference, layer
 //! selection and gradient mapping on small networks.
 
-mod common;
-
 use std::path::Path;
 
+use crate::util::{golden, max_abs_diff, scratch_dir};
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
-use common::{golden, max_abs_diff, scratch_dir};
 use models::{
-    inspect_checkpoint, load_checkpoint, save_checkpoint, Architecture, CpuBackend, LayerKind,
-    Model, ModelError, NativeGradient, NewHead, ResNetConfig, Topographic, VitConfig,
+    inspect_checkpoint, load_checkpoint, save_checkpoint, Architecture, CpuBackend,
+    HasWeightLayers, LayerKind, Model, ModelError, NativeGradient, NewHead, ResNetConfig,
+    VitConfig,
 };
 
 fn random_images(dims: [usize; 4]) -> Tensor<CpuBackend, 4> {
@@ -37,11 +36,7 @@ fn resnet50_forward_shape_and_bottleneck_names() {
     let model = build(&Architecture::ResNet(ResNetConfig::resnet50(10)));
     let logits = model.forward(random_images([1, 3, 32, 32]));
     assert_eq!(logits.dims(), [1, 10]);
-    let names: Vec<String> = model
-        .topo_candidates()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let names: Vec<String> = model.weight_layers().into_iter().map(|c| c.name).collect();
     // 1 stem + 16 blocks x 3 convs + 4 downsamples + fc.
     assert_eq!(names.len(), 1 + 16 * 3 + 4 + 1);
     assert!(names.contains(&"layer3.5.conv3".to_string()));
@@ -53,11 +48,7 @@ fn resnet50_blurpool_wraps_the_strided_3x3_conv() {
         .with_width(16)
         .with_blurpool(true);
     let model = build(&Architecture::ResNet(config));
-    let names: Vec<String> = model
-        .topo_candidates()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let names: Vec<String> = model.weight_layers().into_iter().map(|c| c.name).collect();
     assert!(names.contains(&"layer2.0.conv2.conv".to_string()));
     assert!(names.contains(&"layer2.0.conv1".to_string()));
     assert!(names.contains(&"layer2.0.downsample.0.conv".to_string()));
@@ -356,7 +347,7 @@ fn selection_by_pattern_and_its_errors() {
 #[test]
 fn candidate_weights_are_in_pytorch_layout_and_gradients_map_back() {
     let model = build(&Architecture::Vit(tiny_vit()));
-    let candidates = model.topo_candidates();
+    let candidates = model.weight_layers();
 
     let conv = &candidates[0];
     assert_eq!(

@@ -27,7 +27,7 @@ pub mod smoothness;
 pub mod sweep_report;
 
 pub use network::{
-    input_channels, layer_patterns, Analysed, LayerWeights, ModelArgs, ModuleArgs, Opened,
+    input_channels, layer_patterns, Analysed, HostWeights, ModelArgs, ModuleArgs, Opened,
     OpenedNetwork, Responses, Samples, Score,
 };
 pub use output::{FigurePaths, OutputArgs, PngScale, Printout};

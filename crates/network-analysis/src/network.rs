@@ -11,7 +11,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use data_prep::text::TokenFile;
-use models::{Activation, Gpt, Model, NativeGradient, Taps, Topographic};
+use models::{Activation, Gpt, HasWeightLayers, Model, NativeGradient, Taps};
 use trainer::data::DataSet;
 use trainer::eval::{EvalSettings, Network, Tta};
 use trainer::RunConfig;
@@ -45,7 +45,7 @@ pub struct ModuleArgs {
 
 /// One selected layer's weights on the host.
 #[derive(Debug, Clone)]
-pub struct LayerWeights {
+pub struct HostWeights {
     pub name: String,
     /// `[units, e]` row-major, PyTorch layout.
     pub weights: Vec<f32>,
@@ -85,7 +85,7 @@ pub struct Score {
 }
 
 /// What the analyses ask of a trained network, vision or GPT.
-pub trait Analysed: Topographic<Cpu> + Module<Cpu> + Clone {
+pub trait Analysed: HasWeightLayers<Cpu> + Module<Cpu> + Clone {
     /// A batch of inputs: normalised images, or token windows.
     type Input;
     /// Held-out data to score on.
@@ -103,7 +103,7 @@ pub trait Analysed: Topographic<Cpu> + Module<Cpu> + Clone {
     fn evaluate(&self, data: &Self::Scoring) -> Result<Score>;
 
     /// The host weights of the layers matching `patterns`.
-    fn layer_weights(&self, patterns: &[String]) -> Result<Vec<LayerWeights>> {
+    fn layer_weights(&self, patterns: &[String]) -> Result<Vec<HostWeights>> {
         let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
         self.select_layers(&patterns)?
             .into_iter()
@@ -113,7 +113,7 @@ pub trait Analysed: Topographic<Cpu> + Module<Cpu> + Clone {
                     .with_context(|| format!("cannot read the weights of {}", c.name))?;
                 let sheet = analysis::SheetShape::for_units(units)
                     .map_err(|err| anyhow::anyhow!("{}: {err}", c.name))?;
-                Ok(LayerWeights {
+                Ok(HostWeights {
                     name: c.name,
                     weights,
                     e,
@@ -125,7 +125,7 @@ pub trait Analysed: Topographic<Cpu> + Module<Cpu> + Clone {
 
     /// A copy with each named layer's `[units, e]` weights replaced (mapped
     /// back to Burn's layout as TopoLoss gradients are).
-    fn with_layer_weights(&self, layers: &[LayerWeights]) -> Result<Self> {
+    fn with_layer_weights(&self, layers: &[HostWeights]) -> Result<Self> {
         let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
         let candidates = self.select_layers(&names)?;
         let device = Default::default();
@@ -404,7 +404,7 @@ impl ModelArgs {
 
     /// The selected layers' weights, for the analyses that need nothing
     /// else (sheets, smoothness).
-    pub fn layer_weights(&self) -> Result<Vec<LayerWeights>> {
+    pub fn layer_weights(&self) -> Result<Vec<HostWeights>> {
         match self.open()? {
             OpenedNetwork::Vision(o) => o.layers(),
             OpenedNetwork::Language(o) => o.layers(),
@@ -414,7 +414,7 @@ impl ModelArgs {
 
 impl<N: Analysed> Opened<N> {
     /// The selected layers' weights.
-    pub fn layers(&self) -> Result<Vec<LayerWeights>> {
+    pub fn layers(&self) -> Result<Vec<HostWeights>> {
         self.network.layer_weights(&self.patterns)
     }
 

@@ -17,7 +17,7 @@ use crate::data::{open_dataset, DataArgs};
 use crate::network::{ImageScoring, WindowScoring};
 use crate::output::display_name;
 use crate::{
-    check_range, Analysed, FigurePaths, LayerWeights, ModelArgs, OpenedNetwork, OutputArgs,
+    check_range, Analysed, FigurePaths, HostWeights, ModelArgs, OpenedNetwork, OutputArgs,
     Printout, Score,
 };
 
@@ -87,21 +87,21 @@ struct Plan {
     method: &'static str,
     amount: f64,
     kept: usize,
-    layers: Vec<LayerWeights>,
+    layers: Vec<HostWeights>,
 }
 
 /// Every variant's layers: L1 masks per sparsity, sheet down-sampling per
 /// factor (clamped to each layer's sheet sides).
-fn plans(args: &PruneArgs, layers: &[LayerWeights]) -> Result<Vec<Plan>> {
+fn plans(args: &PruneArgs, layers: &[HostWeights]) -> Result<Vec<Plan>> {
     let scope = match args.scope {
         Scope::PerLayer => PruneScope::PerLayer,
         Scope::Global => PruneScope::Global,
     };
-    let with = |weights: Vec<Vec<f32>>| -> Vec<LayerWeights> {
+    let with = |weights: Vec<Vec<f32>>| -> Vec<HostWeights> {
         layers
             .iter()
             .zip(weights)
-            .map(|(l, weights)| LayerWeights {
+            .map(|(l, weights)| HostWeights {
                 weights,
                 ..l.clone()
             })
@@ -145,7 +145,7 @@ fn plans(args: &PruneArgs, layers: &[LayerWeights]) -> Result<Vec<Plan>> {
 /// Each variant of `network`'s `layers`, scored on `data`.
 fn score_variants<N: Analysed>(
     network: &N,
-    layers: &[LayerWeights],
+    layers: &[HostWeights],
     plans: Vec<Plan>,
     data: &N::Scoring,
 ) -> Result<Vec<Variant>> {
@@ -344,7 +344,7 @@ mod tests {
                     method: "l1",
                     amount: sparsity,
                     kept: masks[0].iter().filter(|&&k| k).count(),
-                    layers: vec![LayerWeights {
+                    layers: vec![HostWeights {
                         weights,
                         ..layers[0].clone()
                     }],

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::output::{display_name, file_stem, sheet_rows, wrote_lines};
-use crate::{LayerWeights, ModelArgs, OutputArgs, Printout};
+use crate::{HostWeights, ModelArgs, OutputArgs, Printout};
 
 #[derive(Args)]
 pub struct SheetsArgs {
@@ -43,7 +43,7 @@ struct SheetInfo {
 }
 
 impl SheetInfo {
-    fn new(layer: &LayerWeights, colours: &SheetColours) -> Self {
+    fn new(layer: &HostWeights, colours: &SheetColours) -> Self {
         let rgb: Vec<[u8; 3]> = colours.image.pixels().map(|p| p.0).collect();
         let pcs = &colours.components;
         let scores: Vec<Vec<f32>> = pcs

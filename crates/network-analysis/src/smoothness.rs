@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::output::display_name;
-use crate::{FigurePaths, LayerWeights, ModelArgs, OutputArgs, Printout};
+use crate::{FigurePaths, HostWeights, ModelArgs, OutputArgs, Printout};
 
 #[derive(Args)]
 pub struct SmoothnessArgs {
@@ -41,7 +41,7 @@ pub struct SmoothnessReport {
 }
 
 /// Each layer's curve and score.
-pub fn layers_smoothness(layers: &[LayerWeights]) -> Result<Vec<LayerSmoothness>> {
+pub fn layers_smoothness(layers: &[HostWeights]) -> Result<Vec<LayerSmoothness>> {
     let bar = trainer::progress::bar(layers.len() as u64, "smoothness");
     let result = layers
         .iter()

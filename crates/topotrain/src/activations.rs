@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use models::{CpuBackend, Topographic};
+use models::{CpuBackend, HasWeightLayers};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 

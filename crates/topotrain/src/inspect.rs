@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use models::topography::{TopoLayer, Topography, TopographyConfig};
+use models::topography::{SheetLayer, Topography, TopographyConfig};
 use models::Architecture;
 use serde::Serialize;
 
@@ -113,7 +113,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
 
 /// Sheet and TopoLoss (tau = 1) of each layer `selection` picks.
 pub fn summarise_layers<B: burn::tensor::backend::Backend>(
-    model: &impl models::Topographic<B>,
+    model: &impl models::HasWeightLayers<B>,
     selection: &TopographyConfig,
 ) -> Result<Vec<LayerSummary>> {
     for layers in &selection.layers {
@@ -127,7 +127,7 @@ pub fn summarise_layers<B: burn::tensor::backend::Backend>(
         .layers
         .iter()
         .zip(report.layers)
-        .map(|(layer, loss): (&TopoLayer, _)| LayerSummary {
+        .map(|(layer, loss): (&SheetLayer, _)| LayerSummary {
             name: layer.name.clone(),
             sheet_h: layer.loss.sheet().height,
             sheet_w: layer.loss.sheet().width,

@@ -13,12 +13,11 @@ use std::sync::OnceLock;
 use analysis::svg_texts;
 use serde_json::Value;
 
-mod common;
-use common::{
+use crate::util::{
     fashion_config, require_fashion_mnist, shared, topotrain, topotrain_ok, FASHION_MNIST,
 };
 
-/// Topographic tau of the test sweep. With torchvision's init, tau 5 is too
+/// HasWeightLayers tau of the test sweep. With torchvision's init, tau 5 is too
 /// weak on this short recipe for ED to fall on every seed (BENCHMARKS.md).
 const TAU: f64 = 20.0;
 /// Convs of the residual stages of ResNet-18: 16 3x3 and 3 1x1.
@@ -197,7 +196,7 @@ fn imagenet_mini() -> &'static PathBuf {
 }
 
 fn golden() -> PathBuf {
-    common::golden("resnet18_blurpool.pt")
+    crate::util::golden("resnet18_blurpool.pt")
 }
 
 fn mean_smoothness(checkpoint: &Path, layers: &str) -> f64 {

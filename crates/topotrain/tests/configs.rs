@@ -11,8 +11,7 @@ use trainer::config::TaskKind;
 use trainer::language::LanguageConfig;
 use trainer::RunConfig;
 
-mod common;
-use common::{shared, topotrain_ok};
+use crate::util::{shared, topotrain_ok};
 
 fn configs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs")
@@ -308,7 +307,7 @@ fn set_overrides_are_typed_and_validated_like_the_file() {
         let mut args = vec!["fit", "--quiet", "--config", config.to_str().unwrap()];
         args.extend_from_slice(&["--out", &out]);
         args.extend_from_slice(extra);
-        let output = common::topotrain(&args);
+        let output = crate::util::topotrain(&args);
         assert!(!output.status.success(), "{extra:?} should be refused");
         String::from_utf8_lossy(&output.stderr).into_owned()
     };

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-mod common;
-use common::{
+use crate::util::{
     assert_success, export, fashion_config, golden, read_tensors, require_fashion_mnist, topotrain,
     topotrain_ok, with_init_weights,
 };

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{
+use crate::util::{
     assert_success, fashion_config, require_fashion_mnist, topotrain, with_init_weights,
     FASHION_MNIST,
 };

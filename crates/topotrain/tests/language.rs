@@ -3,11 +3,9 @@
 //! `analyze prune|sheets|smoothness|dimensionality` on the GPT checkpoint. Needs Debian's bible-kjv
 //! (scripts/setup.sh installs it).
 
-mod common;
-
 use std::path::Path;
 
-use common::{export, read_tensors, topotrain, topotrain_ok};
+use crate::util::{export, read_tensors, topotrain, topotrain_ok};
 
 /// Panics unless Debian's bible-kjv is installed.
 fn require_bible() {

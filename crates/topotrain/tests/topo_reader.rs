@@ -2,9 +2,7 @@
 //! datasets `topotrain prep` writes exactly as topotrain's own reader
 //! (data-prep's `Dataset`) does.
 
-mod common;
-
-use common::{require_fashion_mnist, topotrain_ok, FASHION_MNIST};
+use crate::util::{require_fashion_mnist, topotrain_ok, FASHION_MNIST};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -192,12 +192,6 @@ impl<B: AutodiffBackend> Recipe<B> for Classification<'_, B> {
 /// `model` computing as `training` says: its precision and convolution
 /// kernels (a run setting, not part of the checkpoint).
 fn with_compute<B: Backend>(model: Model<B>, training: &TrainingSection) -> Model<B> {
-    if training.conv_kernels != models::ConvChoice::Direct {
-        eprintln!(
-            "Conv2d layers use the {} kernels (training.conv_kernels)",
-            training.conv_kernels
-        );
-    }
     model.with_compute(models::Compute {
         precision: training.precision,
         conv_kernels: training.conv_kernels,
@@ -261,6 +255,12 @@ pub fn fit<B: AutodiffBackend>(
         load_initial_weights(&mut model, &architecture, path)?;
     }
     let model = with_compute(model, &config.training);
+    if config.training.conv_kernels != models::ConvChoice::Direct {
+        eprintln!(
+            "Conv2d layers use the {} kernels (training.conv_kernels)",
+            config.training.conv_kernels
+        );
+    }
     let frozen = match &config.model.train_only {
         Some(patterns) => Some(crate::freeze::frozen_parameters(&model, patterns)?),
         None => None,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use models::topography::Topography;
-use models::Topographic;
+use models::HasWeightLayers;
 use serde::{Deserialize, Serialize};
 
 /// Where the sheet picture went, and what it shows.
@@ -24,7 +24,7 @@ pub struct SheetPicture {
 /// Draws `layer` (default: the last topographic layer, the largest sheet of
 /// a ResNet) of `model` into `dir/sheet_<layer>.png` and `.svg`.
 pub fn write_sheet_picture<B: Backend>(
-    model: &impl Topographic<B>,
+    model: &impl HasWeightLayers<B>,
     topography: &Topography,
     layer: Option<&str>,
     tau: f64,

@@ -13,7 +13,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use models::topography::{TopoEngine, TopoReport, Topography};
-use models::Topographic;
+use models::HasWeightLayers;
 
 use crate::cluster::Cluster;
 use crate::freeze::drop_frozen_gradients;
@@ -34,7 +34,7 @@ pub trait TaskBatch: Send + Sync + Sized {
 
 /// A loss on one batch: the part of training that differs between tasks.
 pub trait Task<B: AutodiffBackend>: Sync {
-    type Model: AutodiffModule<B> + Topographic<B> + Send + Sync;
+    type Model: AutodiffModule<B> + HasWeightLayers<B> + Send + Sync;
     type Batch: TaskBatch;
 
     /// The mean loss of `batch` on `model` (one replica, on `device`) and

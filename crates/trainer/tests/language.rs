@@ -6,11 +6,11 @@ use data_prep::text::{kjv_text, prep_text};
 use trainer::language::{fit_language, LanguageConfig};
 use trainer::FitOptions;
 
-mod common;
-use common::{config_text, tensors};
+use crate::util::{burn_rng, config_text, tensors};
 
 #[test]
 fn tiny_gpt_trains_then_lora_changes_only_the_adapted_layers() {
+    let _rng = burn_rng();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("genesis");
     let text = kjv_text("gen1:1-gen12:20").unwrap();

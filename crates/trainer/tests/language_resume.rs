@@ -1,6 +1,5 @@
 //! A language run halted like a kill resumes to the same weights as an
-//! uninterrupted one. Alone in its binary: tests in one binary share Burn's
-//! random generator, so a parallel test would change the initial weights.
+//! uninterrupted one.
 
 use std::path::Path;
 
@@ -8,11 +7,11 @@ use data_prep::text::{kjv_text, prep_text};
 use trainer::language::{fit_language, LanguageConfig};
 use trainer::FitOptions;
 
-mod common;
-use common::{config_text, tensors};
+use crate::util::{burn_rng, config_text, tensors};
 
 #[test]
 fn a_halted_language_run_resumes_to_the_same_weights() {
+    let _rng = burn_rng();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("genesis");
     prep_text(

@@ -16,7 +16,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Tensor, TensorData};
 use topoloss::SheetSource;
 
-use super::TopoLayer;
+use super::SheetLayer;
 
 /// The device engine of one topography on one device.
 pub(super) struct DeviceEngine<G: Backend> {
@@ -55,8 +55,8 @@ pub(super) struct DeviceResult<G: Backend> {
 impl<G: Backend> DeviceEngine<G> {
     /// Groups `layers` by source, sheet and blur, uploading each group's
     /// blur matrices.
-    pub(super) fn new(layers: &[TopoLayer], device: &G::Device) -> Self {
-        let mut groups: Vec<(Vec<usize>, &TopoLayer)> = Vec::new();
+    pub(super) fn new(layers: &[SheetLayer], device: &G::Device) -> Self {
+        let mut groups: Vec<(Vec<usize>, &SheetLayer)> = Vec::new();
         for (index, layer) in layers.iter().enumerate() {
             match groups
                 .iter_mut()
@@ -92,7 +92,7 @@ impl<G: Backend> DeviceEngine<G> {
     }
 
     /// Whether it was built for `layers` on `device`.
-    pub(super) fn serves(&self, layers: &[TopoLayer], device: &G::Device) -> bool {
+    pub(super) fn serves(&self, layers: &[SheetLayer], device: &G::Device) -> bool {
         self.device == *device && layers.iter().map(|l| &l.name).eq(&self.layer_names)
     }
 
@@ -135,7 +135,7 @@ impl<G: Backend> DeviceEngine<G> {
 }
 
 /// Whether two layers can share a batch: same source, sheet and blur.
-fn same_sheet_and_blur(a: &TopoLayer, b: &TopoLayer) -> bool {
+fn same_sheet_and_blur(a: &SheetLayer, b: &SheetLayer) -> bool {
     a.loss.source == b.loss.source && a.loss.blur == b.loss.blur
 }
 

@@ -1,7 +1,5 @@
 //! Shared helpers for the models integration tests.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};

@@ -1,10 +1,11 @@
-//! Topographic-layer hooks: which layers carry a weight TopoLoss can act on,
-//! their weights in PyTorch layout, and the way back for gradients.
+//! Weight layers: the Conv2d and Linear layers that carry a weight TopoLoss
+//! can act on, their weights in PyTorch layout, and the way back for
+//! gradients.
 //!
 //! TopoLoss treats a layer's weight as one vector per output unit, so every
 //! candidate exposes `[out, e]`: conv `[out, in, kh, kw] -> [out, in*kh*kw]`,
 //! linear `[out, in]`. Burn's `Linear` stores `[in, out]`, hence the
-//! transposes here and in [`TopoCandidate::native_gradient`].
+//! transposes here and in [`WeightLayer::native_gradient`].
 //!
 //! Layers are named like the PyTorch modules they load from (`layer2.0.conv1.conv`
 //! with BlurPool, `encoder.layers.encoder_layer_0.mlp.0`, `fc`), and selected
@@ -49,7 +50,7 @@ impl ModuleInfo {
 
 /// A layer TopoLoss may act on, with its current weight.
 #[derive(Debug, Clone)]
-pub struct TopoCandidate<B: Backend> {
+pub struct WeightLayer<B: Backend> {
     /// PyTorch module name holding the weight, e.g. `layer2.0.conv1.conv`.
     pub name: String,
     /// Conv2d or Linear.
@@ -75,7 +76,7 @@ pub enum NativeGradient<B: Backend> {
     Linear(Tensor<B, 2>),
 }
 
-impl<B: Backend> TopoCandidate<B> {
+impl<B: Backend> WeightLayer<B> {
     /// The candidate for a conv named `name`.
     pub fn from_conv(name: impl Into<String>, conv: &Conv2d<B>) -> Self {
         let weight = conv.weight.val();
@@ -106,7 +107,7 @@ impl<B: Backend> TopoCandidate<B> {
         }
     }
 
-    /// `[out, e]`, the shape of [`TopoCandidate::weight`].
+    /// `[out, e]`, the shape of [`WeightLayer::weight`].
     pub fn flat_shape(&self) -> [usize; 2] {
         let out = match self.kind {
             LayerKind::Conv2d => self.weight_shape[0],
@@ -141,7 +142,7 @@ impl<B: Backend> TopoCandidate<B> {
     }
 
     /// Removes the weight's gradient from `grads` and returns it as `[out, e]`
-    /// (the inverse of [`TopoCandidate::native_gradient`]), if it has one.
+    /// (the inverse of [`WeightLayer::native_gradient`]), if it has one.
     pub fn take_flat_gradient<G: Backend>(
         &self,
         grads: &mut GradientsParams,
@@ -199,17 +200,18 @@ pub(crate) fn add_gradient<G: Backend, const D: usize>(
     grads.register(id, total);
 }
 
-/// Models whose Conv2d / Linear layers can be made topographic.
-pub trait Topographic<B: Backend> {
+/// Models that list their Conv2d and Linear layers (the ones TopoLoss can
+/// make topographic) and their named modules.
+pub trait HasWeightLayers<B: Backend> {
     /// Every Conv2d and Linear layer, in forward order.
-    fn topo_candidates(&self) -> Vec<TopoCandidate<B>>;
+    fn weight_layers(&self) -> Vec<WeightLayer<B>>;
 
     /// Every named module (PyTorch names and types), in forward order.
     fn modules(&self) -> Vec<ModuleInfo>;
 
     /// The candidates matching any of `patterns`, see [`select`].
-    fn select_layers(&self, patterns: &[&str]) -> Result<Vec<TopoCandidate<B>>, ModelError> {
-        select(self.topo_candidates(), &self.modules(), patterns)
+    fn select_layers(&self, patterns: &[&str]) -> Result<Vec<WeightLayer<B>>, ModelError> {
+        select(self.weight_layers(), &self.modules(), patterns)
     }
 }
 
@@ -258,10 +260,10 @@ impl LayerPattern {
 /// Fails on a pattern that matches no module, or only modules that are not
 /// Conv2d/Linear (e.g. `bn1`), naming the pattern and the valid layers.
 pub fn select<B: Backend>(
-    candidates: Vec<TopoCandidate<B>>,
+    candidates: Vec<WeightLayer<B>>,
     modules: &[ModuleInfo],
     patterns: &[&str],
-) -> Result<Vec<TopoCandidate<B>>, ModelError> {
+) -> Result<Vec<WeightLayer<B>>, ModelError> {
     let layer_names = || candidates.iter().map(|c| c.name.clone()).collect();
     let mut selected = vec![false; candidates.len()];
     for text in patterns {

@@ -32,12 +32,12 @@ use burn_store::pytorch::PytorchReader;
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
-use crate::checkpoint::{
+use crate::gpt::{Gpt, GptConfig};
+use crate::state_dict::{
     count_indexed, find_key_prefix, load_module, no_torch_only_tensors, rank_error, read_shapes,
     sample_keys, save_module, shape_of, CheckpointFormat, OwnedTensor, StateDictSource,
     TorchOnlyTensors,
 };
-use crate::gpt::{Gpt, GptConfig};
 use crate::ModelError;
 
 /// Safetensors metadata key holding the [`GptConfig`] as JSON.

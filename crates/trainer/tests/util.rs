@@ -1,9 +1,17 @@
-//! Shared by the language test binaries: a tiny GPT config and reading
+//! Shared by the language tests: a tiny GPT config and reading
 //! safetensors files.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// Burn's random generator is one per process and training seeds it: a
+/// test that trains holds this, so another test's draws cannot interleave
+/// with its own and change its initial weights.
+pub fn burn_rng() -> MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A one-layer GPT with TopoLoss on `c_fc`, trained on `data`, written to `out`.
 pub fn config_text(data: &Path, out: &Path) -> String {

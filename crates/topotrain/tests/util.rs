@@ -1,13 +1,9 @@
 //! Pieces shared by the end-to-end tests: where the data lives, running the
 //! binary, and the tiny Fashion-MNIST run config.
-// Each test binary uses a different subset of these.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-// Each test binary uses some of these.
-#[allow(unused_imports)]
 pub use test_support::{golden, read_tensors, require_fashion_mnist, shared, FASHION_MNIST};
 
 /// Runs the topotrain binary; the caller checks the outcome.
