@@ -8,7 +8,7 @@ use clap::Args;
 use trainer::language::LanguageConfig;
 use trainer::FitOptions;
 
-use crate::fit::{fit_on_device, print_summary};
+use crate::fit::{apply_language_flags, fit_on_device, print_summary};
 
 #[derive(Args)]
 pub struct FinetuneArgs {
@@ -54,30 +54,11 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     if let Some(alpha) = args.alpha {
         lora.alpha = alpha;
     }
-    apply_common(&mut config, &args.device, &args.out, args.threads)?;
+    apply_language_flags(&mut config, &args.device, &args.out, args.threads)?;
     let options = FitOptions {
         progress: true,
         interrupter: crate::signals::interrupter()?,
         ..FitOptions::default()
     };
     print_summary(&fit_on_device(&config, options)?)
-}
-
-/// The command-line values shared by `fit` and `finetune`, then validation.
-pub fn apply_common(
-    config: &mut LanguageConfig,
-    device: &Option<String>,
-    out: &Option<PathBuf>,
-    threads: Option<usize>,
-) -> Result<()> {
-    if let Some(device) = device {
-        config.training.device = device.clone();
-    }
-    if let Some(out) = out {
-        config.output.dir = out.clone();
-    }
-    if let Some(threads) = threads {
-        config.training.threads = threads;
-    }
-    config.validate()
 }

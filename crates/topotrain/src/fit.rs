@@ -278,6 +278,25 @@ fn run_language(args: &FitArgs, text: &str, options: FitOptions) -> Result<()> {
     if let Some(devices) = args.devices {
         config.training.devices = devices;
     }
-    crate::finetune::apply_common(&mut config, &args.device, &args.out, args.threads)?;
+    apply_language_flags(&mut config, &args.device, &args.out, args.threads)?;
     print_summary(&fit_on_device(&config, options)?)
+}
+
+/// The command-line values shared by `fit` and `finetune`, then validation.
+pub fn apply_language_flags(
+    config: &mut LanguageConfig,
+    device: &Option<String>,
+    out: &Option<PathBuf>,
+    threads: Option<usize>,
+) -> Result<()> {
+    if let Some(device) = device {
+        config.training.device = device.clone();
+    }
+    if let Some(out) = out {
+        config.output.dir = out.clone();
+    }
+    if let Some(threads) = threads {
+        config.training.threads = threads;
+    }
+    config.validate()
 }
