@@ -217,6 +217,43 @@ pub fn open_validation(
     Ok((data, file))
 }
 
+/// The classes of the run a checkpoint belongs to (its data.val's), if
+/// known; `data` must have the same. Without them, see [`check_class_count`].
+pub fn run_classes(
+    run: Option<&trainer::RunConfig>,
+    data: &DataSet,
+    data_path: &Path,
+) -> Result<Option<Vec<String>>> {
+    let Some(run) = run else { return Ok(None) };
+    if !run.data.val.is_file() {
+        return Ok(None);
+    }
+    let Ok(run_val) = trainer::data::open_prepared(&run.data.val, &run.data) else {
+        return Ok(None);
+    };
+    let (Some(run_names), Some(names)) = (run_val.class_names(), data.class_names()) else {
+        return Ok(None);
+    };
+    let shown = data_path.display().to_string();
+    trainer::classification::check_class_lists(("the run's data.val", run_names), (&shown, names))?;
+    Ok(Some(run_names.to_vec()))
+}
+
+/// Fails unless `data` has as many classes as the network of `checkpoint`
+/// outputs, so that no label is compared with another class's logit.
+pub fn check_class_count(data: &DataSet, classes: usize, checkpoint: &Path) -> Result<()> {
+    if data.num_classes() != classes {
+        bail!(
+            "the data has {} classes but {} outputs {classes}, so its labels would be \
+             compared with other classes; use data prepared with the model's classes \
+             (for an ImageNet model, the whole 1000-class validation set)",
+            data.num_classes(),
+            checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use trainer::language::{eval_windows, open_tokens};
 
 use crate::data::{open_dataset, DataArgs};
+use crate::input::{check_class_count, run_classes};
 use crate::network::{ImageScoring, WindowScoring};
 use crate::output::display_name;
 use crate::{
@@ -196,8 +197,13 @@ pub fn run(args: PruneArgs) -> Result<Printout> {
                 Some(m) => args.data.batch.min(m.max(1)),
                 None => args.data.batch,
             };
+            let data = open_dataset(&args.data.data, &input)?;
+            if run_classes(opened.run.as_ref(), &data, &args.data.data)?.is_none() {
+                let classes = opened.network.architecture().num_classes();
+                check_class_count(&data, classes, &args.model.checkpoint)?;
+            }
             let scoring = ImageScoring {
-                data: open_dataset(&args.data.data, &input)?,
+                data,
                 input,
                 batch,
                 max_batches: args.data.max_images.map(|m| m.div_ceil(batch)),

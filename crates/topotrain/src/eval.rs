@@ -11,7 +11,9 @@ use trainer::data::DataSet;
 use trainer::eval::{EvalResult, EvalSettings, Tta};
 
 use crate::backend::{run_on, BackendJob, DeviceChoice};
-use network_analysis::input::{open_validation, run_config_with, InputArgs};
+use network_analysis::input::{
+    check_class_count, open_validation, run_classes, run_config_with, InputArgs,
+};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -75,7 +77,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             checkpoint: &args.checkpoint,
             data: &data,
             settings: &settings,
-            run_classes: check_run_classes(run.as_ref(), &data, &path)?,
+            run_classes: run_classes(run.as_ref(), &data, &path)?,
         },
     )?;
     let json = serde_json::json!({
@@ -128,40 +130,12 @@ impl BackendJob for Evaluate<'_> {
                 )
             })?;
         if self.run_classes.is_none() {
-            let classes = model.architecture().num_classes();
-            if self.data.num_classes() != classes {
-                anyhow::bail!(
-                    "the data has {} classes but {} outputs {classes}, so its labels would be \
-                     compared with other classes; evaluate on data prepared with the model's \
-                     classes (for an ImageNet model, the whole 1000-class validation set)",
-                    self.data.num_classes(),
-                    self.checkpoint.display()
-                );
-            }
+            check_class_count(
+                self.data,
+                model.architecture().num_classes(),
+                self.checkpoint,
+            )?;
         }
         trainer::eval::evaluate(&model, self.data, self.settings, &device)
     }
-}
-
-/// The classes of the run `checkpoint` belongs to (its data.val's), if
-/// known; `--data` must have the same. Without them the data's class count
-/// must be the model's.
-fn check_run_classes(
-    run: Option<&trainer::RunConfig>,
-    data: &DataSet,
-    data_path: &Path,
-) -> Result<Option<Vec<String>>> {
-    let Some(run) = run else { return Ok(None) };
-    if !run.data.val.is_file() {
-        return Ok(None);
-    }
-    let Ok(run_val) = trainer::data::open_prepared(&run.data.val, &run.data) else {
-        return Ok(None);
-    };
-    let (Some(run_names), Some(names)) = (run_val.class_names(), data.class_names()) else {
-        return Ok(None);
-    };
-    let shown = data_path.display().to_string();
-    trainer::classification::check_class_lists(("the run's data.val", run_names), (&shown, names))?;
-    Ok(Some(run_names.to_vec()))
 }

@@ -637,11 +637,11 @@ fn every_analysis_runs_on_the_golden_resnet18() {
     assert_figure(&out.join("prune.png"));
 }
 
-/// `eval` refuses data whose labels mean other classes than the model's
-/// outputs (a 4-class ImageNet subset for a 1000-class model), and `--set`
-/// without a run config to change.
+/// `eval` and `analyze prune` refuse data whose labels mean other classes
+/// than the model's outputs (a 4-class ImageNet subset for a 1000-class
+/// model), and `eval` refuses `--set` without a run config to change.
 #[test]
-fn eval_refuses_other_classes_and_set_without_a_run() {
+fn eval_and_prune_refuse_other_classes_and_set_without_a_run() {
     let (data, checkpoint) = (imagenet_mini().join("val.topo"), golden());
     let eval = |extra: &[&str]| {
         let mut args = vec!["eval", "--checkpoint", s(&checkpoint), "--data", s(&data)];
@@ -655,6 +655,17 @@ fn eval_refuses_other_classes_and_set_without_a_run() {
         message.contains("the data has 4 classes") && message.contains("outputs 1000"),
         "{message}"
     );
+    let prune = topotrain(&[
+        "analyze",
+        "prune",
+        "--checkpoint",
+        s(&checkpoint),
+        "--data",
+        s(&data),
+    ]);
+    assert!(!prune.status.success());
+    let message = String::from_utf8_lossy(&prune.stderr);
+    assert!(message.contains("the data has 4 classes"), "{message}");
     let message = eval(&["--set", "data.val_transform=torchvision"]);
     assert!(
         message.contains("--set data.val_transform") && message.contains("--val-transform"),
