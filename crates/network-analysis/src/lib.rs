@@ -25,6 +25,7 @@ pub mod selectivity;
 pub mod sheets;
 pub mod smoothness;
 pub mod sweep_report;
+pub mod topo_loss;
 
 pub use network::{
     input_channels, layer_patterns, Analysed, HostWeights, ModelArgs, ModuleArgs, Opened,

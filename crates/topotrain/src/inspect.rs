@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use models::topography::{SheetLayer, Topography, TopographyConfig};
+use models::topography::TopographyConfig;
 use models::Architecture;
-use serde::Serialize;
 
 use crate::backend::CpuBackend;
 use network_analysis::input::run_config;
+use network_analysis::topo_loss::summarise_layers;
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -37,16 +37,6 @@ pub struct InspectArgs {
     json: bool,
     #[command(flatten)]
     threads: crate::threads::ThreadsArg,
-}
-
-/// One line of the report.
-#[derive(Debug, Serialize)]
-pub struct LayerSummary {
-    pub name: String,
-    pub sheet_h: usize,
-    pub sheet_w: usize,
-    pub factor: f64,
-    pub topo_loss: f64,
 }
 
 /// Short torchvision-style name of an architecture, as `--arch` takes it.
@@ -109,30 +99,4 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sheet and TopoLoss (tau = 1) of each layer `selection` picks.
-pub fn summarise_layers<B: burn::tensor::backend::Backend>(
-    model: &impl models::HasWeightLayers<B>,
-    selection: &TopographyConfig,
-) -> Result<Vec<LayerSummary>> {
-    for layers in &selection.layers {
-        if !(layers.factor.is_finite() && layers.factor >= 1.0) {
-            bail!("--factor must be a number >= 1, got {}", layers.factor);
-        }
-    }
-    let topography = Topography::new(model, selection)?;
-    let report = topography.report(model, 0)?;
-    Ok(topography
-        .layers
-        .iter()
-        .zip(report.layers)
-        .map(|(layer, loss): (&SheetLayer, _)| LayerSummary {
-            name: layer.name.clone(),
-            sheet_h: layer.loss.sheet().height,
-            sheet_w: layer.loss.sheet().width,
-            factor: layer.factor_h.min(layer.factor_w),
-            topo_loss: loss.unscaled_loss,
-        })
-        .collect())
 }
