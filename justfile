@@ -5,13 +5,13 @@
 demo tau="5":
     TAU={{tau}} scripts/demo.sh
 
-# Run the whole test suite, as CI does.
+# The fast tier: unit tests and the in-process golden checks (seconds once built).
 test:
-    scripts/test.sh
-
-# Run the unit tests only (a few minutes after a build).
-test-quick:
     scripts/test.sh --quick
+
+# The whole test suite, as CI runs it.
+test-all:
+    scripts/test.sh
 
 # Build the release binary (add `--features cuda` or `--features cuda-untuned` for
 # NVIDIA GPUs; README, "GPUs and clusters", says which).

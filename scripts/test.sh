@@ -4,14 +4,16 @@
 # `.ci/run` calls exactly this script.
 #
 #   scripts/test.sh           # everything (CI)
-#   scripts/test.sh --quick   # unit tests only: no end-to-end runs of the binary
+#   scripts/test.sh --quick   # fast tier: unit tests and the in-process golden
+#                             # checks, no end-to-end runs of the binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
 if [ "${1:-}" = "--quick" ]; then
-    exec cargo test --workspace --lib --bins
+    cargo test --workspace --lib --bins
+    exec cargo test -p topoloss -p models --test '*'
 fi
 
 # CI builds once from clean: incremental caches would only take disk.
