@@ -611,30 +611,8 @@ fn every_analysis_runs_on_the_golden_resnet18() {
     ]);
     assert_eq!(sel["layers"][0]["sheet_h"], 16);
     assert_figure(&out.join("selectivity_layer4.1.conv2_faces.png"));
-
-    let prune = analyze(&[
-        "prune",
-        "--checkpoint",
-        ck,
-        "--layers",
-        "layer*.**",
-        "--data",
-        s(data),
-        "--res",
-        "112",
-        "--batch",
-        "16",
-        "--max-images",
-        "16",
-        "--sparsity",
-        "0,0.5",
-        "--factors",
-        "2",
-        "--out",
-        s(&out),
-    ]);
-    assert_eq!(prune["variants"].as_array().unwrap().len(), 3);
-    assert_figure(&out.join("prune.png"));
+    // prune is not run here: the 4-class subset does not fit the 1000-class
+    // model, which prune refuses (see the next test).
 }
 
 /// `eval` and `analyze prune` refuse data whose labels mean other classes
