@@ -53,6 +53,18 @@ pub struct HostWeights {
     pub sheet: analysis::SheetShape,
 }
 
+impl HostWeights {
+    /// The same layer holding `weights` instead (same shape).
+    pub fn with_weights(&self, weights: Vec<f32>) -> Self {
+        HostWeights {
+            name: self.name.clone(),
+            weights,
+            e: self.e,
+            sheet: self.sheet,
+        }
+    }
+}
+
 /// One layer's responses to a batch: `[samples, units]` row-major.
 pub struct Responses {
     pub values: Vec<f32>,
@@ -126,8 +138,7 @@ pub trait Analysed: HasWeightLayers<Cpu> + Module<Cpu> + Clone {
     /// A copy with each named layer's `[units, e]` weights replaced (mapped
     /// back to Burn's layout as TopoLoss gradients are).
     fn with_layer_weights(&self, layers: &[HostWeights]) -> Result<Self> {
-        let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-        let candidates = self.select_layers(&names)?;
+        let candidates = self.weight_layers();
         let device = Default::default();
         let mut values = HashMap::new();
         for layer in layers {

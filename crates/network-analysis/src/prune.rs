@@ -102,10 +102,7 @@ fn plans(args: &PruneArgs, layers: &[HostWeights]) -> Result<Vec<Plan>> {
         layers
             .iter()
             .zip(weights)
-            .map(|(l, weights)| HostWeights {
-                weights,
-                ..l.clone()
-            })
+            .map(|(l, weights)| l.with_weights(weights))
             .collect()
     };
     let slices: Vec<&[f32]> = layers.iter().map(|l| l.weights.as_slice()).collect();
@@ -350,10 +347,7 @@ mod tests {
                     method: "l1",
                     amount: sparsity,
                     kept: masks[0].iter().filter(|&&k| k).count(),
-                    layers: vec![HostWeights {
-                        weights,
-                        ..layers[0].clone()
-                    }],
+                    layers: vec![layers[0].with_weights(weights)],
                 }
             })
             .collect();
